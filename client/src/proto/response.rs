@@ -1,0 +1,294 @@
+//! Responses: `{"id", "ok"}` or `{"id", "err": {"code", "msg"}}`, and the typed results.
+//!
+//! The daemon encodes a result once, straight into a complete frame (header
+//! included), so a hit costs one allocation. Clients first read only the `id` to
+//! route a response to its caller, then the caller decodes its own result type.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{encode_frame_header, ErrorCode, ProtoError, FRAME_HEADER_LEN};
+
+/// A complete encoded frame: header and body.
+pub type Frame = Vec<u8>;
+
+/// Which level of the cache answered a `cache.get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    L1,
+    L2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResult {
+    pub version: u64,
+    pub server: String,
+    pub node: String,
+    pub max_frame: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GetResult {
+    pub hit: bool,
+    pub value: Option<Bytes>,
+    pub from: Option<Source>,
+    pub ttl_ms: Option<u64>,
+    pub lease: Option<String>,
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetResult {
+    pub stored: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidateResult {
+    pub seq: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidateTagsResult {
+    pub seq: String,
+    pub keys: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    pub token: String,
+    pub expires_at_ms: u64,
+    pub absolute_expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub user: String,
+    pub data: Bytes,
+    pub created_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub expires_at_ms: u64,
+    pub absolute_expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatedResult {
+    pub updated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateResult {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedResult {
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeUserResult {
+    pub revoked: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionListEntry {
+    pub session_id: String,
+    pub created_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RatelimitDecision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_after_ms: u64,
+    pub retry_after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetResult {
+    pub reset: bool,
+}
+
+/// The `err` member of a response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub msg: String,
+}
+
+impl ErrorBody {
+    /// The code as an enum; `None` for a code this crate does not know.
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+}
+
+/// Starts a frame: reserves the header and writes the envelope up to the result.
+fn begin(id: u64, member: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let _ = rmp::encode::write_map_len(&mut out, 2);
+    let _ = rmp::encode::write_str(&mut out, "id");
+    let _ = rmp::encode::write_uint(&mut out, id);
+    let _ = rmp::encode::write_str(&mut out, member);
+    out
+}
+
+fn finish(mut out: Vec<u8>) -> Frame {
+    let len = out.len() - FRAME_HEADER_LEN;
+    out[..FRAME_HEADER_LEN].copy_from_slice(&encode_frame_header(len));
+    out
+}
+
+/// Encodes `{"id": id, "ok": result}` as a complete frame. A result that would make
+/// the frame larger than `max_frame` becomes `frame_too_large` for the same id.
+pub fn encode_ok<T: Serialize + ?Sized>(id: u64, result: &T, max_frame: usize) -> Frame {
+    let mut out = begin(id, "ok");
+    let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
+    if let Err(e) = result.serialize(&mut ser) {
+        return encode_err(
+            id,
+            ErrorCode::Internal,
+            &format!("cannot encode result: {e}"),
+        );
+    }
+    if out.len() - FRAME_HEADER_LEN > max_frame {
+        let len = out.len() - FRAME_HEADER_LEN;
+        return encode_err(
+            id,
+            ErrorCode::FrameTooLarge,
+            &format!("the result is {len} bytes, above max_frame ({max_frame} bytes)"),
+        );
+    }
+    finish(out)
+}
+
+/// Encodes `{"id": id, "err": {"code": code, "msg": msg}}` as a complete frame.
+pub fn encode_err(id: u64, code: ErrorCode, msg: &str) -> Frame {
+    let mut out = begin(id, "err");
+    let _ = rmp::encode::write_map_len(&mut out, 2);
+    let _ = rmp::encode::write_str(&mut out, "code");
+    let _ = rmp::encode::write_str(&mut out, code.as_str());
+    let _ = rmp::encode::write_str(&mut out, "msg");
+    // Messages are ours and short; cap them anyway so an error can never be the
+    // frame that breaks max_frame.
+    let msg = if msg.len() > 1024 {
+        &msg[..msg.floor_char_boundary_compat(1024)]
+    } else {
+        msg
+    };
+    let _ = rmp::encode::write_str(&mut out, msg);
+    finish(out)
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: u64,
+}
+
+/// Reads only the `id` of a response body.
+pub fn decode_response_id(body: &[u8]) -> Result<u64, ProtoError> {
+    rmp_serde::from_slice::<IdOnly>(body)
+        .map(|r| r.id)
+        .map_err(|e| ProtoError::Decode(format!("response without a usable id: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned")]
+struct Envelope<T> {
+    #[serde(default = "none")]
+    ok: Option<T>,
+    #[serde(default)]
+    err: Option<ErrorBody>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// Decodes a response body into the caller's result type or the server's error.
+pub fn decode_response<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<Result<T, ErrorBody>, ProtoError> {
+    let env: Envelope<T> =
+        rmp_serde::from_slice(body).map_err(|e| ProtoError::Decode(e.to_string()))?;
+    match (env.ok, env.err) {
+        (_, Some(e)) => Ok(Err(e)),
+        (Some(v), None) => Ok(Ok(v)),
+        (None, None) => Err(ProtoError::Decode(
+            "response has neither `ok` nor `err`".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_and_err_roundtrip() {
+        let r = GetResult {
+            hit: true,
+            value: Some(Bytes::from_static(b"v")),
+            from: Some(Source::L1),
+            ttl_ms: Some(5),
+            lease: None,
+            wait_ms: None,
+        };
+        let f = encode_ok(7, &r, 1 << 20);
+        let body = &f[FRAME_HEADER_LEN..];
+        assert_eq!(decode_response_id(body).unwrap(), 7);
+        assert_eq!(decode_response::<GetResult>(body).unwrap().unwrap(), r);
+        // The value travels as bin, `from` as a string, absent fields as nil.
+        let v = rmpv::decode::read_value(&mut &body[..]).unwrap();
+        let ok = &v.as_map().unwrap()[1].1;
+        let m = ok.as_map().unwrap();
+        assert!(m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("value") && v.is_bin()));
+        assert!(m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("from") && v.as_str() == Some("l1")));
+        assert!(m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("lease") && v.is_nil()));
+
+        let f = encode_err(3, ErrorCode::NotFound, "gone");
+        let e = decode_response::<GetResult>(&f[FRAME_HEADER_LEN..])
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn oversized_result_becomes_frame_too_large() {
+        let r = GetResult {
+            hit: true,
+            value: Some(Bytes::from(vec![0u8; 100])),
+            ..Default::default()
+        };
+        let f = encode_ok(4, &r, 50);
+        let e = decode_response::<GetResult>(&f[FRAME_HEADER_LEN..])
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::FrameTooLarge));
+        assert_eq!(decode_response_id(&f[FRAME_HEADER_LEN..]).unwrap(), 4);
+    }
+}

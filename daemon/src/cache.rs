@@ -1,0 +1,307 @@
+//! The two-level cache data path: L1 (this process) in front of L2 (Redis).
+//!
+//! Reads try L1, then go to Redis through one script that also returns the log
+//! position the read saw; the result may fill L1 only under the rules of [`L1::fill`].
+//! Concurrent misses of one key share one Redis read (single flight). Writes and
+//! invalidations are applied to this daemon's L1 as soon as Redis confirms them, so
+//! the daemon that answered serves the new state at once; every other daemon hears
+//! through the invalidation channel (see `coherence.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use rand::Rng;
+use shoal_client::proto::{GetResult, Source};
+
+use crate::l1::L1;
+use crate::stats::Stats;
+use crate::store::{L2Get, L2Value, LeaseRequest, SetOutcome, Store, StoreError};
+use crate::streamid::StreamId;
+
+type Flight = Shared<BoxFuture<'static, Result<L2Value, StoreError>>>;
+
+/// The cache service of one daemon.
+pub struct Cache {
+    l1: Arc<L1>,
+    store: Store,
+    stats: Arc<Stats>,
+    flights: Mutex<HashMap<String, (u64, Flight)>>,
+    next_flight: AtomicU64,
+    default_ttl: Duration,
+    lease_ttl: Duration,
+    ttl_jitter: f64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("l1", &self.l1)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a caller that finds a key under lease is told to wait, at most.
+const LEASE_WAIT_CAP_MS: u64 = 50;
+
+fn remaining_ms(deadline: Option<Instant>) -> Option<u64> {
+    deadline.map(|d| {
+        let ms = d.saturating_duration_since(Instant::now()).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+    })
+}
+
+fn hit(value: Bytes, from: Source, ttl_ms: Option<u64>) -> GetResult {
+    GetResult {
+        hit: true,
+        value: Some(value),
+        from: Some(from),
+        ttl_ms,
+        lease: None,
+        wait_ms: None,
+    }
+}
+
+impl Cache {
+    pub fn new(
+        l1: Arc<L1>,
+        store: Store,
+        stats: Arc<Stats>,
+        config: &crate::config::CacheConfig,
+    ) -> Cache {
+        Cache {
+            l1,
+            store,
+            stats,
+            flights: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(1),
+            default_ttl: config.default_ttl,
+            lease_ttl: config.lease_ttl,
+            ttl_jitter: config.ttl_jitter,
+        }
+    }
+
+    pub fn l1(&self) -> &Arc<L1> {
+        &self.l1
+    }
+
+    /// An L1 hit, answered without Redis; `None` means the caller must go to L2.
+    pub async fn get_l1(&self, key: &str) -> Option<GetResult> {
+        match self.l1.get(key).await {
+            Some(e) => {
+                self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+                let ttl = remaining_ms(e.l2_expires_at.or(Some(e.expires_at)));
+                Some(hit(e.value, Source::L1, ttl))
+            }
+            None => {
+                self.stats.l1_misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// `cache.get` after an L1 miss.
+    pub async fn get_l2(self: &Arc<Self>, key: &str, lease: bool) -> Result<GetResult, StoreError> {
+        if lease {
+            return self.get_with_lease(key).await;
+        }
+        let v = self.flight(key).await?;
+        Ok(self.l2_result(v))
+    }
+
+    fn l2_result(&self, v: L2Value) -> GetResult {
+        match v.value {
+            Some(value) => {
+                self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
+                hit(value, Source::L2, v.ttl_ms)
+            }
+            None => {
+                self.stats.l2_misses.fetch_add(1, Ordering::Relaxed);
+                GetResult::default()
+            }
+        }
+    }
+
+    /// Joins the in-flight read of `key` or starts one. The read fills L1 itself,
+    /// so it does not matter which of the waiting callers drives it.
+    async fn flight(self: &Arc<Self>, key: &str) -> Result<L2Value, StoreError> {
+        let (id, fut, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((id, f)) = flights.get(key) {
+                (*id, f.clone(), false)
+            } else {
+                let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+                let this = Arc::clone(self);
+                let k = key.to_string();
+                let ticket = self.l1.ticket();
+                let fut = async move {
+                    let r = this.store.cache_get(&k, None).await?;
+                    if let Some(v) = &r.value.value {
+                        this.l1
+                            .fill(&k, v.clone(), r.value.ttl_ms, r.pos, ticket)
+                            .await;
+                    }
+                    Ok(r.value)
+                }
+                .boxed()
+                .shared();
+                flights.insert(key.to_string(), (id, fut.clone()));
+                (id, fut, true)
+            }
+        };
+        if !leader {
+            self.stats
+                .singleflight_joined
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let r = fut.await;
+        self.end_flight(key, Some(id));
+        r
+    }
+
+    /// Forgets the flight of `key` (all flights of it when `id` is `None`), so
+    /// callers that arrive after a change start a fresh read.
+    fn end_flight(&self, key: &str, id: Option<u64>) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((current, _)) = flights.get(key) {
+            if id.is_none_or(|id| id == *current) {
+                flights.remove(key);
+            }
+        }
+    }
+
+    async fn get_with_lease(&self, key: &str) -> Result<GetResult, StoreError> {
+        let ticket = self.l1.ticket();
+        let req = LeaseRequest {
+            token: crate::random_token(18),
+            ttl_ms: self.lease_ttl.as_millis().max(1) as u64,
+            max_wait_ms: LEASE_WAIT_CAP_MS,
+        };
+        let L2Get {
+            value,
+            pos,
+            lease,
+            wait_ms,
+        } = self.store.cache_get(key, Some(&req)).await?;
+        if let Some(v) = &value.value {
+            self.l1
+                .fill(key, v.clone(), value.ttl_ms, pos, ticket)
+                .await;
+        }
+        let mut r = self.l2_result(value);
+        if lease.is_some() {
+            self.stats.leases_granted.fetch_add(1, Ordering::Relaxed);
+        }
+        r.lease = lease;
+        r.wait_ms = wait_ms;
+        Ok(r)
+    }
+
+    /// `cache.mget`: L1 first, all misses in one Redis round trip.
+    pub async fn mget(&self, keys: &[String]) -> Result<Vec<GetResult>, StoreError> {
+        let mut out: Vec<Option<GetResult>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for k in keys {
+            let r = self.get_l1(k).await;
+            if r.is_none() {
+                missing.push(k);
+            }
+            out.push(r);
+        }
+        if !missing.is_empty() {
+            let ticket = self.l1.ticket();
+            let (values, pos) = self.store.cache_mget(&missing).await?;
+            let mut values = values.into_iter();
+            for (slot, key) in out.iter_mut().zip(keys) {
+                if slot.is_some() {
+                    continue;
+                }
+                let Some(v) = values.next() else { break };
+                if let Some(b) = &v.value {
+                    self.l1.fill(key, b.clone(), v.ttl_ms, pos, ticket).await;
+                }
+                *slot = Some(self.l2_result(v));
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    fn ttl_ms(&self, ttl_ms: Option<u64>) -> u64 {
+        let base = ttl_ms.unwrap_or_else(|| self.default_ttl.as_millis().max(1) as u64);
+        if self.ttl_jitter > 0.0 && base > 1 {
+            let extra = (base as f64 * self.ttl_jitter) as u64;
+            if extra > 0 {
+                return base + rand::rng().random_range(0..=extra);
+            }
+        }
+        base
+    }
+
+    /// `cache.set`: write L2 and announce; then this daemon's L1 holds the new value.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+        lease: Option<&str>,
+        tags: &[String],
+    ) -> Result<bool, StoreError> {
+        let ttl = self.ttl_ms(ttl_ms);
+        let ticket = self.l1.ticket();
+        match self.store.cache_set(key, &value, ttl, lease, tags).await? {
+            SetOutcome::Stored(id) => {
+                self.stats.sets.fetch_add(1, Ordering::Relaxed);
+                self.applied_locally(key, id).await;
+                self.l1.fill(key, value, Some(ttl), id, ticket).await;
+                Ok(true)
+            }
+            SetOutcome::LeaseLost => {
+                self.stats
+                    .stale_fills_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+        }
+    }
+
+    /// `cache.invalidate`: delete from L2 and every L1. Returns the log id.
+    pub async fn invalidate(&self, keys: &[String]) -> Result<StreamId, StoreError> {
+        let id = self.store.cache_invalidate(keys).await?;
+        self.stats
+            .invalidations_sent
+            .fetch_add(1, Ordering::Relaxed);
+        for k in keys {
+            self.applied_locally(k, id).await;
+        }
+        Ok(id)
+    }
+
+    /// `cache.invalidate_tags`: every key of the tags, as one change.
+    pub async fn invalidate_tags(&self, tags: &[String]) -> Result<(StreamId, u64), StoreError> {
+        let (id, keys) = self.store.cache_invalidate_tags(tags).await?;
+        if !keys.is_empty() {
+            self.stats
+                .invalidations_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for k in &keys {
+            self.applied_locally(k, id).await;
+        }
+        Ok((id, keys.len() as u64))
+    }
+
+    /// A change confirmed by Redis, applied here without waiting for the channel.
+    async fn applied_locally(&self, key: &str, id: StreamId) {
+        self.end_flight(key, None);
+        self.l1.apply_change(key, id).await;
+    }
+
+    /// A change heard from the channel or the log.
+    pub async fn apply_remote(&self, key: &str, id: StreamId) {
+        self.end_flight(key, None);
+        self.l1.apply_change(key, id).await;
+    }
+}

@@ -1,0 +1,311 @@
+//! The invalidation subscriber: keeps this daemon's L1 coherent with the fleet.
+//!
+//! One dedicated Pub/Sub connection per daemon. Pub/Sub alone is at-most-once, so
+//! every change is also in the invalidation log (a trimmed stream) and this task
+//! closes the gaps (DESIGN.md, coherence point 4):
+//! 1. While not subscribed, L1 is untrusted (reads bypass it, fills are void).
+//! 2. After `SUBSCRIBE` is confirmed, check Redis's identity (run_id + epoch key):
+//!    changed means Redis lost data, so flush. Otherwise replay the log after the
+//!    last applied id; if the log no longer reaches back that far, flush.
+//! 3. Only then trust L1 again and report ready.
+//! A heartbeat published to a private channel every `cache.heartbeat` proves the
+//! subscription still delivers; three missed beats count as a dead subscriber.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::l1::FlushReason;
+use crate::stats::Stats;
+use crate::store::{Store, StoreError};
+use crate::streamid::StreamId;
+
+/// A message on the invalidation channel (JSON, written by the Lua scripts).
+#[derive(Debug, Deserialize)]
+struct Message {
+    id: String,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// Shared view of the subscriber's progress, for `/readyz` and `stats`.
+#[derive(Debug)]
+pub struct CoherenceState {
+    inner: Mutex<StateInner>,
+    /// Follows `caught_up`, so tests and the admin server can await changes.
+    ready_tx: tokio::sync::watch::Sender<bool>,
+    /// Follows `applied`, so a caller can await "this daemon has applied change X".
+    applied_tx: tokio::sync::watch::Sender<StreamId>,
+}
+
+impl Default for CoherenceState {
+    fn default() -> Self {
+        CoherenceState {
+            inner: Mutex::default(),
+            ready_tx: tokio::sync::watch::channel(false).0,
+            applied_tx: tokio::sync::watch::channel(StreamId::ZERO).0,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct StateInner {
+    applied: StreamId,
+    identity: Option<(String, String)>,
+    caught_up: bool,
+}
+
+impl CoherenceState {
+    pub fn applied(&self) -> StreamId {
+        self.lock().applied
+    }
+    pub fn caught_up(&self) -> bool {
+        self.lock().caught_up
+    }
+    /// A receiver that sees every change of `caught_up`.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready_tx.subscribe()
+    }
+    /// A receiver that sees every advance of the applied log position.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<StreamId> {
+        self.applied_tx.subscribe()
+    }
+    fn set_applied(&self, id: StreamId) {
+        let mut s = self.lock();
+        if id > s.applied {
+            s.applied = id;
+        }
+        let now = s.applied;
+        drop(s);
+        self.applied_tx.send_replace(now);
+    }
+    /// Resets the position (first connection, or Redis replaced).
+    fn reset_applied(&self, id: StreamId) {
+        self.lock().applied = id;
+        self.applied_tx.send_replace(id);
+    }
+    fn set_caught_up(&self, v: bool) {
+        self.lock().caught_up = v;
+        self.ready_tx.send_replace(v);
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug)]
+pub struct Subscriber {
+    pub store: Store,
+    pub cache: Arc<Cache>,
+    pub stats: Arc<Stats>,
+    pub state: Arc<CoherenceState>,
+    pub heartbeat: Duration,
+    /// Unique per process, so heartbeats of two daemons never mix.
+    pub instance: String,
+}
+
+enum Ended {
+    Cancelled,
+    Lost(String),
+}
+
+impl Subscriber {
+    /// Runs until `cancel` fires, reconnecting with backoff.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(20);
+        let mut first = true;
+        loop {
+            self.cache.l1().set_unready();
+            self.state.set_caught_up(false);
+            if !first {
+                self.stats
+                    .subscriber_reconnects
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            let started = Instant::now();
+            match self.session(&cancel).await {
+                Ended::Cancelled => return,
+                Ended::Lost(why) => {
+                    tracing::warn!(reason = %why, "invalidation subscriber lost; L1 bypassed until recovered");
+                }
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(20);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One subscription, from connect to loss.
+    async fn session(&self, cancel: &CancellationToken) -> Ended {
+        let keys = self.store.keys().clone();
+        let channel = keys.channel();
+        let hb_channel = keys.heartbeat_channel(&self.instance);
+        let timeout = self.store.timeout();
+        let connect = async {
+            let mut ps = self.store.client().get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            ps.subscribe(&hb_channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        let pubsub = tokio::select! {
+            _ = cancel.cancelled() => return Ended::Cancelled,
+            r = tokio::time::timeout(timeout.max(Duration::from_secs(1)), connect) => match r {
+                Ok(Ok(ps)) => ps,
+                Ok(Err(e)) => return Ended::Lost(format!("subscribe failed: {e}")),
+                Err(_) => return Ended::Lost("subscribe timed out".into()),
+            },
+        };
+        let mut messages = pubsub.into_on_message();
+
+        // Subscribed: whatever changes from here on arrives as messages. Now close
+        // the gap behind us.
+        if let Err(e) = self.catch_up().await {
+            return Ended::Lost(format!("catch-up failed: {e}"));
+        }
+        self.cache.l1().set_ready();
+        self.state.set_caught_up(true);
+        tracing::info!(applied = %self.state.applied(), "invalidation subscriber caught up; L1 serving");
+
+        let mut beat = tokio::time::interval(self.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = self.heartbeat * 3;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ended::Cancelled,
+                msg = messages.next() => {
+                    let Some(msg) = msg else {
+                        return Ended::Lost("connection closed".into());
+                    };
+                    last_heard = Instant::now();
+                    if msg.get_channel_name() == hb_channel {
+                        continue;
+                    }
+                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                    self.on_message(&payload).await;
+                }
+                _ = beat.tick() => {
+                    if last_heard.elapsed() > deadline {
+                        self.stats.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Ended::Lost(format!("no heartbeat for {:?}", last_heard.elapsed()));
+                    }
+                    // A failed publish means Redis is unreachable; the subscription
+                    // will notice on its own, or the deadline will.
+                    let store = self.store.clone();
+                    let ch = hb_channel.clone();
+                    tokio::spawn(async move { let _ = store.publish(&ch, "hb").await; });
+                }
+            }
+        }
+    }
+
+    /// Redis identity check, then replay of the log after the applied id.
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        let identity = self.store.identity().await?;
+        let (first, last) = self.store.log_bounds().await?;
+        let (known, applied) = {
+            let s = self.state.lock();
+            (s.identity.clone(), s.applied)
+        };
+        let l1 = self.cache.l1();
+        match known {
+            None => {
+                // First connection: L1 is empty, nothing before now matters.
+                self.state.lock().identity = Some(identity);
+                self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
+                return Ok(());
+            }
+            Some(known) if known != identity => {
+                tracing::warn!("redis identity changed (restart or failover); flushing L1");
+                l1.flush(FlushReason::RedisIdentity);
+                self.state.lock().identity = Some(identity);
+                self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
+                return Ok(());
+            }
+            Some(_) => {}
+        }
+        let trimmed = match first {
+            // Entries up to `applied` are still there, so nothing after it is gone.
+            Some(first) => first > applied,
+            // An empty or missing log after we applied something: we cannot tell.
+            None => applied != StreamId::ZERO,
+        };
+        if trimmed {
+            tracing::warn!(%applied, first = ?first, "invalidation log trimmed past our position; flushing L1");
+            l1.flush(FlushReason::LogTrimmed);
+            self.state.set_applied(last.unwrap_or(applied));
+            return Ok(());
+        }
+        let mut after = applied;
+        loop {
+            let batch = self.store.log_after(after, 1000).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for (id, keys) in batch {
+                let keys: Option<Vec<String>> = keys.and_then(|k| serde_json::from_str(&k).ok());
+                match keys {
+                    Some(keys) => {
+                        for k in &keys {
+                            self.cache.apply_remote(k, id).await;
+                        }
+                        self.stats
+                            .log_entries_replayed
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        l1.flush(FlushReason::BadMessage);
+                    }
+                }
+                after = id;
+                self.state.set_applied(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, payload: &[u8]) {
+        self.stats
+            .invalidation_messages
+            .fetch_add(1, Ordering::Relaxed);
+        let msg: Option<(StreamId, Vec<String>)> = serde_json::from_slice::<Message>(payload)
+            .ok()
+            .and_then(|m| Some((StreamId::parse(&m.id)?, m.keys)));
+        let Some((id, keys)) = msg else {
+            // Someone published something we cannot read on our channel; we cannot
+            // know which keys it meant, so assume all of them.
+            tracing::warn!(
+                bytes = payload.len(),
+                "unreadable invalidation message; flushing L1"
+            );
+            self.cache.l1().flush(FlushReason::BadMessage);
+            return;
+        };
+        for k in &keys {
+            self.cache.apply_remote(k, id).await;
+        }
+        self.stats
+            .invalidations_applied
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Lag for the metric only: the log id's time is Redis's clock, ours may
+        // differ; nothing decides correctness from it.
+        self.stats.record_lag(now_ms.saturating_sub(id.ms));
+        self.state.set_applied(id);
+    }
+}

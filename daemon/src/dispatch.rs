@@ -1,0 +1,244 @@
+//! Request dispatch: from a frame body to a response frame.
+//!
+//! Answers that need nothing but the request (handshake, errors, `ping`, `stats`)
+//! are produced at once; everything else becomes a future the connection polls.
+//! The handshake rules of PROTOCOL.md live here: `hello` first, version 1 only.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use shoal_client::proto::{
+    encode_err, encode_ok, parse_request, ErrorCode, Frame, HelloResult, InvalidateResult,
+    InvalidateTagsResult, Op, ParseError, SetResult, VERSION,
+};
+
+use crate::store::StoreError;
+use crate::Ctx;
+
+/// What the connection does next with a frame.
+pub enum Next {
+    /// Write this response now.
+    Reply(Frame),
+    /// Write this response when the future completes.
+    Pending(BoxFuture<'static, Frame>),
+    /// Write this response, answer what is in flight, then close.
+    Close(Frame),
+}
+
+impl std::fmt::Debug for Next {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Next::Reply(_) => "Reply",
+            Next::Pending(_) => "Pending",
+            Next::Close(_) => "Close",
+        })
+    }
+}
+
+/// Per-connection protocol state.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    greeted: bool,
+}
+
+/// An error answered for one request.
+#[derive(Debug)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub msg: String,
+}
+
+impl OpError {
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        OpError {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        let code = match e {
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            StoreError::Timeout(_) => ErrorCode::Timeout,
+            StoreError::Redis(_) => ErrorCode::Internal,
+        };
+        OpError::new(code, e.to_string())
+    }
+}
+
+pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
+    ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let req = match parse_request(body, &ctx.limits) {
+        Ok(r) => r,
+        Err(ParseError::Unusable(msg)) => {
+            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return Next::Close(encode_err(0, ErrorCode::BadRequest, &msg));
+        }
+        Err(ParseError::Invalid { id, code, msg }) => {
+            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            if !conn.greeted {
+                return Next::Close(encode_err(
+                    id,
+                    ErrorCode::BadRequest,
+                    &format!("{msg} (and the first request must be a valid hello)"),
+                ));
+            }
+            return Next::Reply(encode_err(id, code, &msg));
+        }
+    };
+    let id = req.id;
+    match req.op {
+        Op::Hello { version, .. } => {
+            if conn.greeted {
+                return Next::Reply(encode_err(
+                    id,
+                    ErrorCode::BadRequest,
+                    "hello was already received on this connection",
+                ));
+            }
+            if version != VERSION {
+                return Next::Close(encode_err(
+                    id,
+                    ErrorCode::UnsupportedVersion,
+                    &format!(
+                        "protocol version {version} is not supported; this server speaks {VERSION}"
+                    ),
+                ));
+            }
+            conn.greeted = true;
+            Next::Reply(encode_ok(
+                id,
+                &HelloResult {
+                    version: VERSION,
+                    server: crate::SERVER_NAME.to_string(),
+                    node: ctx.config.node.id.clone(),
+                    max_frame: ctx.max_frame as u64,
+                },
+                ctx.max_frame,
+            ))
+        }
+        _ if !conn.greeted => Next::Close(encode_err(
+            id,
+            ErrorCode::BadRequest,
+            "the first request on a connection must be hello",
+        )),
+        Op::Ping => Next::Reply(encode_ok(id, "pong", ctx.max_frame)),
+        Op::Stats => Next::Reply(encode_ok(id, &stats(ctx), ctx.max_frame)),
+        op => {
+            let ctx = ctx.clone();
+            Next::Pending(async move { run_op(&ctx, id, op).await }.boxed())
+        }
+    }
+}
+
+fn stats(ctx: &Ctx) -> std::collections::BTreeMap<String, u64> {
+    let mut m = ctx.stats.snapshot();
+    let l1 = ctx.cache.l1();
+    m.insert("l1_entries".into(), l1.entry_count());
+    m.insert("l1_bytes".into(), l1.weighted_size());
+    m.insert("l1_max_bytes".into(), l1.max_bytes());
+    m.insert("l1_ready".into(), u64::from(l1.is_ready()));
+    m.insert("ready".into(), u64::from(ctx.ready()));
+    let applied = ctx.coherence.applied();
+    m.insert("applied_ms".into(), applied.ms);
+    m.insert("applied_seq".into(), applied.seq);
+    ctx.sessions.stats_into(&mut m);
+    ctx.ratelimits.stats_into(&mut m);
+    m
+}
+
+async fn run_op(ctx: &Arc<Ctx>, id: u64, op: Op) -> Frame {
+    let started = Instant::now();
+    let name = op.name();
+    let key_len = op.key_len();
+    let result = execute(ctx, id, op).await;
+    let (frame, outcome) = match result {
+        Ok(frame) => (frame, "ok"),
+        Err(e) => {
+            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            if matches!(
+                e.code,
+                ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Internal
+            ) {
+                ctx.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            (encode_err(id, e.code, &e.msg), e.code.as_str())
+        }
+    };
+    // Keys, values and tokens are never logged: only their sizes.
+    tracing::debug!(
+        op = name,
+        id,
+        key_len,
+        outcome,
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    frame
+}
+
+async fn execute(ctx: &Arc<Ctx>, id: u64, op: Op) -> Result<Frame, OpError> {
+    let max = ctx.max_frame;
+    let cache = &ctx.cache;
+    Ok(match op {
+        Op::CacheGet { key, lease } => {
+            let r = match cache.get_l1(&key).await {
+                Some(hit) => hit,
+                None => cache.get_l2(&key, lease).await?,
+            };
+            encode_ok(id, &r, max)
+        }
+        Op::CacheMget { keys } => encode_ok(id, &cache.mget(&keys).await?, max),
+        Op::CacheSet {
+            key,
+            value,
+            ttl_ms,
+            lease,
+            tags,
+        } => {
+            let stored = cache
+                .set(&key, value, ttl_ms, lease.as_deref(), &tags)
+                .await?;
+            encode_ok(id, &SetResult { stored }, max)
+        }
+        Op::CacheInvalidate { keys } => {
+            let seq = cache.invalidate(&keys).await?;
+            encode_ok(
+                id,
+                &InvalidateResult {
+                    seq: seq.to_string(),
+                },
+                max,
+            )
+        }
+        Op::CacheInvalidateTags { tags } => {
+            let (seq, keys) = cache.invalidate_tags(&tags).await?;
+            encode_ok(
+                id,
+                &InvalidateTagsResult {
+                    seq: seq.to_string(),
+                    keys,
+                },
+                max,
+            )
+        }
+        op @ (Op::SessionCreate { .. }
+        | Op::SessionGet { .. }
+        | Op::SessionUpdate { .. }
+        | Op::SessionRotate { .. }
+        | Op::SessionRevoke { .. }
+        | Op::SessionRevokeUser { .. }
+        | Op::SessionList { .. }) => return ctx.sessions.handle(id, op, max).await,
+        op @ (Op::RatelimitCheck { .. } | Op::RatelimitPeek { .. } | Op::RatelimitReset { .. }) => {
+            return ctx.ratelimits.handle(id, op, max).await
+        }
+        Op::Hello { .. } | Op::Ping | Op::Stats => {
+            return Err(OpError::new(ErrorCode::Internal, "handled before dispatch"))
+        }
+    })
+}

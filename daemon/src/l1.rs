@@ -1,0 +1,324 @@
+//! The L1: a bounded in-memory cache (moka) plus the bookkeeping that keeps it
+//! coherent with L2.
+//!
+//! Three things decide whether L1 may serve or be filled:
+//! - `ready`: the invalidation subscriber is connected and caught up. While it is
+//!   not, L1 is bypassed (reads go to L2) and fills are dropped.
+//! - `generation`: bumped whenever trust is lost (subscriber down, flush). A fill
+//!   carries the generation of the moment its read was issued ([`Ticket`]) and is
+//!   dropped if it changed, so nothing read before a gap is kept after it.
+//! - change marks: per stripe of the key space, the highest log id of a change this
+//!   daemon applied. A fill read at log position P is kept only if no change of its
+//!   stripe later than P has been applied. Striping may refuse a good fill; it never
+//!   admits a bad one. Wall clocks are never compared.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::stats::Stats;
+use crate::streamid::StreamId;
+
+/// Bytes charged per entry on top of key and value (moka node, Arc, our struct).
+pub const ENTRY_OVERHEAD: usize = 128;
+const STRIPES: usize = 1 << 16;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub value: Bytes,
+    pub expires_at: Instant,
+    /// The log position the value was read (or written) at.
+    pub pos: StreamId,
+    /// When L2's copy expires, as far as the read could tell.
+    pub l2_expires_at: Option<Instant>,
+}
+
+struct EntryExpiry;
+
+impl Expiry<Arc<str>, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _k: &Arc<str>, v: &Entry, now: Instant) -> Option<Duration> {
+        Some(v.expires_at.saturating_duration_since(now))
+    }
+    fn expire_after_update(
+        &self,
+        _k: &Arc<str>,
+        v: &Entry,
+        now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.expires_at.saturating_duration_since(now))
+    }
+}
+
+/// Proof that a read was issued while L1 was trusted, in a given generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// Why L1 was emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// The log was trimmed past this daemon's applied position.
+    LogTrimmed,
+    /// Redis lost its data or was replaced (run_id or epoch changed).
+    RedisIdentity,
+    /// A message on the channel could not be understood.
+    BadMessage,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::LogTrimmed => "log_trimmed",
+            FlushReason::RedisIdentity => "redis_identity",
+            FlushReason::BadMessage => "bad_message",
+        }
+    }
+}
+
+pub struct L1 {
+    cache: Cache<Arc<str>, Entry>,
+    ready: AtomicBool,
+    generation: AtomicU64,
+    marks: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+    max_ttl: Duration,
+    max_bytes: u64,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for L1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L1")
+            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .field("entries", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+fn weigh(key: &Arc<str>, e: &Entry) -> u32 {
+    u32::try_from(key.len() + e.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+impl L1 {
+    pub fn new(max_bytes: u64, max_ttl: Duration, stats: Arc<Stats>) -> L1 {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(weigh)
+            .expire_after(EntryExpiry)
+            .build();
+        L1 {
+            cache,
+            ready: AtomicBool::new(false),
+            generation: AtomicU64::new(1),
+            marks: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            max_ttl,
+            max_bytes,
+            stats,
+        }
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        &self.marks[(h.finish() as usize) & (STRIPES - 1)]
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// L1 is trusted again (subscriber connected and caught up).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// L1 can no longer be trusted: reads bypass it, in-flight fills are void.
+    pub fn set_unready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Taken before an L2 read whose result may fill L1. `None` while not ready.
+    pub fn ticket(&self) -> Option<Ticket> {
+        let g = self.generation.load(Ordering::SeqCst);
+        self.is_ready().then_some(Ticket(g))
+    }
+
+    fn ticket_valid(&self, t: Ticket) -> bool {
+        self.is_ready() && self.generation.load(Ordering::SeqCst) == t.0
+    }
+
+    /// An L1 hit, if L1 is trusted and holds the key.
+    pub async fn get(&self, key: &str) -> Option<Entry> {
+        if !self.is_ready() {
+            self.stats.bypassed_reads.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let e = self.cache.get(key).await?;
+        // moka expires lazily on its own clock; never serve past our deadline.
+        (e.expires_at > Instant::now()).then_some(e)
+    }
+
+    /// Stores a value read from (or written to) L2 at log position `pos`, if the
+    /// coherence rules allow. Returns whether it was kept.
+    pub async fn fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        l2_ttl_ms: Option<u64>,
+        pos: StreamId,
+        ticket: Option<Ticket>,
+    ) -> bool {
+        let Some(ticket) = ticket else {
+            return false;
+        };
+        let ttl = match l2_ttl_ms {
+            Some(ms) => Duration::from_millis(ms).min(self.max_ttl),
+            None => self.max_ttl,
+        };
+        let size = (key.len() + value.len() + ENTRY_OVERHEAD) as u64;
+        // An entry above an eighth of the bound would evict a crowd for one value.
+        if ttl.is_zero() || size > self.max_bytes / 8 {
+            return false;
+        }
+        let stripe = self.stripe(key);
+        let admissible =
+            |l1: &L1| l1.ticket_valid(ticket) && stripe.load(Ordering::SeqCst) <= pos.pack_down();
+        if !admissible(self) {
+            self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let key: Arc<str> = Arc::from(key);
+        let now = Instant::now();
+        let entry = Entry {
+            value,
+            expires_at: now + ttl,
+            pos,
+            l2_expires_at: l2_ttl_ms.map(|ms| now + Duration::from_millis(ms)),
+        };
+        self.cache.insert(key.clone(), entry).await;
+        // A change applied between the check and the insert has not seen our entry;
+        // look again and take it back out if so.
+        if !admissible(self) {
+            self.cache.invalidate(&key).await;
+            self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Applies one change (from the channel, the log, or this daemon's own write):
+    /// marks the key's stripe and evicts any copy older than the change.
+    pub async fn apply_change(&self, key: &str, id: StreamId) {
+        self.stripe(key).fetch_max(id.pack_up(), Ordering::SeqCst);
+        if let Some(e) = self.cache.get(key).await {
+            if e.pos < id {
+                self.cache.invalidate(key).await;
+                self.stats
+                    .l1_evictions_invalidated
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Empties L1 and voids every fill in flight.
+    pub fn flush(&self, reason: FlushReason) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+        // The generation bump voids fills read before this point, so old marks
+        // (which may be from a previous Redis whose ids were larger) can go.
+        for m in self.marks.iter() {
+            m.store(0, Ordering::SeqCst);
+        }
+        self.stats.record_flush(reason);
+        tracing::warn!(reason = reason.as_str(), "L1 flushed");
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Lets moka apply pending evictions now (the size bound is enforced lazily).
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn l1() -> L1 {
+        let l1 = L1::new(1 << 20, Duration::from_secs(60), Arc::new(Stats::default()));
+        l1.set_ready();
+        l1
+    }
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    #[tokio::test]
+    async fn fill_refused_after_a_later_change() {
+        let l1 = l1();
+        let t = l1.ticket();
+        l1.apply_change("k", id(10)).await;
+        assert!(
+            !l1.fill("k", Bytes::from_static(b"old"), None, id(9), t)
+                .await
+        );
+        assert!(l1.get("k").await.is_none());
+        assert!(
+            l1.fill("k", Bytes::from_static(b"new"), None, id(10), t)
+                .await
+        );
+        assert_eq!(l1.get("k").await.unwrap().value, Bytes::from_static(b"new"));
+    }
+
+    #[tokio::test]
+    async fn change_evicts_older_copies_only() {
+        let l1 = l1();
+        let t = l1.ticket();
+        assert!(l1.fill("k", Bytes::from_static(b"v"), None, id(5), t).await);
+        l1.apply_change("k", id(5)).await;
+        assert!(
+            l1.get("k").await.is_some(),
+            "own write at 5 is not older than 5"
+        );
+        l1.apply_change("k", id(6)).await;
+        assert!(l1.get("k").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn gap_voids_tickets_and_bypasses() {
+        let l1 = l1();
+        let t = l1.ticket();
+        assert!(l1.fill("a", Bytes::from_static(b"v"), None, id(1), t).await);
+        l1.set_unready();
+        assert!(l1.get("a").await.is_none(), "bypassed while unready");
+        assert!(l1.ticket().is_none());
+        l1.set_ready();
+        assert!(!l1.fill("b", Bytes::from_static(b"v"), None, id(1), t).await);
+        assert!(
+            l1.get("a").await.is_some(),
+            "survives a gap without a flush"
+        );
+        l1.flush(FlushReason::LogTrimmed);
+        assert!(l1.get("a").await.is_none());
+    }
+}

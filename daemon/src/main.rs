@@ -1,0 +1,190 @@
+//! `shoald`: load configuration, bind the socket, run until SIGTERM/SIGINT.
+//!
+//! Kept thin on purpose: everything testable lives in the library, and tests call
+//! the same [`shoald::run`] this binary does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use figment::providers::{Format, Serialized};
+use tokio_util::sync::CancellationToken;
+
+/// Flags override the file and the environment.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoald",
+    version,
+    about = "shoal daemon: coherent cache, sessions and rate limits beside every replica"
+)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "SHOAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: start a private redis-server when `redis.url` is not
+    /// configured, and serve on ./shoal.sock unless `socket.path` is set.
+    #[arg(long)]
+    dev: bool,
+    /// Print the effective configuration (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// `socket.path`
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// `redis.url`
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// `node.id`
+    #[arg(long)]
+    node_id: Option<String>,
+    /// `admin.listen`
+    #[arg(long)]
+    admin_listen: Option<String>,
+}
+
+const EX_USAGE: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_SOFTWARE: u8 = 70;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut fig = match shoald::Config::figment(args.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return usage(e),
+    };
+    for (key, value) in [
+        (
+            "socket.path",
+            args.socket.as_ref().map(|p| p.display().to_string()),
+        ),
+        ("redis.url", args.redis_url.clone()),
+        ("node.id", args.node_id.clone()),
+        ("admin.listen", args.admin_listen.clone()),
+    ] {
+        if let Some(v) = value {
+            fig = fig.merge(Serialized::default(key, v));
+        }
+    }
+    // --dev starts a private Redis only when nobody configured one.
+    let dev_redis_wanted = args.dev && !configured(&args, "redis.url", "SHOAL_REDIS__URL");
+    if args.dev && !configured(&args, "socket.path", "SHOAL_SOCKET__PATH") {
+        fig = fig.merge(Serialized::default("socket.path", "./shoal.sock"));
+    }
+    let mut config = match shoald::Config::from_figment(fig) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    if args.print_config {
+        match toml_string(&config) {
+            Ok(s) => {
+                print!("{s}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("shoald: {e}");
+                return ExitCode::from(EX_SOFTWARE);
+            }
+        }
+    }
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoald: cannot start the runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    runtime.block_on(async move {
+        let _dev_redis = if dev_redis_wanted {
+            match shoald::dev::DevRedis::start().await {
+                Ok(r) => {
+                    config.redis.url = r.url();
+                    tracing::info!(url = %config.redis.url, "dev mode: started a private redis-server");
+                    Some(r)
+                }
+                Err(e) => {
+                    eprintln!("shoald: --dev could not start redis-server: {e}");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            }
+        } else {
+            None
+        };
+        let mode = match config.socket_mode() {
+            Ok(m) => m,
+            Err(e) => return usage(e),
+        };
+        let listener = match shoald::bind(&config.socket.path, mode).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("shoald: {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match shoald::run(listener, config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shoald: {e}");
+                ExitCode::from(EX_SOFTWARE)
+            }
+        }
+    })
+}
+
+/// Whether `key` was set by a flag, the environment or the config file.
+fn configured(args: &Args, key: &str, env: &str) -> bool {
+    let flag = match key {
+        "redis.url" => args.redis_url.is_some(),
+        "socket.path" => args.socket.is_some(),
+        _ => false,
+    };
+    let file = args
+        .config
+        .as_ref()
+        .is_some_and(|p| figment::Figment::from(figment::providers::Toml::file(p)).contains(key));
+    flag || file || std::env::var_os(env).is_some()
+}
+
+fn usage(e: shoald::ConfigError) -> ExitCode {
+    eprintln!("shoald: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+fn toml_string(config: &shoald::Config) -> Result<String, String> {
+    let v = serde_json::to_value(config).map_err(|e| e.to_string())?;
+    Ok(format!("{v:#}\n"))
+}
+
+fn init_tracing(config: &shoald::Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.telemetry.log_format {
+        shoald::config::LogFormat::Json => builder.json().init(),
+        shoald::config::LogFormat::Text => builder.init(),
+    }
+}
+
+/// SIGTERM or SIGINT starts the graceful shutdown.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,208 @@
+//! The socket server: accepting connections and serving each one.
+//!
+//! One task per connection, no extra task per request: the task parses every
+//! complete frame it has, runs each request as a future in a `FuturesUnordered`,
+//! and writes responses in completion order, so an L1 hit is answered while a slow
+//! Redis call of the same connection is still out (pipelining). Backpressure: with
+//! `socket.max_inflight` requests pending the task stops reading, and the client's
+//! writes block in the kernel instead of queueing in our memory.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use shoal_client::proto::{encode_err, ErrorCode, FrameCodec, FrameError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dispatch::{self, Next};
+use crate::{Ctx, RunError};
+
+/// Accepts until `shutdown`, then drains connections within `shutdown.grace` and
+/// removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
+    let limit = Arc::new(Semaphore::new(ctx.config.socket.max_connections));
+    let conns = TaskTracker::new();
+    let drain = CancellationToken::new();
+    tracing::info!(
+        socket = ?path,
+        node = %ctx.config.node.id,
+        "shoald serving"
+    );
+    let mut accept_errors = 0u32;
+    let result = loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => {
+                accept_errors = 0;
+                s
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; give up only if
+                // the listener itself is broken.
+                accept_errors += 1;
+                tracing::error!(error = %e, "accept failed");
+                if accept_errors > 100 {
+                    break Err(RunError::Accept(e));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            ctx.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            conns.spawn(refuse(stream, ctx.config.socket.max_connections));
+            continue;
+        };
+        let ctx = ctx.clone();
+        let drain = drain.child_token();
+        conns.spawn(async move {
+            ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+            serve_conn(stream, &ctx, drain).await;
+            ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    };
+    drop(listener);
+    if let Some(p) = &path {
+        let _ = std::fs::remove_file(p);
+    }
+    // Stop reading new requests everywhere; answer what was received.
+    drain.cancel();
+    conns.close();
+    let grace = ctx.config.shutdown.grace;
+    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
+        tracing::warn!(?grace, "grace period over; closing remaining connections");
+    }
+    result
+}
+
+/// Tells a connection over the limit why it is closed.
+async fn refuse(mut stream: UnixStream, max: usize) {
+    let frame = encode_err(
+        0,
+        ErrorCode::Unavailable,
+        &format!("too many connections (socket.max_connections = {max})"),
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&frame)).await;
+    let _ = stream.shutdown().await;
+}
+
+type Pending = FuturesUnordered<futures::future::BoxFuture<'static, Vec<u8>>>;
+
+/// Serves one connection until the peer leaves, a fatal frame, idleness or drain.
+async fn serve_conn(mut stream: UnixStream, ctx: &Arc<Ctx>, drain: CancellationToken) {
+    let codec = FrameCodec::new(ctx.max_frame);
+    let max_inflight = ctx.config.socket.max_inflight;
+    let idle = ctx.config.socket.idle_timeout;
+    let mut inbuf = BytesMut::with_capacity(8 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut pending: Pending = FuturesUnordered::new();
+    let mut conn = dispatch::ConnState::default();
+    let mut closing = false; // a fatal frame: answer what we have, then close
+    let mut draining = false; // shutdown: no new reads
+    let mut peer_done = false; // EOF from the peer
+    let mut last_activity = Instant::now();
+
+    loop {
+        // Every complete frame already received becomes a request (bounded).
+        while !closing && pending.len() < max_inflight {
+            match codec.decode_frame(&mut inbuf) {
+                Ok(Some(body)) => {
+                    last_activity = Instant::now();
+                    match dispatch::handle_frame(ctx, &mut conn, &body) {
+                        Next::Reply(frame) => out.extend_from_slice(&frame),
+                        Next::Pending(fut) => {
+                            ctx.stats.inflight.fetch_add(1, Ordering::Relaxed);
+                            pending.push(fut);
+                        }
+                        Next::Close(frame) => {
+                            out.extend_from_slice(&frame);
+                            closing = true;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let (code, msg) = match e {
+                        FrameError::TooLarge { .. } => (ErrorCode::FrameTooLarge, e.to_string()),
+                        FrameError::Empty => (ErrorCode::BadRequest, e.to_string()),
+                    };
+                    tracing::debug!(error = %msg, "closing connection after a bad frame");
+                    out.extend_from_slice(&encode_err(0, code, &msg));
+                    closing = true;
+                }
+            }
+        }
+        // Collect whatever finished without waiting (L1 hits finish on first poll).
+        while let Some(Some(frame)) = pending.next().now_or_never() {
+            ctx.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+            out.extend_from_slice(&frame);
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out.shrink_to(8 * 1024);
+            }
+        }
+        let stop_reading = closing || draining || peer_done;
+        if stop_reading && pending.is_empty() {
+            break;
+        }
+        if inbuf.capacity() > 1 << 20 && inbuf.is_empty() {
+            inbuf = BytesMut::with_capacity(8 * 1024);
+        }
+        let idle_deadline = tokio::time::Instant::from_std(last_activity + idle);
+        let can_read = !stop_reading && pending.len() < max_inflight;
+        tokio::select! {
+            Some(frame) = pending.next(), if !pending.is_empty() => {
+                ctx.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+                out.extend_from_slice(&frame);
+            }
+            r = stream.read_buf(&mut inbuf), if can_read => match r {
+                Ok(0) => {
+                    if !inbuf.is_empty() {
+                        tracing::debug!(bytes = inbuf.len(), "peer disconnected mid-frame");
+                    }
+                    peer_done = true;
+                }
+                Ok(_) => {}
+                Err(_) => peer_done = true,
+            },
+            _ = drain.cancelled(), if !draining => draining = true,
+            _ = tokio::time::sleep_until(idle_deadline), if pending.is_empty() && !stop_reading => {
+                tracing::debug!("closing idle connection");
+                break;
+            }
+        }
+    }
+    // Requests abandoned here (peer gone) still count down.
+    let left = pending.len() as u64;
+    if left > 0 {
+        ctx.stats.inflight.fetch_sub(left, Ordering::Relaxed);
+    }
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,527 @@
+//! The Redis side of shoal (L2): one multiplexed command connection, the scripts
+//! from `lua/`, key naming, deadlines and error classification.
+//!
+//! Every call has a deadline (`redis.timeout`), so a stalled or unreachable Redis
+//! turns into a prompt `unavailable`/`timeout` answer instead of a hung request.
+//! The connection manager reconnects in the background with backoff.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+use crate::config::Config;
+use crate::streamid::StreamId;
+
+/// The scripts, loaded from `lua/` at compile time.
+#[derive(Debug)]
+struct Scripts {
+    get: Script,
+    mget: Script,
+    set: Script,
+    invalidate: Script,
+    invalidate_tags: Script,
+    epoch: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Scripts {
+            get: Script::new(include_str!("../../lua/cache_get.lua")),
+            mget: Script::new(include_str!("../../lua/cache_mget.lua")),
+            set: Script::new(include_str!("../../lua/cache_set.lua")),
+            invalidate: Script::new(include_str!("../../lua/cache_invalidate.lua")),
+            invalidate_tags: Script::new(include_str!("../../lua/cache_invalidate_tags.lua")),
+            epoch: Script::new(include_str!("../../lua/epoch.lua")),
+        }
+    }
+}
+
+/// Why a Redis call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Redis cannot be reached (connection refused, reset, or down for a while).
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis was reachable but did not answer within `redis.timeout`.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error or something shoal did not expect.
+    #[error("redis error: {0}")]
+    Redis(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, StoreError::Redis(_))
+    }
+}
+
+/// Names of every key, channel and stream shoal uses under `redis.prefix`.
+#[derive(Debug, Clone)]
+pub struct KeyNames {
+    prefix: String,
+}
+
+impl KeyNames {
+    pub fn new(prefix: &str) -> Self {
+        KeyNames {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub fn value(&self, key: &str) -> String {
+        format!("{}c:{key}", self.prefix)
+    }
+    pub fn lease(&self, key: &str) -> String {
+        format!("{}l:{key}", self.prefix)
+    }
+    pub fn tag(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.prefix)
+    }
+    pub fn log(&self) -> String {
+        format!("{}log", self.prefix)
+    }
+    pub fn channel(&self) -> String {
+        format!("{}inv", self.prefix)
+    }
+    pub fn heartbeat_channel(&self, instance: &str) -> String {
+        format!("{}hb:{instance}", self.prefix)
+    }
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+}
+
+/// An L2 read of one key.
+#[derive(Debug, Clone)]
+pub struct L2Value {
+    pub value: Option<Bytes>,
+    /// Remaining TTL in ms (`None`: no TTL, which shoal never writes).
+    pub ttl_ms: Option<u64>,
+}
+
+/// `cache_get` result: the value, the log position the read saw, the lease outcome.
+#[derive(Debug, Clone)]
+pub struct L2Get {
+    pub value: L2Value,
+    pub pos: StreamId,
+    pub lease: Option<String>,
+    pub wait_ms: Option<u64>,
+}
+
+/// Result of a write that may fill L1.
+#[derive(Debug, Clone)]
+pub enum SetOutcome {
+    Stored(StreamId),
+    LeaseLost,
+}
+
+/// Lease request of a `cache.get`.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub token: String,
+    pub ttl_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+/// Shared handle to Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    client: redis::Client,
+    conn: ConnectionManager,
+    timeout: Duration,
+    keys: KeyNames,
+    node: String,
+    log_len: u64,
+    scripts: Arc<Scripts>,
+    /// Set on connection-level failures, cleared on success: a deadline that
+    /// expires while Redis is known to be down is reported as `unavailable`.
+    down: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.keys.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn classify(e: redis::RedisError, timeout: Duration) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout(timeout)
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+    {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Redis(e.to_string())
+    }
+}
+
+impl Store {
+    /// Creates the handle without connecting: the daemon starts (and reports not
+    /// ready) while Redis is down, and connects when Redis comes up.
+    pub fn new(config: &Config) -> Result<Store, StoreError> {
+        let client = redis::Client::open(config.redis.url.as_str())
+            .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
+        let timeout = config.redis.timeout;
+        let mgr_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_config)
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        Ok(Store {
+            client,
+            conn,
+            timeout,
+            keys: KeyNames::new(&config.redis.prefix),
+            node: config.node.id.clone(),
+            log_len: config.cache.invalidation_log_len,
+            scripts: Arc::new(Scripts::load()),
+            down: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn keys(&self) -> &KeyNames {
+        &self.keys
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the last call failed for connection reasons.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Runs one Redis call under the deadline and classifies its failure.
+    async fn call<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => {
+                self.down.store(false, Ordering::Relaxed);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                let e = classify(e, self.timeout);
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.down.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+            Err(_) if self.is_down() => Err(StoreError::Unavailable(format!(
+                "redis unreachable (no answer within {:?})",
+                self.timeout
+            ))),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Runs an arbitrary command (used by background tasks and admin paths).
+    pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.call(cmd.query_async(&mut conn)).await
+    }
+
+    pub async fn cache_get(
+        &self,
+        key: &str,
+        lease: Option<&LeaseRequest>,
+    ) -> Result<L2Get, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.get.prepare_invoke();
+        inv.key(self.keys.value(key))
+            .key(self.keys.lease(key))
+            .key(self.keys.log());
+        match lease {
+            Some(l) => inv.arg("1").arg(&l.token).arg(l.ttl_ms).arg(l.max_wait_ms),
+            None => inv.arg("0").arg("").arg(0).arg(0),
+        };
+        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        let [value, pttl, pos, lease, wait] = <[Value; 5]>::try_from(v)
+            .map_err(|_| StoreError::Redis("cache_get returned an unexpected shape".into()))?;
+        Ok(L2Get {
+            value: l2_value(value, pttl)?,
+            pos: parse_pos(&pos)?,
+            lease: opt_string(lease)?,
+            wait_ms: opt_u64(wait)?,
+        })
+    }
+
+    /// Reads many keys in one round trip; returns the values in order and the log position.
+    pub async fn cache_mget(&self, keys: &[&str]) -> Result<(Vec<L2Value>, StreamId), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.mget.prepare_invoke();
+        inv.key(self.keys.log());
+        for k in keys {
+            inv.key(self.keys.value(k));
+        }
+        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        if v.len() != 1 + 2 * keys.len() {
+            return Err(StoreError::Redis(
+                "cache_mget returned an unexpected shape".into(),
+            ));
+        }
+        let mut it = v.into_iter();
+        let pos = parse_pos(&it.next().unwrap_or(Value::Nil))?;
+        let mut out = Vec::with_capacity(keys.len());
+        while let (Some(value), Some(pttl)) = (it.next(), it.next()) {
+            out.push(l2_value(value, pttl)?);
+        }
+        Ok((out, pos))
+    }
+
+    pub async fn cache_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+        lease: Option<&str>,
+        tags: &[String],
+    ) -> Result<SetOutcome, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.set.prepare_invoke();
+        inv.key(self.keys.value(key))
+            .key(self.keys.lease(key))
+            .key(self.keys.log());
+        for t in tags {
+            inv.key(self.keys.tag(t));
+        }
+        inv.arg(value)
+            .arg(ttl_ms)
+            .arg(lease.unwrap_or(""))
+            .arg(self.log_len)
+            .arg(self.keys.channel())
+            .arg(&self.node)
+            .arg(key);
+        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        match v.as_slice() {
+            [Value::Int(1), id] => Ok(SetOutcome::Stored(parse_pos(id)?)),
+            [Value::Int(0), ..] => Ok(SetOutcome::LeaseLost),
+            _ => Err(StoreError::Redis(
+                "cache_set returned an unexpected shape".into(),
+            )),
+        }
+    }
+
+    pub async fn cache_invalidate(&self, keys: &[String]) -> Result<StreamId, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.invalidate.prepare_invoke();
+        inv.key(self.keys.log());
+        for k in keys {
+            inv.key(self.keys.value(k)).key(self.keys.lease(k));
+        }
+        inv.arg(self.log_len)
+            .arg(self.keys.channel())
+            .arg(&self.node);
+        for k in keys {
+            inv.arg(k);
+        }
+        let v: Value = self.call(inv.invoke_async(&mut conn)).await?;
+        parse_pos(&v)
+    }
+
+    /// Invalidates every key of `tags` as one change. Returns the log id and the keys.
+    pub async fn cache_invalidate_tags(
+        &self,
+        tags: &[String],
+    ) -> Result<(StreamId, Vec<String>), StoreError> {
+        // The members are read first and confirmed inside the script; a set that
+        // races in between makes the script ask for another round.
+        for _ in 0..8 {
+            let mut sunion = redis::cmd("SUNION");
+            for t in tags {
+                sunion.arg(self.keys.tag(t));
+            }
+            let members: Vec<String> = self.cmd(&sunion).await?;
+            let mut conn = self.conn.clone();
+            let mut inv = self.scripts.invalidate_tags.prepare_invoke();
+            inv.key(self.keys.log());
+            for t in tags {
+                inv.key(self.keys.tag(t));
+            }
+            for m in &members {
+                inv.key(self.keys.value(m)).key(self.keys.lease(m));
+            }
+            inv.arg(self.log_len)
+                .arg(self.keys.channel())
+                .arg(&self.node)
+                .arg(tags.len());
+            for m in &members {
+                inv.arg(m);
+            }
+            let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+            match v.as_slice() {
+                [Value::Int(1), id, _] => return Ok((parse_pos(id)?, members)),
+                [Value::Int(0), ..] => continue,
+                _ => {
+                    return Err(StoreError::Redis(
+                        "cache_invalidate_tags returned an unexpected shape".into(),
+                    ))
+                }
+            }
+        }
+        Err(StoreError::Timeout(self.timeout))
+    }
+
+    /// The dataset epoch (created if missing) and the server's run_id.
+    pub async fn identity(&self) -> Result<(String, String), StoreError> {
+        let mut conn = self.conn.clone();
+        let candidate = crate::random_token(16);
+        let mut inv = self.scripts.epoch.prepare_invoke();
+        inv.key(self.keys.epoch()).arg(candidate);
+        let epoch: String = self.call(inv.invoke_async(&mut conn)).await?;
+        let info: String = self.cmd(redis::cmd("INFO").arg("server")).await?;
+        let run_id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Ok((epoch, run_id))
+    }
+
+    /// The first and last ids of the invalidation log (`None` when it is empty or missing).
+    pub async fn log_bounds(&self) -> Result<(Option<StreamId>, Option<StreamId>), StoreError> {
+        let log = self.keys.log();
+        let first: Vec<(String, Value)> = self
+            .cmd(
+                redis::cmd("XRANGE")
+                    .arg(&log)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await
+            .map(|v: Vec<Value>| entries_ids(v))?;
+        let last: Vec<(String, Value)> = self
+            .cmd(
+                redis::cmd("XREVRANGE")
+                    .arg(&log)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await
+            .map(|v: Vec<Value>| entries_ids(v))?;
+        let p = |v: &[(String, Value)]| v.first().and_then(|(id, _)| StreamId::parse(id));
+        Ok((p(&first), p(&last)))
+    }
+
+    /// Log entries after `after` (exclusive), at most `count`: (id, keys JSON).
+    pub async fn log_after(
+        &self,
+        after: StreamId,
+        count: usize,
+    ) -> Result<Vec<(StreamId, Option<String>)>, StoreError> {
+        let v: Vec<Value> = self
+            .cmd(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.log())
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(v.len());
+        for (id, fields) in entries_ids(v) {
+            let Some(id) = StreamId::parse(&id) else {
+                continue;
+            };
+            let mut keys = None;
+            if let Value::Array(f) = fields {
+                let mut it = f.into_iter();
+                while let (Some(k), Some(val)) = (it.next(), it.next()) {
+                    if as_string(&k).as_deref() == Some("keys") {
+                        keys = as_string(&val);
+                    }
+                }
+            }
+            out.push((id, keys));
+        }
+        Ok(out)
+    }
+
+    /// Publishes on a channel through the command connection.
+    pub async fn publish(&self, channel: &str, msg: &str) -> Result<u64, StoreError> {
+        self.cmd(redis::cmd("PUBLISH").arg(channel).arg(msg)).await
+    }
+}
+
+fn entries_ids(v: Vec<Value>) -> Vec<(String, Value)> {
+    v.into_iter()
+        .filter_map(|e| match e {
+            Value::Array(mut parts) if parts.len() == 2 => {
+                let fields = parts.pop()?;
+                let id = as_string(&parts.pop()?)?;
+                Some((id, fields))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn parse_pos(v: &Value) -> Result<StreamId, StoreError> {
+    as_string(v)
+        .and_then(|s| StreamId::parse(&s))
+        .ok_or_else(|| StoreError::Redis(format!("expected a stream id, got {v:?}")))
+}
+
+fn opt_string(v: Value) -> Result<Option<String>, StoreError> {
+    match v {
+        Value::Nil => Ok(None),
+        other => as_string(&other)
+            .map(Some)
+            .ok_or_else(|| StoreError::Redis("expected a string".into())),
+    }
+}
+
+fn opt_u64(v: Value) -> Result<Option<u64>, StoreError> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::Int(i) => Ok(Some(i.max(0) as u64)),
+        _ => Err(StoreError::Redis("expected an integer".into())),
+    }
+}
+
+fn l2_value(value: Value, pttl: Value) -> Result<L2Value, StoreError> {
+    let value = match value {
+        Value::Nil => None,
+        Value::BulkString(b) => Some(Bytes::from(b)),
+        _ => return Err(StoreError::Redis("expected a bulk string value".into())),
+    };
+    let ttl_ms = match pttl {
+        Value::Int(i) if i >= 0 => Some(i as u64),
+        _ => None,
+    };
+    Ok(L2Value { value, ttl_ms })
+}

@@ -1,0 +1,27 @@
+-- cache_invalidate: delete L2 values and their fill leases, log the change and
+-- publish it, atomically. L2 is gone before any daemon hears; a daemon that was
+-- disconnected finds the change in the log when it resubscribes.
+-- Callable by any Redis client (external writers): pass the keys as shown.
+--
+-- KEYS[1]        invalidation log  prefix .. "log"
+-- KEYS[2i]       value key of cache key i   prefix .. "c:" .. key_i   (i = 1..n)
+-- KEYS[2i+1]     lease key of cache key i   prefix .. "l:" .. key_i
+-- ARGV[1]  approximate log length (XADD MAXLEN ~)
+-- ARGV[2]  invalidation channel  prefix .. "inv"
+-- ARGV[3]  origin node id (any label for external writers)
+-- ARGV[4..n+3]  the cache keys as the application names them, same order
+--
+-- Returns the log id of the change (the `seq` of cache.invalidate).
+local keys = {}
+for i = 4, #ARGV do
+  keys[#keys + 1] = ARGV[i]
+end
+if #keys == 0 or #KEYS ~= 1 + 2 * #keys then
+  return redis.error_reply('ERR cache_invalidate: KEYS must be the log then a value and lease key per cache key')
+end
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'keys', cjson.encode(keys), 'node', ARGV[3])
+redis.call('PUBLISH', ARGV[2], cjson.encode({ id = id, node = ARGV[3], keys = keys }))
+return id

@@ -1,0 +1,357 @@
+//! The end-to-end harness: real `redis-server` processes on free ports, real
+//! daemons (in-process through `shoald::run_with`, or the `shoald` binary), and a
+//! raw socket peer for protocol tests.
+//!
+//! Nothing here mocks Redis. Every Redis is private to its test (a temp dir and a
+//! free port; the machine's own 6379 is never touched) and dies with its handle.
+
+pub mod proxy;
+pub mod raw;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use shoal_client as client;
+pub use shoald;
+
+/// Installs a test log subscriber once (`SHOAL_LOG=debug` to see daemon logs).
+pub fn init_logs() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A free TCP port on loopback (the OS picks; we release it for the child).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A private redis-server.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts redis-server without persistence on a free port.
+    pub async fn start() -> Result<RedisServer> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra `--name value` arguments (e.g. `maxmemory-policy`).
+    pub async fn start_with(extra: &[&str]) -> Result<RedisServer> {
+        let dir = tempfile::tempdir()?;
+        let mut r = RedisServer {
+            port: free_port()?,
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.spawn().await?;
+        Ok(r)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (is it installed? apt-get install redis-server)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.conn().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server on port {} did not come up", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh multiplexed connection for assertions and fault injection.
+    pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty (no persistence).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+
+    /// Kills every Pub/Sub client connection (the daemons' subscribers).
+    pub async fn kill_pubsub_clients(&self) -> Result<u64> {
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut c)
+            .await?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A test configuration pointing at `redis`, with a socket in `dir`.
+pub fn test_config(redis: &RedisServer, dir: &Path, node: &str) -> shoald::Config {
+    let mut c = shoald::Config::default();
+    c.node.id = node.to_string();
+    c.socket.path = dir.join(format!("{node}.sock"));
+    c.redis.url = redis.url();
+    c.redis.timeout = Duration::from_millis(300);
+    c.admin.listen = String::new();
+    c.cache.heartbeat = Duration::from_millis(200);
+    c.shutdown.grace = Duration::from_secs(5);
+    c
+}
+
+/// A daemon running inside the test process, through the same `run` as the binary.
+#[derive(Debug)]
+pub struct Daemon {
+    pub ctx: Arc<shoald::Ctx>,
+    pub socket: PathBuf,
+    pub shutdown: CancellationToken,
+    handle: Option<JoinHandle<Result<(), shoald::RunError>>>,
+}
+
+impl Daemon {
+    /// Binds and starts the daemon; does not wait for readiness.
+    pub async fn start(config: shoald::Config) -> Result<Daemon> {
+        init_logs();
+        let socket = config.socket.path.clone();
+        let mode = config.socket_mode()?;
+        let listener = shoald::bind(&socket, mode).await?;
+        let ctx = Arc::new(shoald::Ctx::new(config)?);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(shoald::run_with(listener, ctx.clone(), shutdown.clone()));
+        Ok(Daemon {
+            ctx,
+            socket,
+            shutdown,
+            handle: Some(handle),
+        })
+    }
+
+    /// Starts a daemon and waits until its L1 is trusted.
+    pub async fn start_ready(config: shoald::Config) -> Result<Daemon> {
+        let d = Daemon::start(config).await?;
+        d.wait_ready(Duration::from_secs(10)).await?;
+        Ok(d)
+    }
+
+    /// Waits for the invalidation subscriber to be caught up.
+    pub async fn wait_ready(&self, within: Duration) -> Result<()> {
+        let mut rx = self.ctx.coherence.watch();
+        tokio::time::timeout(within, rx.wait_for(|r| *r))
+            .await
+            .context("daemon did not become ready")??;
+        Ok(())
+    }
+
+    /// Waits until the subscriber has lost its connection (not ready).
+    pub async fn wait_unready(&self, within: Duration) -> Result<()> {
+        let mut rx = self.ctx.coherence.watch();
+        tokio::time::timeout(within, rx.wait_for(|r| !*r))
+            .await
+            .context("daemon did not notice the outage")??;
+        Ok(())
+    }
+
+    /// Waits until this daemon has applied the change with log id `seq`.
+    pub async fn wait_applied(&self, seq: &str, within: Duration) -> Result<()> {
+        let want = shoald::streamid::StreamId::parse(seq).context("bad seq")?;
+        let mut rx = self.ctx.coherence.watch_applied();
+        tokio::time::timeout(within, rx.wait_for(|a| *a >= want))
+            .await
+            .with_context(|| format!("change {seq} not applied within {within:?}"))??;
+        Ok(())
+    }
+
+    pub async fn client(&self) -> Result<shoal_client::Client> {
+        Ok(shoal_client::Client::connect(&self.socket).await?)
+    }
+
+    /// A counter from the daemon's stats.
+    pub fn stat(&self, name: &str) -> u64 {
+        self.ctx.stats.snapshot().get(name).copied().unwrap_or(0)
+    }
+
+    /// SIGTERM equivalent: cancel and wait for `run` to return.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Path of a binary of the workspace (`shoald`, `shoalctl`), building it if needed.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let path = target.join(profile).join(name);
+    if !path.exists() {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "shoald", "--bin", name]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status()?;
+        if !status.success() {
+            bail!("cargo build of {name} failed");
+        }
+    }
+    Ok(path)
+}
+
+/// A `shoald` process.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts the binary with `config_toml` written to `dir/<node>.toml`.
+    pub fn spawn(dir: &Path, node: &str, config_toml: &str) -> Result<DaemonProcess> {
+        let file = dir.join(format!("{node}.toml"));
+        std::fs::write(&file, config_toml)?;
+        let child = Command::new(workspace_bin("shoald")?)
+            .arg("--config")
+            .arg(&file)
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(DaemonProcess {
+            child,
+            socket: dir.join(format!("{node}.sock")),
+        })
+    }
+
+    /// The TOML a test daemon process needs.
+    pub fn config_toml(redis: &RedisServer, dir: &Path, node: &str) -> String {
+        format!(
+            "[node]\nid = \"{node}\"\n[socket]\npath = \"{}\"\n[redis]\nurl = \"{}\"\ntimeout = \"300ms\"\n[admin]\nlisten = \"\"\n[cache]\nheartbeat = \"200ms\"\n[shutdown]\ngrace = \"5s\"\n",
+            dir.join(format!("{node}.sock")).display(),
+            redis.url()
+        )
+    }
+
+    /// Waits until the daemon answers and reports ready.
+    pub async fn wait_ready(&mut self, within: Duration) -> Result<shoal_client::Client> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("shoald exited early with {status}");
+            }
+            if let Ok(c) = shoal_client::Client::connect(&self.socket).await {
+                let stats: std::collections::BTreeMap<String, u64> =
+                    c.call(shoal_client::proto::Op::Stats).await?;
+                if stats.get("ready") == Some(&1) {
+                    return Ok(c);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "shoald at {} not ready in {within:?}",
+                    self.socket.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig)?;
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("shoald did not exit within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,176 @@
+//! A TCP fault proxy between daemons (or clients) and Redis.
+//!
+//! It can hold the bytes flowing back from Redis (so a reply is deterministically
+//! "in flight" while the test does something else), add latency each way (a modelled
+//! network), and cut every connection at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Controls {
+    hold_replies: bool,
+    /// Hold only reply chunks containing these bytes (e.g. one GET's value).
+    hold_matching: Option<&'static [u8]>,
+    delay: Duration,
+    /// Refuse new connections (Redis "unreachable" for this proxy's users).
+    blocked: bool,
+}
+
+#[derive(Debug)]
+pub struct FaultProxy {
+    port: u16,
+    controls: Arc<watch::Sender<Controls>>,
+    cut: Arc<std::sync::Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> Result<FaultProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let controls = Arc::new(
+            watch::channel(Controls {
+                hold_replies: false,
+                hold_matching: None,
+                delay: Duration::ZERO,
+                blocked: false,
+            })
+            .0,
+        );
+        let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (c2, cut2, stop2) = (controls.clone(), cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((down, _)) = accepted else { continue };
+                if c2.borrow().blocked {
+                    drop(down);
+                    continue;
+                }
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                let token = cut2.lock().unwrap_or_else(|p| p.into_inner()).child_token();
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pipe(dr, uw, c2.subscribe(), false, token.clone()));
+                tokio::spawn(pipe(ur, dw, c2.subscribe(), true, token));
+            }
+        });
+        Ok(FaultProxy {
+            port,
+            controls,
+            cut,
+            stop,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Holds every byte coming back from Redis until [`FaultProxy::release`].
+    pub fn hold_replies(&self) {
+        self.controls.send_modify(|c| c.hold_replies = true);
+    }
+
+    /// Holds only reply chunks that contain `pattern`, until [`FaultProxy::release`].
+    pub fn hold_replies_matching(&self, pattern: &'static [u8]) {
+        self.controls
+            .send_modify(|c| c.hold_matching = Some(pattern));
+    }
+
+    pub fn release(&self) {
+        self.controls.send_modify(|c| {
+            c.hold_replies = false;
+            c.hold_matching = None;
+        });
+    }
+
+    /// Cuts every connection and refuses new ones until [`FaultProxy::unblock`].
+    pub fn block(&self) {
+        self.controls.send_modify(|c| c.blocked = true);
+        self.cut_all();
+    }
+
+    pub fn unblock(&self) {
+        self.controls.send_modify(|c| c.blocked = false);
+    }
+
+    /// Adds `d` of latency to each chunk, each way.
+    pub fn set_delay(&self, d: Duration) {
+        self.controls.send_modify(|c| c.delay = d);
+    }
+
+    /// Closes every open connection (new ones are still accepted).
+    pub fn cut_all(&self) {
+        let mut t = self.cut.lock().unwrap_or_else(|p| p.into_inner());
+        t.cancel();
+        *t = CancellationToken::new();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut_all();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut controls: watch::Receiver<Controls>,
+    is_reply: bool,
+    cut: CancellationToken,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = cut.cancelled() => return,
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+        };
+        let c = *controls.borrow_and_update();
+        if !c.delay.is_zero() {
+            tokio::time::sleep(c.delay).await;
+        }
+        if is_reply {
+            let chunk = &buf[..n];
+            let matches = |c: &Controls| {
+                c.hold_matching
+                    .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p))
+            };
+            let held = tokio::select! {
+                _ = cut.cancelled() => return,
+                r = controls.wait_for(|c| !c.hold_replies && !matches(c)) => r.is_err(),
+            };
+            if held {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
