@@ -106,11 +106,8 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let codec = FrameCodec::new(256);
         let mut buf = BytesMut::from(&bytes[..]);
-        loop {
-            match codec.decode_frame(&mut buf) {
-                Ok(Some(body)) => { let _ = parse_request(&body, &Limits::default()); }
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(body)) = codec.decode_frame(&mut buf) {
+            let _ = parse_request(&body, &Limits::default());
         }
         // The parser alone, on raw bytes.
         let _ = parse_request(&bytes, &Limits::default());

@@ -8,6 +8,7 @@
 //!    changed means Redis lost data, so flush. Otherwise replay the log after the
 //!    last applied id; if the log no longer reaches back that far, flush.
 //! 3. Only then trust L1 again and report ready.
+//!
 //! A heartbeat published to a private channel every `cache.heartbeat` proves the
 //! subscription still delivers; three missed beats count as a dead subscriber.
 
@@ -213,6 +214,7 @@ impl Subscriber {
 
     /// Redis identity check, then replay of the log after the applied id.
     async fn catch_up(&self) -> Result<(), StoreError> {
+        self.store.load_scripts().await?;
         let identity = self.store.identity().await?;
         let (first, last) = self.store.log_bounds().await?;
         let (known, applied) = {

@@ -12,7 +12,7 @@
 //!   stripe later than P has been applied. Striping may refuse a good fill; it never
 //!   admits a bad one. Wall clocks are never compared.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,9 +124,7 @@ impl L1 {
     }
 
     fn stripe(&self, key: &str) -> &AtomicU64 {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.marks[(h.finish() as usize) & (STRIPES - 1)]
+        &self.marks[(self.hasher.hash_one(key) as usize) & (STRIPES - 1)]
     }
 
     pub fn is_ready(&self) -> bool {

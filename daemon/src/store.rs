@@ -381,6 +381,24 @@ impl Store {
         Err(StoreError::Timeout(self.timeout))
     }
 
+    /// Loads every script into Redis's script cache, so the first call of each
+    /// after a (re)connect is one EVALSHA, not EVALSHA + NOSCRIPT + EVAL.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let s = &self.scripts;
+        for script in [
+            &s.get,
+            &s.mget,
+            &s.set,
+            &s.invalidate,
+            &s.invalidate_tags,
+            &s.epoch,
+        ] {
+            let mut conn = self.conn.clone();
+            self.call(script.load_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
     /// The dataset epoch (created if missing) and the server's run_id.
     pub async fn identity(&self) -> Result<(String, String), StoreError> {
         let mut conn = self.conn.clone();

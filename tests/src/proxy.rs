@@ -29,6 +29,8 @@ pub struct FaultProxy {
     controls: Arc<watch::Sender<Controls>>,
     cut: Arc<std::sync::Mutex<CancellationToken>>,
     stop: CancellationToken,
+    /// Counts reply chunks that were held, so a test can await "the reply is in flight".
+    held: Arc<watch::Sender<usize>>,
 }
 
 impl FaultProxy {
@@ -47,7 +49,8 @@ impl FaultProxy {
         );
         let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
-        let (c2, cut2, stop2) = (controls.clone(), cut.clone(), stop.clone());
+        let held = Arc::new(watch::channel(0usize).0);
+        let (c2, cut2, stop2, held2) = (controls.clone(), cut.clone(), stop.clone(), held.clone());
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -67,8 +70,15 @@ impl FaultProxy {
                 let token = cut2.lock().unwrap_or_else(|p| p.into_inner()).child_token();
                 let (dr, dw) = down.into_split();
                 let (ur, uw) = up.into_split();
-                tokio::spawn(pipe(dr, uw, c2.subscribe(), false, token.clone()));
-                tokio::spawn(pipe(ur, dw, c2.subscribe(), true, token));
+                tokio::spawn(pipe(
+                    dr,
+                    uw,
+                    c2.subscribe(),
+                    false,
+                    token.clone(),
+                    held2.clone(),
+                ));
+                tokio::spawn(pipe(ur, dw, c2.subscribe(), true, token, held2.clone()));
             }
         });
         Ok(FaultProxy {
@@ -76,6 +86,7 @@ impl FaultProxy {
             controls,
             cut,
             stop,
+            held,
         })
     }
 
@@ -90,6 +101,13 @@ impl FaultProxy {
     /// Holds every byte coming back from Redis until [`FaultProxy::release`].
     pub fn hold_replies(&self) {
         self.controls.send_modify(|c| c.hold_replies = true);
+    }
+
+    /// Waits until at least `n` reply chunks have been held since the start.
+    pub async fn wait_held(&self, n: usize, within: Duration) -> Result<()> {
+        let mut rx = self.held.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|h| *h >= n)).await??;
+        Ok(())
     }
 
     /// Holds only reply chunks that contain `pattern`, until [`FaultProxy::release`].
@@ -141,6 +159,7 @@ async fn pipe(
     mut controls: watch::Receiver<Controls>,
     is_reply: bool,
     cut: CancellationToken,
+    held: Arc<watch::Sender<usize>>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -161,11 +180,15 @@ async fn pipe(
                 c.hold_matching
                     .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p))
             };
-            let held = tokio::select! {
+            let now = *controls.borrow();
+            if now.hold_replies || matches(&now) {
+                held.send_modify(|h| *h += 1);
+            }
+            let closed = tokio::select! {
                 _ = cut.cancelled() => return,
                 r = controls.wait_for(|c| !c.hold_replies && !matches(c)) => r.is_err(),
             };
-            if held {
+            if closed {
                 return;
             }
         }
