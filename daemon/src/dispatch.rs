@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tracing::Instrument;
 use shoal_client::proto::{
     encode_err, encode_ok, parse_request, ErrorCode, Frame, HelloResult, InvalidateResult,
     InvalidateTagsResult, Op, ParseError, SetResult, VERSION,
@@ -156,7 +157,15 @@ async fn run_op(ctx: &Arc<Ctx>, id: u64, op: Op) -> Frame {
     let started = Instant::now();
     let name = op.name();
     let key_len = op.key_len();
-    let result = execute(ctx, id, op).await;
+    let span = tracing::debug_span!(
+        "request",
+        op = name,
+        id,
+        key_len,
+        outcome = tracing::field::Empty,
+        micros = tracing::field::Empty
+    );
+    let result = execute(ctx, id, op).instrument(span.clone()).await;
     let (frame, outcome) = match result {
         Ok(frame) => (frame, "ok"),
         Err(e) => {
@@ -171,14 +180,9 @@ async fn run_op(ctx: &Arc<Ctx>, id: u64, op: Op) -> Frame {
         }
     };
     // Keys, values and tokens are never logged: only their sizes.
-    tracing::debug!(
-        op = name,
-        id,
-        key_len,
-        outcome,
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    span.record("outcome", outcome);
+    span.record("micros", started.elapsed().as_micros() as u64);
+    span.in_scope(|| tracing::debug!("done"));
     frame
 }
 

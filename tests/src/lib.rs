@@ -47,6 +47,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// `user:password@` for servers that require authentication.
+    auth: Option<String>,
 }
 
 impl RedisServer {
@@ -63,6 +65,7 @@ impl RedisServer {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            auth: None,
         };
         r.spawn().await?;
         Ok(r)
@@ -102,8 +105,28 @@ impl RedisServer {
         self.port
     }
 
+    /// Starts a server whose clients must authenticate as ACL user `user`
+    /// (the default user is disabled).
+    pub async fn start_with_acl_user(user: &str, password: &str) -> Result<RedisServer> {
+        let dir = tempfile::tempdir()?;
+        let acl = dir.path().join("users.acl");
+        std::fs::write(
+            &acl,
+            format!("user default off\nuser {user} on >{password} ~* &* +@all\n"),
+        )?;
+        let mut r = RedisServer {
+            port: free_port()?,
+            extra: vec!["--aclfile".into(), acl.display().to_string()],
+            dir,
+            child: None,
+            auth: Some(format!("{user}:{password}@")),
+        };
+        r.spawn().await?;
+        Ok(r)
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}127.0.0.1:{}", self.auth.as_deref().unwrap_or(""), self.port)
     }
 
     /// A fresh multiplexed connection for assertions and fault injection.

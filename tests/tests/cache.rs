@@ -287,3 +287,20 @@ async fn redis_unreachable_fails_fast_with_unavailable_then_recovers() -> Result
     assert!(d.stat("l1_flushes_redis_identity") >= 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn redis_url_with_an_acl_user_and_password() -> Result<()> {
+    let redis = RedisServer::start_with_acl_user("shoal-app", "s3cret-pw").await?;
+    let dir = tempfile::tempdir()?;
+    let d = Daemon::start_ready(test_config(&redis, dir.path(), "acl")).await?;
+    let c = d.client().await?;
+    c.set_raw("k", Bytes::from_static(b"v"), None).await?;
+    assert_eq!(c.get_raw("k").await?.as_deref(), Some(&b"v"[..]));
+    // Without credentials Redis refuses: the daemon would answer errors, not data.
+    let anon = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port()))?;
+    let mut conn = anon.get_multiplexed_async_connection().await?;
+    let refused: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg("shoal:c:k").query_async(&mut conn).await;
+    assert!(refused.is_err());
+    Ok(())
+}

@@ -392,6 +392,27 @@ async fn a_short_outage_is_replayed_from_the_log_without_a_flush() -> Result<()>
     Ok(())
 }
 
+#[tokio::test]
+async fn a_silently_dead_subscriber_is_detected_by_its_heartbeat() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let proxy = FaultProxy::start(redis.port()).await?;
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(&redis, dir.path(), "quiet");
+    cfg.redis.url = proxy.url();
+    let d = Daemon::start_ready(cfg).await?;
+    let c = d.client().await?;
+    c.set_raw("k", Bytes::from_static(b"v"), None).await?;
+    assert_eq!(c.get_full("k", false).await?.from, Some(Source::L1));
+    // The TCP connections stay up but nothing comes back: only the heartbeat can tell.
+    proxy.hold_replies();
+    d.wait_unready(Duration::from_secs(5)).await?;
+    assert!(d.stat("heartbeat_timeouts") >= 1);
+    proxy.release();
+    d.wait_ready(Duration::from_secs(10)).await?;
+    assert_eq!(c.get_raw("k").await?.as_deref(), Some(&b"v"[..]));
+    Ok(())
+}
+
 /// A write the checker knows about: version `v` of a key (0: deleted), issued at
 /// `start` and acknowledged at `done` (`None` while in flight, or if it failed).
 #[derive(Debug, Clone, Copy)]
