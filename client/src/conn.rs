@@ -40,17 +40,46 @@ const READ_RESERVE: usize = 16 * 1024;
 /// Encodes `op` with `id` as a complete frame (header included), so the write is
 /// one `write_all` of one buffer.
 pub(crate) fn encode_frame(id: u64, op: Op) -> Vec<u8> {
-    let req = Request {
-        id,
-        trace: None,
-        op,
-    };
+    encode_frame_traced(id, op, None)
+}
+
+/// [`encode_frame`] with the caller's W3C `traceparent` in the `trace` field.
+pub(crate) fn encode_frame_traced(id: u64, op: Op, trace: Option<String>) -> Vec<u8> {
+    let req = Request { id, trace, op };
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     req.encode_into(&mut out);
     let len = out.len() - FRAME_HEADER_LEN;
     out[..FRAME_HEADER_LEN].copy_from_slice(&encode_frame_header(len));
     out
+}
+
+/// The W3C `traceparent` of the current `tracing` span's OpenTelemetry context
+/// (feature `otel`), so the daemon's span for this request joins the caller's
+/// trace. `None` when the current span has no valid OpenTelemetry context (no
+/// OpenTelemetry layer installed, or no current span).
+#[cfg(feature = "otel")]
+pub(crate) fn current_traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Without the `otel` feature no trace context is sent.
+#[cfg(not(feature = "otel"))]
+#[inline]
+pub(crate) fn current_traceparent() -> Option<String> {
+    None
 }
 
 /// Ids are sequential and chosen by us, so they need mixing, not DoS resistance:
@@ -154,7 +183,12 @@ impl Shared {
 
 /// A live (or dead, not yet replaced) connection.
 pub(crate) struct Conn {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// The write half and a spare buffer, held by whichever caller is writing.
+    writer: tokio::sync::Mutex<(OwnedWriteHalf, Vec<u8>)>,
+    /// Frames waiting to be written. Callers append here, and whoever holds
+    /// `writer` writes everything queued in one syscall: with many callers on one
+    /// connection, requests leave in batches instead of one write each.
+    outq: Mutex<Vec<u8>>,
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
     pub(crate) hello: HelloResult,
@@ -263,7 +297,8 @@ impl Conn {
             Arc::clone(&shared),
         ));
         Ok(Conn {
-            writer: tokio::sync::Mutex::new(wr),
+            writer: tokio::sync::Mutex::new((wr, Vec::with_capacity(READ_RESERVE))),
+            outq: Mutex::new(Vec::with_capacity(READ_RESERVE)),
             shared,
             reader,
             hello,
@@ -294,29 +329,51 @@ impl Conn {
         Some((guard, rx))
     }
 
-    /// Writes one complete frame. A failed write kills the connection: part of the
-    /// frame may be on the wire.
+    /// Queues one complete frame and makes sure it is written: either by this
+    /// caller (taking the writer and flushing everything queued, its own frame and
+    /// others'), or by the caller that holds the writer now, which drains the queue
+    /// before letting go. A failed or abandoned write kills the connection: part
+    /// of a frame may be on the wire.
     pub(crate) async fn send(&self, frame: &[u8]) -> Result<()> {
-        let mut wr = self.writer.lock().await;
-        let mut guard = PartialWriteGuard {
-            conn: self,
-            written: 0,
-            len: frame.len(),
-        };
-        while guard.written < frame.len() {
-            match wr.write(&frame[guard.written..]).await {
-                Ok(0) => {
-                    self.kill(&Error::ConnectionLost);
-                    return Err(Error::Io(io::ErrorKind::WriteZero.into()));
+        self.outq
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(frame);
+        let mut guard = self.writer.lock().await;
+        let (wr, batch) = &mut *guard;
+        loop {
+            {
+                let mut q = self.outq.lock().unwrap_or_else(PoisonError::into_inner);
+                if q.is_empty() {
+                    // Our frame went out with an earlier batch.
+                    return Ok(());
                 }
-                Ok(n) => guard.written += n,
-                Err(e) => {
-                    self.kill(&Error::ConnectionLost);
-                    return Err(Error::Io(e));
+                std::mem::swap(&mut *q, batch);
+            }
+            let mut partial = PartialWriteGuard {
+                conn: self,
+                written: 0,
+                len: batch.len(),
+            };
+            while partial.written < batch.len() {
+                match wr.write(&batch[partial.written..]).await {
+                    Ok(0) => {
+                        self.kill(&Error::ConnectionLost);
+                        return Err(Error::Io(io::ErrorKind::WriteZero.into()));
+                    }
+                    Ok(n) => partial.written += n,
+                    Err(e) => {
+                        self.kill(&Error::ConnectionLost);
+                        return Err(Error::Io(e));
+                    }
                 }
             }
+            drop(partial);
+            batch.clear();
+            if batch.capacity() > 1 << 20 {
+                batch.shrink_to(READ_RESERVE);
+            }
         }
-        Ok(())
     }
 
     #[cfg(test)]

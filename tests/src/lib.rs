@@ -129,10 +129,12 @@ impl RedisServer {
         format!("redis://{}127.0.0.1:{}", self.auth.as_deref().unwrap_or(""), self.port)
     }
 
-    /// A fresh multiplexed connection for assertions and fault injection.
+    /// A fresh multiplexed connection for assertions and fault injection. No
+    /// response timeout: a test that stalls Redis waits for it on purpose.
     pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(self.url())?;
-        Ok(client.get_multiplexed_async_connection().await?)
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        Ok(client.get_multiplexed_async_connection_with_config(&config).await?)
     }
 
     /// Kills the server (SIGKILL) and waits for it to be gone.
@@ -377,4 +379,128 @@ impl Drop for DaemonProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---- Operations (issue 7): the admin HTTP server as a test sees it. ----
+
+impl Daemon {
+    /// The admin server's address, once it listens (set `admin.listen` to
+    /// `"127.0.0.1:0"` in the test's config).
+    pub async fn admin_addr(&self, within: Duration) -> Result<std::net::SocketAddr> {
+        let mut rx = self.ctx.admin_addr.subscribe();
+        let addr = tokio::time::timeout(within, rx.wait_for(|a| a.is_some()))
+            .await
+            .context("the admin server did not start (is admin.listen set?)")??;
+        (*addr).context("admin address vanished")
+    }
+}
+
+/// One HTTP response, as read off the wire.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> Result<&str> {
+        std::str::from_utf8(&self.body).context("body is not UTF-8")
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).context("body is not JSON")
+    }
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection (`Connection: close`), with
+/// extra request headers. A deliberately small client: the point is to see
+/// exactly what the server sends (status line, headers, chunked or not).
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .context("connect timed out")??;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .context("response timed out")??;
+    parse_http_response(&raw)
+}
+
+/// Parses a complete HTTP/1.1 response (Content-Length, chunked, or to EOF).
+pub fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..split]).context("headers are not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().context("no status line")?;
+    let mut parts = status_line.splitn(3, ' ');
+    if parts.next() != Some("HTTP/1.1") {
+        bail!("not an HTTP/1.1 status line: {status_line:?}");
+    }
+    let status: u16 = parts.next().context("no status")?.parse()?;
+    let mut headers = Vec::new();
+    for l in lines {
+        let (k, v) = l.split_once(':').context("malformed header")?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let rest = &raw[split + 4..];
+    let resp = HttpResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let body = if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        let mut body = Vec::new();
+        let mut at = 0;
+        loop {
+            let nl = rest[at..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .context("truncated chunk size")?;
+            let size_line = std::str::from_utf8(&rest[at..at + nl])?;
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)?;
+            at += nl + 2;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(rest.get(at..at + size).context("truncated chunk")?);
+            at += size + 2;
+        }
+        body
+    } else if let Some(len) = resp.header("content-length") {
+        let len: usize = len.parse()?;
+        rest.get(..len).context("truncated body")?.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse { body, ..resp })
 }

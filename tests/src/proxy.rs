@@ -197,3 +197,89 @@ async fn pipe(
         }
     }
 }
+
+/// A latency-only TCP proxy with sub-millisecond precision (tokio's timer has 1 ms
+/// granularity, too coarse to model a 200 µs hop). Each direction of each
+/// connection is a pair of OS threads: one stamps chunks as they arrive, the other
+/// forwards each chunk once its stamp plus `delay` has passed. Chunks pipeline, so
+/// the delay is latency, not a bandwidth cap: a modelled network between hosts.
+#[derive(Debug)]
+pub struct DelayProxy {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayProxy {
+    pub fn start(upstream: u16, delay: Duration) -> Result<DelayProxy> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(down) = down else { continue };
+                let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                if let (Ok(d2), Ok(u2)) = (down.try_clone(), up.try_clone()) {
+                    delayed_pipe(down, u2, delay);
+                    delayed_pipe(up, d2, delay);
+                }
+            }
+        });
+        Ok(DelayProxy { port, stop })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn delayed_pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.send((std::time::Instant::now(), buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((at, chunk)) = rx.recv() {
+            let due = at + delay;
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&chunk).is_err() {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
