@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
 
-use crate::conn::{encode_frame, Conn};
+use crate::conn::{current_traceparent, encode_frame_traced, Conn};
 use crate::error::{Error, Result};
 use crate::proto::{
     self, decode_response, GetResult, HelloResult, InvalidateResult, InvalidateTagsResult, Op,
@@ -404,7 +404,8 @@ impl Client {
 
     async fn roundtrip_inner(&self, op: Op) -> Result<BytesMut> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(id, op);
+        // Read here, in the caller's task, so the caller's current span is the one sent.
+        let frame = encode_frame_traced(id, op, current_traceparent());
         let mut retried = false;
         loop {
             let conn = self.inner.conn().await?;

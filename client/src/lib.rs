@@ -84,8 +84,12 @@ mod conn;
 mod error;
 mod load;
 pub mod proto;
+pub mod ratelimit;
+pub mod session;
 
 pub use client::{Client, ClientBuilder, ClientConfig, SetOptions, DEFAULT_SOCKET_PATH};
 pub use error::{Error, Result};
 pub use load::LoadError;
 pub use proto::{ErrorCode, GetResult, HelloResult, Op, Source};
+pub use ratelimit::{Acquired, Concurrent, Decision, Reservation};
+pub use session::{Session, SessionCookie, SessionOptions};

@@ -54,6 +54,49 @@ fn op() -> impl Strategy<Value = Op> {
             key,
             cost
         }),
+        (key(), key(), 1u64..100, 1u64..100_000).prop_map(|(policy, key, cost, max_wait_ms)| {
+            Op::RatelimitReserve {
+                policy,
+                key,
+                cost,
+                max_wait_ms,
+            }
+        }),
+        (key(), key(), proptest::option::of(1u64..100_000)).prop_map(|(policy, key, lease_ms)| {
+            Op::RatelimitAcquireConcurrent {
+                policy,
+                key,
+                lease_ms,
+            }
+        }),
+        (key(), key(), key()).prop_map(|(policy, key, lease)| Op::RatelimitRelease {
+            policy,
+            key,
+            lease
+        }),
+        (
+            key(),
+            key(),
+            1u64..1_000_000,
+            proptest::option::of(1u64..1_000_000)
+        )
+            .prop_map(|(policy, key, limit, burst)| Op::RatelimitSetOverride {
+                policy,
+                key,
+                limit,
+                burst,
+            }),
+        (key(), key()).prop_map(|(policy, key)| Op::RatelimitClearOverride { policy, key }),
+        (
+            key(),
+            proptest::option::of("[a-z:]{0,10}"),
+            proptest::option::of(1u64..10_000)
+        )
+            .prop_map(|(policy, prefix, max_keys)| Op::QuotaUsage {
+                policy,
+                prefix,
+                max_keys,
+            }),
     ]
 }
 

@@ -95,6 +95,10 @@ pub struct RedisConfig {
     /// Deadline of one Redis command (and of one connection attempt).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Interval of the Redis health watch (`INFO` + `PING`): memory, evictions,
+    /// eviction policy for `/metrics`, and a log warning when keys are evicted.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 impl Default for RedisConfig {
@@ -103,6 +107,7 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "shoal:".into(),
             timeout: Duration::from_millis(500),
+            watch_interval: Duration::from_secs(10),
         }
     }
 }
@@ -112,12 +117,16 @@ impl Default for RedisConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP server (health, readiness, metrics). Empty disables it.
     pub listen: String,
+    /// Most keys (tenants) per policy that `/quotas` shows; the busiest first is
+    /// not knowable without scanning, so this bounds the Redis work of one page.
+    pub quota_max_keys: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9464".into(),
+            quota_max_keys: 200,
         }
     }
 }
@@ -188,6 +197,35 @@ pub struct SessionConfig {
     pub local_max_entries: u64,
     /// Approximate length the revocation stream is trimmed to.
     pub revocation_log_len: u64,
+    /// Secret key of the keyed hash (HMAC-SHA256) that names sessions in Redis,
+    /// at least 32 bytes, the same on every daemon. Empty: a random key kept in
+    /// Redis (`{prefix}skey`) is used, created by the first daemon that needs it.
+    pub token_hash_key: Secret,
+}
+
+/// A secret string (e.g. `session.token_hash_key`): read and written like a
+/// string, never shown by `Debug`, so a logged config cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
 }
 
 impl Default for SessionConfig {
@@ -200,6 +238,7 @@ impl Default for SessionConfig {
             touch_fraction: 0.1,
             local_max_entries: 100_000,
             revocation_log_len: 100_000,
+            token_hash_key: Secret::default(),
         }
     }
 }
@@ -212,6 +251,9 @@ pub enum Algorithm {
     SlidingCounter,
     TokenBucket,
     Gcra,
+    /// An in-flight limiter: `limit` leases at once, each expiring after `window`
+    /// unless released (`ratelimit.acquire_concurrent` / `ratelimit.release`).
+    Concurrency,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,17 +302,40 @@ fn default_expected_nodes() -> u64 {
     1
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RatelimitConfig {
     pub policies: BTreeMap<String, PolicyConfig>,
+    /// How often each daemon looks for runtime overrides changed elsewhere
+    /// (`ratelimit.set_override` through another daemon, or `shoalctl`).
+    #[serde(with = "humantime_serde")]
+    pub override_refresh: Duration,
+    /// Bound of the local deny cache (keys known denied until a time, answered
+    /// without Redis). 0 disables it.
+    pub deny_cache_entries: usize,
 }
+
+impl Default for RatelimitConfig {
+    fn default() -> Self {
+        RatelimitConfig {
+            policies: BTreeMap::new(),
+            override_refresh: Duration::from_secs(1),
+            deny_cache_entries: 100_000,
+        }
+    }
+}
+
+/// Largest `limit` (or `burst`) times `window` in ms: the scripts count in
+/// units of 1/window per request, and Lua numbers are exact only below 2^53.
+pub const RATELIMIT_MAX_UNITS: u64 = 1 << 53;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// OTLP endpoint for traces; unset disables export.
     pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`.
+    pub otlp_protocol: Option<String>,
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
 }
@@ -391,6 +456,12 @@ impl Config {
         if self.redis.timeout.is_zero() {
             return bad("redis.timeout", "must be positive");
         }
+        if self.redis.watch_interval < Duration::from_millis(10) {
+            return bad("redis.watch_interval", "must be at least 10ms");
+        }
+        if self.admin.quota_max_keys == 0 {
+            return bad("admin.quota_max_keys", "must be at least 1");
+        }
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return bad("redis.url", format!("is not a usable Redis URL: {e}"));
         }
@@ -424,10 +495,54 @@ impl Config {
                 "must be a fraction between 0 and 1",
             );
         }
+        if !self.session.token_hash_key.is_empty() && self.session.token_hash_key.0.len() < 32 {
+            return bad(
+                "session.token_hash_key",
+                "must be empty or at least 32 bytes",
+            );
+        }
+        if self.session.revocation_log_len < 100 {
+            return bad("session.revocation_log_len", "must be at least 100");
+        }
+        if self.ratelimit.override_refresh.is_zero() {
+            return bad("ratelimit.override_refresh", "must be positive");
+        }
         for (name, p) in &self.ratelimit.policies {
             let key = |k: &str| format!("ratelimit.policies.{name}.{k}");
+            // Names go into Redis keys as `{policy:key}`: a `:` or a brace would
+            // make two policies share state.
+            if name.is_empty()
+                || name.len() > 128
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            {
+                return bad(
+                    &format!("ratelimit.policies.{name}"),
+                    "a policy name must be 1 to 128 of A-Z a-z 0-9 _ - .",
+                );
+            }
             if p.limit == 0 {
                 return bad(&key("limit"), "must be at least 1");
+            }
+            let window_ms = u64::try_from(p.window.as_millis()).unwrap_or(u64::MAX);
+            let units_ok = |n: u64| {
+                n.checked_mul(window_ms)
+                    .is_some_and(|u| u <= RATELIMIT_MAX_UNITS)
+            };
+            if !units_ok(p.limit.max(p.burst.unwrap_or(0))) {
+                return bad(
+                    &key("limit"),
+                    "times the window in ms (and burst times it) must stay below 2^53",
+                );
+            }
+            for (k, o) in &p.overrides {
+                if !units_ok(o.limit.max(o.burst.unwrap_or(0))) {
+                    return bad(
+                        &key(&format!("overrides.{k}")),
+                        "limit (and burst) times the window in ms must stay below 2^53",
+                    );
+                }
             }
             if p.window.as_millis() == 0 {
                 return bad(&key("window"), "must be at least 1ms");

@@ -93,6 +93,7 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
         }
     };
     let id = req.id;
+    let trace = req.trace;
     match req.op {
         Op::Hello { version, .. } => {
             if conn.greeted {
@@ -132,7 +133,7 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
         Op::Stats => Next::Reply(encode_ok(id, &stats(ctx), ctx.max_frame)),
         op => {
             let ctx = ctx.clone();
-            Next::Pending(async move { run_op(&ctx, id, op).await }.boxed())
+            Next::Pending(async move { run_op(&ctx, id, op, trace).await }.boxed())
         }
     }
 }
@@ -153,7 +154,7 @@ fn stats(ctx: &Ctx) -> std::collections::BTreeMap<String, u64> {
     m
 }
 
-async fn run_op(ctx: &Arc<Ctx>, id: u64, op: Op) -> Frame {
+async fn run_op(ctx: &Arc<Ctx>, id: u64, op: Op, trace: Option<String>) -> Frame {
     let started = Instant::now();
     let name = op.name();
     let key_len = op.key_len();
@@ -165,6 +166,9 @@ async fn run_op(ctx: &Arc<Ctx>, id: u64, op: Op) -> Frame {
         outcome = tracing::field::Empty,
         micros = tracing::field::Empty
     );
+    // The caller's span (W3C traceparent) becomes this span's parent, so the
+    // application's trace shows the shoal call.
+    crate::telemetry::continue_trace(&span, trace.as_deref());
     let result = execute(ctx, id, op).instrument(span.clone()).await;
     let (frame, outcome) = match result {
         Ok(frame) => (frame, "ok"),
@@ -238,9 +242,15 @@ async fn execute(ctx: &Arc<Ctx>, id: u64, op: Op) -> Result<Frame, OpError> {
         | Op::SessionRevoke { .. }
         | Op::SessionRevokeUser { .. }
         | Op::SessionList { .. }) => return ctx.sessions.handle(id, op, max).await,
-        op @ (Op::RatelimitCheck { .. } | Op::RatelimitPeek { .. } | Op::RatelimitReset { .. }) => {
-            return ctx.ratelimits.handle(id, op, max).await
-        }
+        op @ (Op::RatelimitCheck { .. }
+        | Op::RatelimitPeek { .. }
+        | Op::RatelimitReset { .. }
+        | Op::RatelimitReserve { .. }
+        | Op::RatelimitAcquireConcurrent { .. }
+        | Op::RatelimitRelease { .. }
+        | Op::RatelimitSetOverride { .. }
+        | Op::RatelimitClearOverride { .. }
+        | Op::QuotaUsage { .. }) => return ctx.ratelimits.handle(id, op, max).await,
         Op::Hello { .. } | Op::Ping | Op::Stats => {
             return Err(OpError::new(ErrorCode::Internal, "handled before dispatch"))
         }

@@ -5,19 +5,24 @@
 //! [`run`]; tests call the same [`run`] in-process. See ARCHITECTURE.md for the
 //! code map and the invariants.
 
+pub mod admin;
 pub mod cache;
 pub mod coherence;
 pub mod config;
 pub mod dev;
 pub mod dispatch;
+pub mod doctor;
 pub mod l1;
+pub mod metrics;
 pub mod ratelimit;
+pub mod redis_watch;
 pub mod server;
 pub mod session;
 pub mod socket;
 pub mod stats;
 pub mod store;
 pub mod streamid;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -37,6 +42,8 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("accept failed: {0}")]
     Accept(std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -51,6 +58,11 @@ pub struct Ctx {
     pub ratelimits: Arc<ratelimit::RateLimits>,
     pub limits: shoal_client::proto::Limits,
     pub max_frame: usize,
+    /// What the Redis health watch saw last (for `/metrics` and `/readyz`).
+    pub redis_health: Arc<redis_watch::RedisHealth>,
+    /// The admin server's bound address, once it listens (`admin.listen` may
+    /// ask for port 0).
+    pub admin_addr: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
 }
 
 impl Ctx {
@@ -94,6 +106,8 @@ impl Ctx {
             ratelimits,
             limits,
             max_frame,
+            redis_health: Arc::default(),
+            admin_addr: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -124,6 +138,8 @@ pub async fn run_with(
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    // Bound before anything starts: a taken admin port is a startup error.
+    let admin_listener = admin::bind(&ctx.config.admin.listen).await?;
     let background = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
     let subscriber = coherence::Subscriber {
@@ -138,6 +154,23 @@ pub async fn run_with(
     tasks.spawn(l1_maintenance(ctx.clone(), background.child_token()));
     tasks.spawn(ctx.sessions.clone().run(background.child_token()));
     tasks.spawn(ctx.ratelimits.clone().run(background.child_token()));
+    let watcher = redis_watch::Watcher {
+        store: ctx.store.clone(),
+        health: ctx.redis_health.clone(),
+        interval: ctx.config.redis.watch_interval,
+    };
+    tasks.spawn(watcher.run(background.child_token()));
+    if let Some(l) = admin_listener {
+        ctx.admin_addr.send_replace(l.local_addr().ok());
+        // Readiness fails as soon as draining starts (`shutdown`); the server
+        // itself stops with the other background tasks, after the drain.
+        tasks.spawn(admin::serve(
+            l,
+            ctx.clone(),
+            shutdown.clone(),
+            background.child_token(),
+        ));
+    }
 
     let result = server::serve(listener, ctx.clone(), shutdown).await;
 

@@ -86,7 +86,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    init_tracing(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,7 +96,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    runtime.block_on(async move {
+    // In the runtime's context (the gRPC exporter spawns its connection task
+    // there) but not inside `block_on` (the HTTP exporter's blocking client
+    // must not be created on a runtime thread).
+    let entered = runtime.enter();
+    let telemetry = shoald::telemetry::init(&config);
+    drop(entered);
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("shoald: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let code = runtime.block_on(async move {
         let _dev_redis = if dev_redis_wanted {
             match shoald::dev::DevRedis::start().await {
                 Ok(r) => {
@@ -133,7 +145,10 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_SOFTWARE)
             }
         }
-    })
+    });
+    // Flush buffered spans while the runtime (and gRPC's task on it) still runs.
+    telemetry.shutdown();
+    code
 }
 
 /// Whether `key` was set by a flag, the environment or the config file.
@@ -158,18 +173,6 @@ fn usage(e: shoald::ConfigError) -> ExitCode {
 fn toml_string(config: &shoald::Config) -> Result<String, String> {
     let v = serde_json::to_value(config).map_err(|e| e.to_string())?;
     Ok(format!("{v:#}\n"))
-}
-
-fn init_tracing(config: &shoald::Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.telemetry.log_format {
-        shoald::config::LogFormat::Json => builder.json().init(),
-        shoald::config::LogFormat::Text => builder.init(),
-    }
 }
 
 /// SIGTERM or SIGINT starts the graceful shutdown.

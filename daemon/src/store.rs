@@ -240,6 +240,16 @@ impl Store {
         self.call(cmd.query_async(&mut conn)).await
     }
 
+    /// Runs a prepared script invocation under the deadline, on the shared
+    /// connection (services that keep their own scripts, e.g. sessions).
+    pub async fn invoke_script<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.call(inv.invoke_async(&mut conn)).await
+    }
+
     pub async fn cache_get(
         &self,
         key: &str,

@@ -1,10 +1,15 @@
-//! Round-trip figures, all measured in one run so they compare (the machine is
-//! noisy): the raw Unix-socket floor (an echo server in a separate process, as
-//! shoald is), `ping` through shoald, an L1 hit, an L2 hit, `cache.mget` of 16 keys,
-//! and a direct redis-rs GET against the same Redis; at 1 and 64 callers.
+//! The comparison bench: one binary, one run, one table, so rows compare on a
+//! noisy machine. It starts its own redis-server, daemons (release `shoald`
+//! processes) and an echo server, then measures at 1 and 64 callers:
+//! the raw Unix-socket floor (echo server in a separate process, as shoald is);
+//! redis-rs GET straight to Redis; redis-rs client-side caching (RESP3 tracking);
+//! shoal ping, L1 hit, L2 hit and `cache.mget` of 16 keys; the same with a
+//! modelled network (200 µs each way between the client side and Redis); a
+//! zipfian read-mostly mix through 2 daemons with 1 % invalidations (hit ratio,
+//! ops/s, stale reads); invalidation propagation to 4 daemons.
 //!
-//! `cargo bench -p shoal-tests --bench roundtrip` (set `BENCH_SECS` to change the
-//! time per row, default 2). Prints a markdown table.
+//! `cargo bench -p shoal-tests --bench compare` (`BENCH_SECS` sets the time per
+//! row, default 1.5). Prints markdown tables.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ use anyhow::Result;
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rand::{Rng, SeedableRng};
 use tokio::net::{UnixListener, UnixStream};
 
 const ECHO_ENV: &str = "SHOAL_BENCH_ECHO_SOCKET";
@@ -91,7 +97,7 @@ fn secs() -> Duration {
         std::env::var("BENCH_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(2.0),
+            .unwrap_or(1.5),
     )
 }
 
@@ -179,38 +185,96 @@ async fn connect_sync(path: &Path) -> Result<UnixStream> {
     anyhow::bail!("cannot connect to {}", path.display())
 }
 
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| operation | callers | p50 µs | p99 µs | ops/s | p50 / floor | ops/s / direct GET |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for callers in [1usize, 64] {
+        let find = |prefix: &str| rows.iter().find(|r| r.callers == callers && r.name.starts_with(prefix));
+        let floor = find("socket floor").map(|r| r.hist.value_at_quantile(0.5) as f64).unwrap_or(1.0);
+        let direct = find("redis-rs GET").map(|r| r.ops).unwrap_or(1.0);
+        for r in rows.iter().filter(|r| r.callers == callers) {
+            let p50 = r.hist.value_at_quantile(0.5) as f64;
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2}x | {:.2}x |",
+                r.name,
+                r.callers,
+                p50 / 1000.0,
+                r.hist.value_at_quantile(0.99) as f64 / 1000.0,
+                r.ops,
+                p50 / floor,
+                r.ops / direct
+            );
+        }
+    }
+}
+
+fn l2_only(toml: String) -> String {
+    // An L1 that admits nothing (every entry is above an eighth of 1 KiB): hits are L2 hits.
+    toml.replace("[cache]\n", "[cache]\nl1_max_bytes = 1024\n")
+}
+
+fn via(toml: String, redis_url: &str, proxy_url: &str) -> String {
+    toml.replace(redis_url, proxy_url)
+}
+
 async fn bench() -> Result<()> {
     let redis = shoal_tests::RedisServer::start().await?;
+    let net = shoal_tests::proxy::DelayProxy::start(redis.port(), Duration::from_micros(200))?;
     let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let cfg = |n: &str| shoal_tests::DaemonProcess::config_toml(&redis, d, n);
 
     // The echo floor, in its own process.
-    let echo_path = dir.path().join("echo.sock");
+    let echo_path = d.join("echo.sock");
     let mut echo = std::process::Command::new(std::env::current_exe()?)
         .env(ECHO_ENV, &echo_path)
         .spawn()?;
     connect_sync(&echo_path).await?;
 
-    // shoald (release build), and a second one whose L1 admits nothing: its hits are L2 hits.
-    let mut d1 = shoal_tests::DaemonProcess::spawn(
-        dir.path(),
-        "bench",
-        &shoal_tests::DaemonProcess::config_toml(&redis, dir.path(), "bench"),
-    )?;
-    let l2_toml = shoal_tests::DaemonProcess::config_toml(&redis, dir.path(), "l2only")
-        .replace("[cache]\n", "[cache]\nl1_max_bytes = 1024\n");
-    let mut d2 = shoal_tests::DaemonProcess::spawn(dir.path(), "l2only", &l2_toml)?;
-    let c1 = d1.wait_ready(Duration::from_secs(30)).await?;
-    let c2 = d2.wait_ready(Duration::from_secs(30)).await?;
+    // Daemons: local to Redis, L2-only, and the same two behind the modelled network.
+    let policies = "[ratelimit.policies.open]\nalgorithm = \"token_bucket\"\nlimit = 1000000000\nwindow = \"1s\"\n[ratelimit.policies.shut]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1h\"\n";
+    let mut procs = vec![
+        shoal_tests::DaemonProcess::spawn(d, "local", &(cfg("local") + policies))?,
+        shoal_tests::DaemonProcess::spawn(d, "l2", &l2_only(cfg("l2")))?,
+        shoal_tests::DaemonProcess::spawn(d, "netl1", &via(cfg("netl1"), &redis.url(), &net.url()))?,
+        shoal_tests::DaemonProcess::spawn(d, "netl2", &via(l2_only(cfg("netl2")), &redis.url(), &net.url()))?,
+        shoal_tests::DaemonProcess::spawn(d, "z2", &cfg("z2"))?,
+    ];
+    for i in 0..3 {
+        let n = format!("prop{i}");
+        procs.push(shoal_tests::DaemonProcess::spawn(d, &n, &cfg(&n))?);
+    }
+    let mut clients = Vec::new();
+    for p in &mut procs {
+        clients.push(p.wait_ready(Duration::from_secs(60)).await?);
+    }
+    let (local, l2, netl1, netl2) = (clients[0].clone(), clients[1].clone(), clients[2].clone(), clients[3].clone());
     let value = bytes::Bytes::from(vec![b'x'; 100]);
-    c1.set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
-        .await?;
+    local.set_raw("hot", value.clone(), Some(Duration::from_secs(3600))).await?;
     let mkeys: Vec<String> = (0..16).map(|i| format!("m{i}")).collect();
     for k in &mkeys {
-        c1.set_raw(k, value.clone(), Some(Duration::from_secs(3600)))
-            .await?;
+        local.set_raw(k, value.clone(), Some(Duration::from_secs(3600))).await?;
+        local.get_raw(k).await?;
     }
+    for c in [&local, &netl1] {
+        c.get_raw("hot").await?;
+    }
+    local.check("shut", "k").await?; // over its limit from now on: denied locally
+    let session = local
+        .session_create_raw("bench-user", bytes::Bytes::from_static(b"{}"), Default::default())
+        .await?
+        .token;
+    local.session_get_raw(&session, true).await?; // now in the local session cache
     let redis_client = redis::Client::open(redis.url())?;
     let direct = redis_client.get_multiplexed_async_connection().await?;
+    let direct_net = redis::Client::open(net.url())?.get_multiplexed_async_connection().await?;
+    let csc = {
+        let c = redis::Client::open(format!("{}/?protocol=resp3", redis.url()))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_cache_config(redis::caching::CacheConfig::new());
+        c.get_multiplexed_async_connection_with_config(&config).await?
+    };
 
     let mut rows = Vec::new();
     for callers in [1usize, 64] {
@@ -222,136 +286,257 @@ async fn bench() -> Result<()> {
         }
         let conns = Arc::new(std::sync::Mutex::new(conns));
         rows.push(
-            measure(
-                "socket floor (echo, separate process)",
-                callers,
-                |i| {
-                    let s = conns.lock().map(|mut c| c[i].take()).ok().flatten();
-                    (
-                        s.expect("echo connection"),
-                        frame.clone(),
-                        vec![0u8; reply_len],
-                    )
-                },
-                raw_roundtrip,
-            )
+            measure("socket floor (echo, separate process)", callers, |i| {
+                let s = conns.lock().map(|mut c| c[i].take()).ok().flatten();
+                (s.expect("echo connection"), frame.clone(), vec![0u8; reply_len])
+            }, raw_roundtrip)
             .await?,
         );
-        let c = c1.clone();
-        rows.push(
-            measure(
-                "shoal ping",
-                callers,
-                |_| c.clone(),
-                |c| async move {
-                    c.ping().await?;
-                    Ok(c)
-                },
-            )
-            .await?,
-        );
-        let c = c1.clone();
-        rows.push(
-            measure(
-                "shoal L1 hit (cache.get)",
-                callers,
-                |_| c.clone(),
-                |c| async move {
-                    c.get_raw("hot").await?;
-                    Ok(c)
-                },
-            )
-            .await?,
-        );
-        let c = c2.clone();
-        rows.push(
-            measure(
-                "shoal L2 hit (cache.get)",
-                callers,
-                |_| c.clone(),
-                |c| async move {
-                    c.get_raw("hot").await?;
-                    Ok(c)
-                },
-            )
-            .await?,
-        );
-        let c = c1.clone();
+        rows.push(redis_get("redis-rs GET direct (multiplexed)", callers, &direct).await?);
+        rows.push(redis_get("redis-rs client-side caching hit (RESP3)", callers, &csc).await?);
+        let c = local.clone();
+        rows.push(measure("shoal ping", callers, |_| c.clone(), |c| async move {
+            c.ping().await?;
+            Ok(c)
+        }).await?);
+        rows.push(shoal_get("shoal L1 hit", callers, &local).await?);
+        rows.push(shoal_get("shoal L2 hit", callers, &l2).await?);
+        let c = local.clone();
         let keys = mkeys.clone();
-        rows.push(
-            measure(
-                "shoal cache.mget 16 keys (L1)",
-                callers,
-                |_| (c.clone(), keys.clone()),
-                |(c, keys)| async move {
-                    {
-                        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                        c.mget_raw(&refs).await?;
-                    }
-                    Ok((c, keys))
-                },
-            )
-            .await?,
-        );
-        let d = direct.clone();
-        rows.push(
-            measure(
-                "redis-rs GET direct (multiplexed)",
-                callers,
-                |_| d.clone(),
-                |mut d| async move {
-                    let _: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg("shoal:c:hot")
-                        .query_async(&mut d)
-                        .await?;
-                    Ok(d)
-                },
-            )
-            .await?,
-        );
+        rows.push(measure("shoal cache.mget 16 keys (L1)", callers, |_| (c.clone(), keys.clone()), |(c, keys)| async move {
+            {
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                c.mget_raw(&refs).await?;
+            }
+            Ok((c, keys))
+        }).await?);
+        let c = local.clone();
+        rows.push(measure("shoal session.get (hot, local cache)", callers, |_| (c.clone(), session.clone()), |(c, t)| async move {
+            c.session_get_raw(&t, true).await?;
+            Ok((c, t))
+        }).await?);
+        let c = local.clone();
+        rows.push(measure("shoal ratelimit.check allowed", callers, |i| (c.clone(), format!("k{i}")), |(c, k)| async move {
+            c.check("open", &k).await?;
+            Ok((c, k))
+        }).await?);
+        let c = local.clone();
+        rows.push(measure("shoal ratelimit.check denied (local deny cache)", callers, |_| c.clone(), |c| async move {
+            c.check("shut", "k").await?;
+            Ok(c)
+        }).await?);
+        rows.push(redis_get("net 200µs: redis-rs GET direct", callers, &direct_net).await?);
+        rows.push(shoal_get("net 200µs: shoal L1 hit", callers, &netl1).await?);
+        rows.push(shoal_get("net 200µs: shoal L2 hit", callers, &netl2).await?);
+        let c = netl1.clone();
+        let keys = mkeys.clone();
+        for k in &keys {
+            c.get_raw(k).await?;
+        }
+        rows.push(measure("net 200µs: shoal cache.mget 16 (L1)", callers, |_| (c.clone(), keys.clone()), |(c, keys)| async move {
+            {
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                c.mget_raw(&refs).await?;
+            }
+            Ok((c, keys))
+        }).await?);
     }
+    print_table(&rows);
+    zipf_mix(&[clients[0].clone(), clients[4].clone()]).await?;
+    propagation(&[clients[0].clone(), clients[5].clone(), clients[6].clone(), clients[7].clone()]).await?;
     let _ = echo.kill();
     let _ = echo.wait();
-
-    println!();
-    println!("| operation | callers | p50 µs | p99 µs | ops/s | p50 / floor |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for callers in [1usize, 64] {
-        let floor = rows
-            .iter()
-            .find(|r| r.callers == callers && r.name.starts_with("socket floor"))
-            .map(|r| r.hist.value_at_quantile(0.5) as f64)
-            .unwrap_or(1.0);
-        for r in rows.iter().filter(|r| r.callers == callers) {
-            let p50 = r.hist.value_at_quantile(0.5) as f64;
-            println!(
-                "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2}x |",
-                r.name,
-                r.callers,
-                p50 / 1000.0,
-                r.hist.value_at_quantile(0.99) as f64 / 1000.0,
-                r.ops,
-                p50 / floor
-            );
-        }
-    }
     println!();
     println!(
         "machine: {} cores; {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(
-                |s| s.lines().find(|l| l.starts_with("model name")).map(|l| l
-                    .split(':')
-                    .nth(1)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string())
-            )
+            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
             .unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn redis_get(name: &str, callers: usize, conn: &redis::aio::MultiplexedConnection) -> Result<Row> {
+    let d = conn.clone();
+    measure(name, callers, |_| d.clone(), |mut d| async move {
+        let _: Option<Vec<u8>> = redis::cmd("GET").arg("shoal:c:hot").query_async(&mut d).await?;
+        Ok(d)
+    })
+    .await
+}
+
+async fn shoal_get(name: &str, callers: usize, c: &shoal_client::Client) -> Result<Row> {
+    let c = c.clone();
+    measure(name, callers, |_| c.clone(), |c| async move {
+        c.get_raw("hot").await?;
+        Ok(c)
+    })
+    .await
+}
+
+/// Per key: (version, completion time) of the writes made so far.
+type WriteLog = std::sync::Mutex<Vec<(u64, Instant)>>;
+
+/// Zipfian reads through two daemons, 1 % of operations rewrite the "database"
+/// and invalidate; readers use `get_or_load` (leases). A read is stale when it
+/// returns a version older than one whose invalidation completed more than
+/// `BOUND` before the read began.
+async fn zipf_mix(clients: &[shoal_client::Client]) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const KEYS: usize = 10_000;
+    const CALLERS: usize = 64;
+    const BOUND: Duration = Duration::from_millis(100);
+    // Zipf(s = 1) by inverse CDF over precomputed weights.
+    let mut cdf = Vec::with_capacity(KEYS);
+    let mut acc = 0.0;
+    for k in 1..=KEYS {
+        acc += 1.0 / k as f64;
+        cdf.push(acc);
+    }
+    let cdf = Arc::new(cdf);
+    let db: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(1)).collect());
+    // Per key: (version, completion time) of recent writes.
+    let writes: Arc<Vec<WriteLog>> =
+        Arc::new((0..KEYS).map(|_| std::sync::Mutex::new(Vec::new())).collect());
+    let stale = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let ops = Arc::new(AtomicU64::new(0));
+    let dur = secs() * 2;
+    let start = Instant::now();
+    let before = stats_sum(clients).await?;
+    let mut tasks = Vec::new();
+    for i in 0..CALLERS {
+        let c = clients[i % clients.len()].clone();
+        let (cdf, db, writes, stale, reads, ops) =
+            (cdf.clone(), db.clone(), writes.clone(), stale.clone(), reads.clone(), ops.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+            while start.elapsed() < dur {
+                let x = rng.random::<f64>() * cdf[KEYS - 1];
+                let k = cdf.partition_point(|c| *c < x).min(KEYS - 1);
+                let key = format!("z{k}");
+                if rng.random_bool(0.01) {
+                    // Only caller k % CALLERS writes key k: versions follow Redis order.
+                    if k % CALLERS != i {
+                        continue;
+                    }
+                    let v = db[k].fetch_add(1, Ordering::SeqCst) + 1;
+                    c.invalidate([key.as_str()]).await?;
+                    writes[k].lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((v, Instant::now()));
+                } else {
+                    let began = Instant::now();
+                    let dbk = &db[k];
+                    let got: u64 = c
+                        .get_or_load(&key, Some(Duration::from_secs(600)), || async { Ok::<_, std::io::Error>(dbk.load(Ordering::SeqCst)) })
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    let w = writes[k].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    if w.iter().any(|(v, done)| *v > got && *done + BOUND < began) {
+                        stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = stats_sum(clients).await?;
+    let l1 = after.0 - before.0;
+    let total = (after.0 + after.1) - (before.0 + before.1);
+    println!();
+    println!("| zipfian mix (s=1, 10k keys, 64 callers, 2 daemons, 1 % invalidations) | value |");
+    println!("|---|---:|");
+    println!("| ops/s | {:.0} |", ops.load(Ordering::Relaxed) as f64 / elapsed);
+    println!("| L1 hit ratio | {:.1} % |", 100.0 * l1 as f64 / total.max(1) as f64);
+    println!("| reads checked | {} |", reads.load(Ordering::Relaxed));
+    println!("| stale reads (older than {BOUND:?} after an invalidation) | {} |", stale.load(Ordering::Relaxed));
+    Ok(())
+}
+
+async fn stats_sum(clients: &[shoal_client::Client]) -> Result<(u64, u64)> {
+    let (mut l1, mut other) = (0, 0);
+    for c in clients {
+        let s: std::collections::BTreeMap<String, u64> = c.call(shoal_client::proto::Op::Stats).await?;
+        l1 += s.get("l1_hits").copied().unwrap_or(0);
+        other += s.get("l1_misses").copied().unwrap_or(0);
+    }
+    Ok((l1, other))
+}
+
+/// Propagation to the other daemons: of an invalidation (all hold the key in L1)
+/// and of a session revocation (all hold the session in their local cache).
+async fn propagation(clients: &[shoal_client::Client]) -> Result<()> {
+    let mut lags = Histogram::<u64>::new(3)?;
+    for round in 0..200 {
+        let key = format!("prop{round}");
+        clients[0].set_raw(&key, bytes::Bytes::from_static(b"v"), None).await?;
+        for c in &clients[1..] {
+            c.get_raw(&key).await?;
+        }
+        let t = Instant::now();
+        clients[0].invalidate([key.as_str()]).await?;
+        let waits = clients[1..].iter().map(|c| {
+            let key = key.clone();
+            async move {
+                loop {
+                    if c.get_raw(&key).await?.is_none() {
+                        return Ok::<_, anyhow::Error>(t.elapsed());
+                    }
+                }
+            }
+        });
+        for lag in futures::future::try_join_all(waits).await? {
+            lags.record(lag.as_micros() as u64)?;
+        }
+    }
+    // Session revocation: every daemon has validated the session (local cache);
+    // one revokes; time until each other daemon refuses it.
+    let mut revs = Histogram::<u64>::new(3)?;
+    for _ in 0..200 {
+        let token = clients[0]
+            .session_create_raw("prop-user", bytes::Bytes::from_static(b"{}"), Default::default())
+            .await?
+            .token;
+        for c in &clients[1..] {
+            c.session_get_raw(&token, true).await?;
+        }
+        let t = Instant::now();
+        clients[0].session_revoke(&token).await?;
+        let waits = clients[1..].iter().map(|c| {
+            let token = token.clone();
+            async move {
+                loop {
+                    if c.session_get_raw(&token, false).await?.is_none() {
+                        return Ok::<_, anyhow::Error>(t.elapsed());
+                    }
+                }
+            }
+        });
+        for lag in futures::future::try_join_all(waits).await? {
+            revs.record(lag.as_micros() as u64)?;
+        }
+    }
+    println!();
+    println!("| propagation to 3 other daemons (600 samples each), µs | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| cache invalidation (until every daemon answers a miss) | {} | {} | {} |",
+        lags.value_at_quantile(0.5),
+        lags.value_at_quantile(0.99),
+        lags.max()
+    );
+    println!(
+        "| session revocation (until every daemon refuses the token) | {} | {} | {} |",
+        revs.value_at_quantile(0.5),
+        revs.value_at_quantile(0.99),
+        revs.max()
     );
     Ok(())
 }

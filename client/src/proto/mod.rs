@@ -10,18 +10,24 @@
 
 mod error;
 mod frame;
+pub mod fuzz;
 mod request;
 mod response;
 mod value;
 
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{encode_frame_header, FrameCodec, FrameError, FrameErrorIo, FRAME_HEADER_LEN};
+pub use request::MAX_DURATION_MS;
 pub use request::{parse_request, Limits, Op, ParseError, Request, RevokeTarget};
 pub use response::{
     decode_response, decode_response_id, encode_err, encode_ok, ErrorBody, Frame, GetResult,
     HelloResult, InvalidateResult, InvalidateTagsResult, RatelimitDecision, ResetResult,
     RevokeUserResult, RevokedResult, RotateResult, SessionCreated, SessionInfo, SessionListEntry,
     SetResult, Source, UpdatedResult,
+};
+pub use response::{
+    ClearOverrideResult, ConcurrentResult, OverrideResult, QuotaKeyUsage, QuotaUsageResult,
+    RatelimitDecisionExt, ReleaseResult, ReserveResult,
 };
 pub use value::{from_value, to_value};
 

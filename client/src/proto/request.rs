@@ -111,6 +111,42 @@ pub enum Op {
         policy: String,
         key: String,
     },
+    /// Books the next slot of `cost` within `max_wait_ms` (smoothing outbound calls).
+    RatelimitReserve {
+        policy: String,
+        key: String,
+        cost: u64,
+        max_wait_ms: u64,
+    },
+    /// Takes one in-flight slot of a `concurrency` policy, as a lease that expires
+    /// after `lease_ms` (default: the policy's window) if never released.
+    RatelimitAcquireConcurrent {
+        policy: String,
+        key: String,
+        lease_ms: Option<u64>,
+    },
+    RatelimitRelease {
+        policy: String,
+        key: String,
+        lease: String,
+    },
+    /// Stores a runtime override of a key's numbers in Redis (every daemon picks it up).
+    RatelimitSetOverride {
+        policy: String,
+        key: String,
+        limit: u64,
+        burst: Option<u64>,
+    },
+    RatelimitClearOverride {
+        policy: String,
+        key: String,
+    },
+    /// Current usage of a policy's keys (SCAN-based, bounded by `max_keys`).
+    QuotaUsage {
+        policy: String,
+        prefix: Option<String>,
+        max_keys: Option<u64>,
+    },
     Stats,
 }
 
@@ -135,6 +171,12 @@ impl Op {
             Op::RatelimitCheck { .. } => "ratelimit.check",
             Op::RatelimitPeek { .. } => "ratelimit.peek",
             Op::RatelimitReset { .. } => "ratelimit.reset",
+            Op::RatelimitReserve { .. } => "ratelimit.reserve",
+            Op::RatelimitAcquireConcurrent { .. } => "ratelimit.acquire_concurrent",
+            Op::RatelimitRelease { .. } => "ratelimit.release",
+            Op::RatelimitSetOverride { .. } => "ratelimit.set_override",
+            Op::RatelimitClearOverride { .. } => "ratelimit.clear_override",
+            Op::QuotaUsage { .. } => "quota.usage",
             Op::Stats => "stats",
         }
     }
@@ -149,7 +191,13 @@ impl Op {
             Op::CacheInvalidateTags { tags } => tags.iter().map(String::len).sum(),
             Op::RatelimitCheck { key, .. }
             | Op::RatelimitPeek { key, .. }
-            | Op::RatelimitReset { key, .. } => key.len(),
+            | Op::RatelimitReset { key, .. }
+            | Op::RatelimitReserve { key, .. }
+            | Op::RatelimitAcquireConcurrent { key, .. }
+            | Op::RatelimitRelease { key, .. }
+            | Op::RatelimitSetOverride { key, .. }
+            | Op::RatelimitClearOverride { key, .. } => key.len(),
+            Op::QuotaUsage { prefix, .. } => prefix.as_ref().map_or(0, String::len),
             _ => 0,
         }
     }
@@ -354,6 +402,23 @@ impl Args<'_> {
         }
     }
 
+    /// A rate-limit `cost`: optional (default 1), at least 1.
+    fn cost(&mut self) -> Result<u64, ParseError> {
+        match self.opt_uint("cost")? {
+            None => Ok(1),
+            Some(0) => Err(self.bad("`cost` must be at least 1")),
+            Some(c) => Ok(c),
+        }
+    }
+
+    /// An optional count that must be at least 1 when given.
+    fn opt_positive(&mut self, name: &str) -> Result<Option<u64>, ParseError> {
+        match self.opt_uint(name)? {
+            Some(0) => Err(self.bad(format!("`{name}` must be at least 1"))),
+            v => Ok(v),
+        }
+    }
+
     fn opt_bool(&mut self, name: &str) -> Result<Option<bool>, ParseError> {
         match self.opt(name) {
             None => Ok(None),
@@ -450,11 +515,7 @@ impl Args<'_> {
             "ratelimit.check" => Op::RatelimitCheck {
                 policy: self.key("policy")?,
                 key: self.key("key")?,
-                cost: match self.opt_uint("cost")? {
-                    None => 1,
-                    Some(0) => return Err(self.bad("`cost` must be at least 1")),
-                    Some(c) => c,
-                },
+                cost: self.cost()?,
             },
             "ratelimit.peek" => Op::RatelimitPeek {
                 policy: self.key("policy")?,
@@ -463,6 +524,49 @@ impl Args<'_> {
             "ratelimit.reset" => Op::RatelimitReset {
                 policy: self.key("policy")?,
                 key: self.key("key")?,
+            },
+            "ratelimit.reserve" => Op::RatelimitReserve {
+                policy: self.key("policy")?,
+                key: self.key("key")?,
+                cost: self.cost()?,
+                max_wait_ms: self
+                    .opt_ms("max_wait_ms")?
+                    .ok_or_else(|| self.bad("`max_wait_ms` is missing"))?,
+            },
+            "ratelimit.acquire_concurrent" => Op::RatelimitAcquireConcurrent {
+                policy: self.key("policy")?,
+                key: self.key("key")?,
+                lease_ms: self.opt_ms("lease_ms")?,
+            },
+            "ratelimit.release" => Op::RatelimitRelease {
+                policy: self.key("policy")?,
+                key: self.key("key")?,
+                lease: self.key("lease")?,
+            },
+            "ratelimit.set_override" => Op::RatelimitSetOverride {
+                policy: self.key("policy")?,
+                key: self.key("key")?,
+                limit: self
+                    .opt_positive("limit")?
+                    .ok_or_else(|| self.bad("`limit` is missing"))?,
+                burst: self.opt_positive("burst")?,
+            },
+            "ratelimit.clear_override" => Op::RatelimitClearOverride {
+                policy: self.key("policy")?,
+                key: self.key("key")?,
+            },
+            "quota.usage" => Op::QuotaUsage {
+                policy: self.key("policy")?,
+                prefix: match self.opt_string("prefix")? {
+                    Some(p) if p.len() > self.limits.max_key => {
+                        return Err(self.bad(format!(
+                            "`prefix` is longer than the limit of {} bytes",
+                            self.limits.max_key
+                        )))
+                    }
+                    p => p,
+                },
+                max_keys: self.opt_positive("max_keys")?,
             },
             other => {
                 return Err(ParseError::Invalid {
@@ -623,9 +727,66 @@ impl Request {
                     w.field_uint("cost", *cost);
                 }
             }
-            Op::RatelimitPeek { policy, key } | Op::RatelimitReset { policy, key } => {
+            Op::RatelimitPeek { policy, key }
+            | Op::RatelimitReset { policy, key }
+            | Op::RatelimitClearOverride { policy, key } => {
                 w.field_str("policy", policy);
                 w.field_str("key", key);
+            }
+            Op::RatelimitReserve {
+                policy,
+                key,
+                cost,
+                max_wait_ms,
+            } => {
+                w.field_str("policy", policy);
+                w.field_str("key", key);
+                if *cost != 1 {
+                    w.field_uint("cost", *cost);
+                }
+                w.field_uint("max_wait_ms", *max_wait_ms);
+            }
+            Op::RatelimitAcquireConcurrent {
+                policy,
+                key,
+                lease_ms,
+            } => {
+                w.field_str("policy", policy);
+                w.field_str("key", key);
+                if let Some(l) = lease_ms {
+                    w.field_uint("lease_ms", *l);
+                }
+            }
+            Op::RatelimitRelease { policy, key, lease } => {
+                w.field_str("policy", policy);
+                w.field_str("key", key);
+                w.field_str("lease", lease);
+            }
+            Op::RatelimitSetOverride {
+                policy,
+                key,
+                limit,
+                burst,
+            } => {
+                w.field_str("policy", policy);
+                w.field_str("key", key);
+                w.field_uint("limit", *limit);
+                if let Some(b) = burst {
+                    w.field_uint("burst", *b);
+                }
+            }
+            Op::QuotaUsage {
+                policy,
+                prefix,
+                max_keys,
+            } => {
+                w.field_str("policy", policy);
+                if let Some(p) = prefix {
+                    w.field_str("prefix", p);
+                }
+                if let Some(m) = max_keys {
+                    w.field_uint("max_keys", *m);
+                }
             }
         }
         let _ = rmp::encode::write_map_len(out, w.n);
@@ -809,5 +970,78 @@ mod tests {
             };
             assert_eq!(parse_request(&r.encode(), &Limits::default()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn ratelimit_ops_validate_their_arguments() {
+        let bad = |fields: Vec<(&str, Value)>| {
+            let mut f = vec![("id", Value::from(4))];
+            f.extend(fields);
+            matches!(
+                parse(map(f)),
+                Err(ParseError::Invalid {
+                    id: 4,
+                    code: ErrorCode::BadRequest,
+                    ..
+                })
+            )
+        };
+        let pk = || vec![("policy", Value::from("p")), ("key", Value::from("k"))];
+        let with = |op: &str, extra: Vec<(&'static str, Value)>| {
+            let mut f = vec![("op", Value::from(op))];
+            f.extend(pk());
+            f.extend(extra);
+            f
+        };
+        assert!(
+            bad(with("ratelimit.reserve", vec![])),
+            "max_wait_ms missing"
+        );
+        assert!(bad(with(
+            "ratelimit.reserve",
+            vec![("max_wait_ms", Value::from(0))]
+        )));
+        assert!(bad(with(
+            "ratelimit.reserve",
+            vec![("max_wait_ms", Value::from(5)), ("cost", Value::from(0))]
+        )));
+        assert!(bad(with(
+            "ratelimit.acquire_concurrent",
+            vec![("lease_ms", Value::from(0))]
+        )));
+        assert!(bad(with("ratelimit.release", vec![])), "lease missing");
+        assert!(bad(with("ratelimit.set_override", vec![])), "limit missing");
+        assert!(bad(with(
+            "ratelimit.set_override",
+            vec![("limit", Value::from(0))]
+        )));
+        assert!(bad(with(
+            "ratelimit.set_override",
+            vec![("limit", Value::from(1)), ("burst", Value::from(0))]
+        )));
+        assert!(bad(vec![
+            ("op", Value::from("quota.usage")),
+            ("policy", Value::from("p")),
+            ("max_keys", Value::from(0)),
+        ]));
+        assert!(bad(vec![
+            ("op", Value::from("quota.usage")),
+            ("policy", Value::from("p")),
+            ("prefix", Value::from(3)),
+        ]));
+        let ok = parse(map(vec![
+            ("id", Value::from(4)),
+            ("op", Value::from("quota.usage")),
+            ("policy", Value::from("p")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            ok.op,
+            Op::QuotaUsage {
+                policy: "p".into(),
+                prefix: None,
+                max_keys: None
+            }
+        );
     }
 }

@@ -113,6 +113,96 @@ pub struct ResetResult {
     pub reset: bool,
 }
 
+/// `ratelimit.check` / `ratelimit.peek` as shoald answers them: the five fields of
+/// [`RatelimitDecision`] plus optional extras (a client that knows only the five
+/// ignores the rest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RatelimitDecisionExt {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_after_ms: u64,
+    pub retry_after_ms: u64,
+    /// The policy's window (for the `RateLimit-Policy` header).
+    #[serde(default)]
+    pub window_ms: Option<u64>,
+    /// Set when Redis was unreachable and the policy's `on_unavailable` mode
+    /// decided instead: `"open"`, `"closed"` or `"local"`.
+    #[serde(default)]
+    pub fallback: Option<String>,
+}
+
+/// `ratelimit.reserve`: the slot is booked when `granted`; the caller sleeps
+/// `wait_ms` and then goes. Not granted: nothing was booked, and `wait_ms` is how
+/// far away the next slot was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveResult {
+    pub granted: bool,
+    pub wait_ms: u64,
+}
+
+/// `ratelimit.acquire_concurrent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConcurrentResult {
+    pub acquired: bool,
+    /// The lease to give back with `ratelimit.release` (nil when not acquired).
+    pub lease: Option<String>,
+    pub limit: u64,
+    /// In-flight slots left after this one.
+    pub remaining: u64,
+    /// Not acquired: until the oldest lease expires (an upper bound: a release
+    /// frees a slot sooner). 0 when acquired.
+    pub retry_after_ms: u64,
+    /// Acquired: how long the lease lives if never released.
+    pub lease_ms: u64,
+}
+
+/// `ratelimit.release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResult {
+    /// False when the lease had already expired or been released.
+    pub released: bool,
+}
+
+/// `ratelimit.set_override`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideResult {
+    /// True when a runtime override of that key was replaced.
+    pub replaced: bool,
+}
+
+/// `ratelimit.clear_override`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearOverrideResult {
+    pub cleared: bool,
+}
+
+/// One key of a `quota.usage` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaKeyUsage {
+    pub key: String,
+    /// Consumed capacity (in-flight leases for a `concurrency` policy).
+    pub used: u64,
+    /// The key's effective limit (burst for token bucket and GCRA), overrides applied.
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_after_ms: u64,
+}
+
+/// `quota.usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsageResult {
+    pub policy: String,
+    pub algorithm: String,
+    /// The policy's own limit and window (before per-key overrides).
+    pub limit: u64,
+    pub window_ms: u64,
+    /// Keys with state in Redis, sorted by key.
+    pub keys: Vec<QuotaKeyUsage>,
+    /// True when the scan stopped at `max_keys` (or its work bound) before the end.
+    pub truncated: bool,
+}
+
 /// The `err` member of a response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -1,13 +1,26 @@
 //! `shoalctl`: operator commands against a running fleet.
 //!
-//! `invalidate` talks to Redis directly through the same scripts the daemons use,
-//! so it works with no daemon on the machine (an external writer, a deploy hook).
-//! `stats` asks one daemon over its socket.
+//! `invalidate` and `doctor` talk to Redis directly (through the same scripts
+//! the daemons use, or by inspecting it), so they work with no daemon on the
+//! machine: an external writer, a deploy hook, a pre-flight check. `stats`,
+//! `sessions`, `quotas` and `override` ask the daemon on this host over its
+//! socket, so they run the exact code a client's call runs.
+//!
+//! Output is for people by default; `--json` prints one JSON document for
+//! scripts. Exit status: 0 success, 1 failure (and `doctor` found problems),
+//! 64 unusable configuration.
 
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use shoal_client::proto::{
+    ClearOverrideResult, Op, OverrideResult, QuotaUsageResult, RevokeTarget, RevokeUserResult,
+    RevokedResult, SessionListEntry,
+};
+use shoald::admin::human_duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "shoalctl", version, about = "operate a shoal fleet")]
@@ -15,6 +28,9 @@ struct Cli {
     /// Configuration file (the daemon's), for redis.url, redis.prefix and socket.path.
     #[arg(long, short = 'c', env = "SHOAL_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// The daemon's socket (default: socket.path of the configuration).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -34,6 +50,73 @@ enum Cmd {
     },
     /// Counters of the daemon on this host.
     Stats,
+    /// List and revoke sessions.
+    Sessions {
+        #[command(subcommand)]
+        cmd: SessionsCmd,
+    },
+    /// Quota usage per policy and tenant.
+    Quotas(QuotasArgs),
+    /// Set (or clear) a runtime override of one key's limit; every daemon picks it up.
+    Override(OverrideArgs),
+    /// Inspect the configured Redis and say what is unsafe for shoal (exit 1 on problems).
+    Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCmd {
+    /// A user's sessions (ids, never tokens).
+    List {
+        #[arg(allow_hyphen_values = true)]
+        user: String,
+    },
+    /// Revoke one session, by the id `sessions list` shows, or by token.
+    Revoke {
+        /// Session id from `sessions list` (base64url: it may start with `-`).
+        #[arg(
+            required_unless_present = "token",
+            conflicts_with = "token",
+            allow_hyphen_values = true
+        )]
+        session_id: Option<String>,
+        /// Read the session token from standard input instead (a token on the
+        /// command line would end up in shell history and the process list).
+        #[arg(long)]
+        token: bool,
+    },
+    /// Revoke every session of a user (log out everywhere).
+    RevokeUser {
+        #[arg(allow_hyphen_values = true)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct QuotasArgs {
+    /// Only this policy (default: every policy of the configuration).
+    policy: Option<String>,
+    /// Only keys starting with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Most keys per policy.
+    #[arg(long, default_value_t = 100)]
+    max_keys: u64,
+}
+
+#[derive(Debug, Args)]
+struct OverrideArgs {
+    policy: String,
+    #[arg(allow_hyphen_values = true)]
+    key: String,
+    /// The key's limit per window.
+    #[arg(long, required_unless_present = "clear")]
+    limit: Option<u64>,
+    /// The key's burst (token bucket, GCRA).
+    #[arg(long, conflicts_with = "clear")]
+    burst: Option<u64>,
+    /// Remove the runtime override (back to the configured numbers).
+    #[arg(long, conflicts_with = "limit")]
+    clear: bool,
 }
 
 fn main() -> ExitCode {
@@ -55,8 +138,17 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match rt.block_on(run(cli, config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let mut out = String::new();
+    let result = rt.block_on(run(cli, config, &mut out));
+    // What was produced is shown even when the command then failed.
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("shoalctl: writing the output: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("shoalctl: {e:#}");
             ExitCode::from(1)
@@ -64,37 +156,322 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, config: shoald::Config) -> anyhow::Result<()> {
-    match cli.cmd {
+async fn client(cli: &Cli, config: &shoald::Config) -> anyhow::Result<shoal_client::Client> {
+    let path = cli.socket.as_ref().unwrap_or(&config.socket.path);
+    shoal_client::Client::connect(path)
+        .await
+        .with_context(|| format!("cannot reach shoald at {}", path.display()))
+}
+
+/// Appends a line to the command's output. Output is collected and written
+/// once at the end, so `shoalctl ... | head` ends quietly on a closed pipe
+/// instead of panicking in `println!`.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+fn print_json<T: serde::Serialize>(out: &mut String, v: &T) -> anyhow::Result<()> {
+    say!(out, "{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run(cli: Cli, config: shoald::Config, out: &mut String) -> anyhow::Result<ExitCode> {
+    match &cli.cmd {
         Cmd::Invalidate { tag, names } => {
             let store = shoald::store::Store::new(&config)?;
-            let (seq, n) = if tag {
-                let (id, keys) = store.cache_invalidate_tags(&names).await?;
+            let (seq, n) = if *tag {
+                let (id, keys) = store.cache_invalidate_tags(names).await?;
                 (id, keys.len())
             } else {
-                (store.cache_invalidate(&names).await?, names.len())
+                (store.cache_invalidate(names).await?, names.len())
             };
             if cli.json {
-                println!(
+                say!(
+                    out,
                     "{}",
                     serde_json::json!({ "seq": seq.to_string(), "keys": n })
                 );
             } else {
-                println!("invalidated {n} key(s) at log position {seq}");
+                say!(out, "invalidated {n} key(s) at log position {seq}");
             }
         }
         Cmd::Stats => {
-            let client = shoal_client::Client::connect(&config.socket.path).await?;
-            let stats: std::collections::BTreeMap<String, u64> =
-                client.call(shoal_client::proto::Op::Stats).await?;
+            let client = client(&cli, &config).await?;
+            let stats: std::collections::BTreeMap<String, u64> = client.call(Op::Stats).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                print_json(out, &stats)?;
             } else {
                 for (k, v) in stats {
-                    println!("{k:32} {v}");
+                    say!(out, "{k:32} {v}");
                 }
             }
         }
+        Cmd::Sessions { cmd } => sessions(&cli, &config, cmd, out).await?,
+        Cmd::Quotas(args) => quotas(&cli, &config, args, out).await?,
+        Cmd::Override(args) => override_cmd(&cli, &config, args, out).await?,
+        Cmd::Doctor => {
+            let report = shoald::doctor::run(&config).await;
+            if cli.json {
+                print_json(out, &report)?;
+            } else {
+                out.push_str(&report.render_human());
+            }
+            if !report.ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Milliseconds since the epoch as a UTC timestamp (no time-zone database needed).
+fn timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+async fn sessions(
+    cli: &Cli,
+    config: &shoald::Config,
+    cmd: &SessionsCmd,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let client = client(cli, config).await?;
+    match cmd {
+        SessionsCmd::List { user } => {
+            let list: Vec<SessionListEntry> =
+                client.call(Op::SessionList { user: user.clone() }).await?;
+            if cli.json {
+                return print_json(out, &list);
+            }
+            if list.is_empty() {
+                say!(out, "{user} has no sessions");
+                return Ok(());
+            }
+            say!(
+                out,
+                "{:43}  {:21}  {:21}  {:21}",
+                "SESSION ID",
+                "CREATED",
+                "LAST SEEN",
+                "EXPIRES"
+            );
+            for s in &list {
+                say!(
+                    out,
+                    "{:43}  {:21}  {:21}  {:21}",
+                    s.session_id,
+                    timestamp(s.created_at_ms),
+                    timestamp(s.last_seen_ms),
+                    timestamp(s.expires_at_ms)
+                );
+            }
+            say!(out, "{} session(s)", list.len());
+        }
+        SessionsCmd::Revoke { session_id, token } => {
+            let target = if *token {
+                let mut t = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut t)
+                    .context("reading the token from standard input")?;
+                let t = t.trim();
+                if t.is_empty() {
+                    bail!("no token on standard input");
+                }
+                RevokeTarget::Token(t.to_string())
+            } else {
+                match session_id {
+                    Some(id) => RevokeTarget::SessionId(id.clone()),
+                    None => bail!("give a session id, or --token with the token on standard input"),
+                }
+            };
+            let r: RevokedResult = client.call(Op::SessionRevoke { target }).await?;
+            if cli.json {
+                return print_json(out, &r);
+            }
+            say!(
+                out,
+                "{}",
+                if r.revoked {
+                    "revoked (every daemon drops it within milliseconds)"
+                } else {
+                    "no such session (already revoked or expired)"
+                }
+            );
+        }
+        SessionsCmd::RevokeUser { user } => {
+            let r: RevokeUserResult = client
+                .call(Op::SessionRevokeUser { user: user.clone() })
+                .await?;
+            if cli.json {
+                return print_json(out, &r);
+            }
+            say!(out, "revoked {} session(s) of {user}", r.revoked);
+        }
     }
     Ok(())
+}
+
+async fn quotas(
+    cli: &Cli,
+    config: &shoald::Config,
+    args: &QuotasArgs,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let policies: Vec<String> = match &args.policy {
+        Some(p) => vec![p.clone()],
+        None => config.ratelimit.policies.keys().cloned().collect(),
+    };
+    if policies.is_empty() {
+        bail!("no rate-limit policies in the configuration; name one: shoalctl quotas POLICY");
+    }
+    let client = client(cli, config).await?;
+    let mut all = Vec::new();
+    for policy in policies {
+        let u: QuotaUsageResult = client
+            .call(Op::QuotaUsage {
+                policy: policy.clone(),
+                prefix: args.prefix.clone(),
+                max_keys: Some(args.max_keys),
+            })
+            .await
+            .with_context(|| format!("quota usage of policy {policy}"))?;
+        all.push(u);
+    }
+    if cli.json {
+        return print_json(out, &all);
+    }
+    for u in &all {
+        say!(
+            out,
+            "{}  {}  {} per {}",
+            u.policy,
+            u.algorithm,
+            u.limit,
+            human_duration(u.window_ms)
+        );
+        if u.keys.is_empty() {
+            say!(out, "  no tenant has state right now\n");
+            continue;
+        }
+        say!(
+            out,
+            "  {:32} {:>15} {:>10} {:>12}  USAGE",
+            "TENANT",
+            "USED/LIMIT",
+            "REMAINING",
+            "RESETS IN"
+        );
+        for k in &u.keys {
+            let ratio = if k.limit == 0 {
+                1.0
+            } else {
+                (k.used as f64 / k.limit as f64).clamp(0.0, 1.0)
+            };
+            let filled = (ratio * 20.0).round() as usize;
+            say!(
+                out,
+                "  {:32} {:>15} {:>10} {:>12}  [{}{}] {:>3.0}%",
+                k.key,
+                format!("{}/{}", k.used, k.limit),
+                k.remaining,
+                human_duration(k.reset_after_ms),
+                "#".repeat(filled),
+                ".".repeat(20 - filled),
+                ratio * 100.0
+            );
+        }
+        if u.truncated {
+            say!(
+                out,
+                "  (more keys exist; narrow with --prefix or raise --max-keys)"
+            );
+        }
+        say!(out,);
+    }
+    Ok(())
+}
+
+async fn override_cmd(
+    cli: &Cli,
+    config: &shoald::Config,
+    args: &OverrideArgs,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let client = client(cli, config).await?;
+    if args.clear {
+        let r: ClearOverrideResult = client
+            .call(Op::RatelimitClearOverride {
+                policy: args.policy.clone(),
+                key: args.key.clone(),
+            })
+            .await?;
+        if cli.json {
+            return print_json(out, &r);
+        }
+        say!(
+            out,
+            "{}",
+            if r.cleared {
+                "override cleared: the key is back to its configured limit"
+            } else {
+                "the key had no runtime override"
+            }
+        );
+        return Ok(());
+    }
+    let Some(limit) = args.limit else {
+        bail!("--limit is required (or --clear)");
+    };
+    let r: OverrideResult = client
+        .call(Op::RatelimitSetOverride {
+            policy: args.policy.clone(),
+            key: args.key.clone(),
+            limit,
+            burst: args.burst,
+        })
+        .await?;
+    if cli.json {
+        return print_json(out, &r);
+    }
+    say!(
+        out,
+        "{} override of {} in {}: limit {limit}{}",
+        if r.replaced { "replaced the" } else { "set an" },
+        args.key,
+        args.policy,
+        args.burst
+            .map(|b| format!(", burst {b}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_utc() {
+        assert_eq!(super::timestamp(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::timestamp(1_700_000_000_000), "2023-11-14 22:13:20Z");
+        assert_eq!(super::timestamp(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
 }

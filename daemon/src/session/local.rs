@@ -1,0 +1,404 @@
+//! The local cache of validated sessions, and the rules that decide when it may
+//! answer (the session counterpart of `l1.rs`).
+//!
+//! - `ready`: the revocation reader is connected and caught up. While it is not,
+//!   the cache is not trusted: reads go to Redis, and a fill taken before the gap
+//!   is void (`generation`).
+//! - change marks: per stripe of session hashes and of user names, the highest
+//!   revocation-stream id this daemon applied. A read made at stream position P is
+//!   kept only if no revocation of its stripe later than P was applied, checked
+//!   before and after the insert, so a revocation racing a read is never undone by
+//!   the read's fill. Striping may refuse a good fill, never admit a bad one.
+//! - `confirmed`: the last moment the reader knew it had seen every revocation.
+//!   In `on_unavailable = "cached"` mode, entries may be served for `max_stale`
+//!   after it, never later, and never one a revocation already evicted.
+//!
+//! Deadlines are kept on the monotonic clock, computed from the remaining time
+//! Redis reported, so no wall clock is compared with Redis's.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::sync::Cache;
+use moka::Expiry;
+
+use crate::streamid::StreamId;
+
+const STRIPES: usize = 1 << 14;
+
+/// A session as this daemon last validated it.
+#[derive(Debug)]
+pub struct Cached {
+    pub user: String,
+    pub data: Bytes,
+    pub created_at_ms: u64,
+    /// Start of the idle window as Redis records it (the last sliding refresh).
+    pub last_seen_ms: u64,
+    pub idle_ms: u64,
+    pub absolute_expires_at_ms: u64,
+    /// The user's revocation epoch when the session was created.
+    pub epoch: u64,
+    /// The revocation-stream position the read saw.
+    pub pos: StreamId,
+    /// When Redis drops the session (as far as the read could tell), on our clock.
+    pub deadline: Instant,
+    /// When the idle window started, on our clock (decides the next refresh).
+    pub window_started: Instant,
+    /// Set while one request refreshes the idle expiry, so others do not.
+    pub touching: AtomicBool,
+}
+
+impl Cached {
+    /// `min(last_seen + idle, absolute)`: exactly when Redis will drop it.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.last_seen_ms
+            .saturating_add(self.idle_ms)
+            .min(self.absolute_expires_at_ms)
+    }
+
+    /// Whether a `touch` should refresh the idle expiry in Redis now.
+    pub fn touch_due(&self, fraction: f64, now: Instant) -> bool {
+        let window = Duration::from_millis(self.idle_ms).mul_f64(fraction.clamp(0.0, 1.0));
+        now.saturating_duration_since(self.window_started) >= window
+    }
+}
+
+struct CachedExpiry;
+
+impl Expiry<Arc<str>, Arc<Cached>> for CachedExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &Arc<str>,
+        v: &Arc<Cached>,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(v.deadline.saturating_duration_since(now))
+    }
+    fn expire_after_update(
+        &self,
+        _k: &Arc<str>,
+        v: &Arc<Cached>,
+        now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.deadline.saturating_duration_since(now))
+    }
+}
+
+/// Proof that a read was issued while the cache was trusted, in a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// Why the local cache was emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// The revocation stream no longer reaches back to our cursor.
+    Trimmed,
+    /// Redis lost its data or was replaced (run_id or epoch changed).
+    Identity,
+    /// A stream entry could not be understood: it may have revoked anything.
+    BadEntry,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Trimmed => "stream_trimmed",
+            FlushReason::Identity => "redis_identity",
+            FlushReason::BadEntry => "bad_entry",
+        }
+    }
+}
+
+enum Domain {
+    Session,
+    User,
+}
+
+pub struct LocalCache {
+    cache: Cache<Arc<str>, Arc<Cached>>,
+    ready: AtomicBool,
+    generation: AtomicU64,
+    marks: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+    confirmed: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for LocalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCache")
+            .field("ready", &self.is_ready())
+            .field("entries", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalCache {
+    pub fn new(max_entries: u64) -> LocalCache {
+        let cache = Cache::builder()
+            .max_capacity(max_entries.max(1))
+            .expire_after(CachedExpiry)
+            .support_invalidation_closures()
+            .build();
+        LocalCache {
+            cache,
+            ready: AtomicBool::new(false),
+            generation: AtomicU64::new(1),
+            marks: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            confirmed: Mutex::new(None),
+        }
+    }
+
+    fn stripe(&self, domain: Domain, name: &str) -> &AtomicU64 {
+        let tag = match domain {
+            Domain::Session => 0u8,
+            Domain::User => 1u8,
+        };
+        &self.marks[(self.hasher.hash_one((tag, name)) as usize) & (STRIPES - 1)]
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The reader is caught up as of `at`: the cache is trusted again.
+    pub fn set_ready(&self, at: Instant) {
+        self.confirm(at);
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// The reader lost contact: reads bypass the cache, fills in flight are void.
+    pub fn set_unready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The reader has seen every revocation issued before `at`.
+    pub fn confirm(&self, at: Instant) {
+        let mut c = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_none_or(|prev| prev < at) {
+            *c = Some(at);
+        }
+    }
+
+    /// Taken before a Redis read whose result may fill the cache.
+    pub fn ticket(&self) -> Option<Ticket> {
+        let g = self.generation.load(Ordering::SeqCst);
+        self.is_ready().then_some(Ticket(g))
+    }
+
+    fn ticket_valid(&self, t: Ticket) -> bool {
+        self.is_ready() && self.generation.load(Ordering::SeqCst) == t.0
+    }
+
+    /// A validated session, if the cache is trusted and holds it.
+    pub fn get(&self, hash: &str) -> Option<Arc<Cached>> {
+        if !self.is_ready() {
+            return None;
+        }
+        self.get_unchecked(hash)
+    }
+
+    fn get_unchecked(&self, hash: &str) -> Option<Arc<Cached>> {
+        let e = self.cache.get(hash)?;
+        // moka expires on its own clock and lazily; never serve past the deadline.
+        (e.deadline > Instant::now()).then_some(e)
+    }
+
+    /// For `on_unavailable = "cached"`: a session this daemon validated, if the
+    /// last moment it knew of every revocation is at most `max_stale` ago.
+    pub fn get_stale(&self, hash: &str, max_stale: Duration) -> Option<Arc<Cached>> {
+        if !self.is_ready() {
+            let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh_enough = confirmed.is_some_and(|c| c.elapsed() <= max_stale);
+            if !fresh_enough {
+                return None;
+            }
+        }
+        self.get_unchecked(hash)
+    }
+
+    /// Keeps a session read at stream position `entry.pos`, if the rules allow.
+    pub fn fill(&self, hash: &str, entry: Arc<Cached>, ticket: Option<Ticket>) -> bool {
+        let Some(ticket) = ticket else {
+            return false;
+        };
+        if entry.deadline <= Instant::now() {
+            return false;
+        }
+        let pos = entry.pos.pack_down();
+        let by_session = self.stripe(Domain::Session, hash);
+        let by_user = self.stripe(Domain::User, &entry.user);
+        let admissible = |c: &LocalCache| {
+            c.ticket_valid(ticket)
+                && by_session.load(Ordering::SeqCst) <= pos
+                && by_user.load(Ordering::SeqCst) <= pos
+        };
+        if !admissible(self) {
+            return false;
+        }
+        let key: Arc<str> = Arc::from(hash);
+        self.cache.insert(key.clone(), entry);
+        // A revocation applied between the check and the insert did not see our
+        // entry: look again and take it back out if so.
+        if !admissible(self) {
+            self.cache.invalidate(&key);
+            return false;
+        }
+        true
+    }
+
+    /// Drops a session from the cache (this daemon learned it is gone).
+    pub fn evict(&self, hash: &str) {
+        self.cache.invalidate(hash);
+    }
+
+    /// Applies a revocation or data change of one session at stream id `id`.
+    /// Returns whether a cached copy was evicted.
+    pub fn apply_session(&self, hash: &str, id: StreamId) -> bool {
+        self.stripe(Domain::Session, hash)
+            .fetch_max(id.pack_up(), Ordering::SeqCst);
+        match self.cache.get(hash) {
+            Some(e) if e.pos < id => {
+                self.cache.invalidate(hash);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies a revocation of every session of `user` created before `epoch`.
+    pub fn apply_user(&self, user: &str, epoch: u64, id: StreamId) {
+        self.stripe(Domain::User, user)
+            .fetch_max(id.pack_up(), Ordering::SeqCst);
+        let user = user.to_string();
+        // moka guarantees that no read returns a matching entry once this returns;
+        // entries inserted later are covered by the user stripe mark above.
+        if self
+            .cache
+            .invalidate_entries_if(move |_, v| v.user == user && v.epoch < epoch)
+            .is_err()
+        {
+            self.flush_entries();
+        }
+    }
+
+    /// Empties the cache and voids every fill in flight.
+    pub fn flush(&self) {
+        self.flush_entries();
+    }
+
+    fn flush_entries(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+        // The generation bump voids fills read before this point, so old marks
+        // (perhaps from a previous Redis whose ids were larger) can go.
+        for m in self.marks.iter() {
+            m.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Lets moka apply evictions and invalidation predicates now.
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    fn entry(user: &str, epoch: u64, pos: StreamId) -> Arc<Cached> {
+        let now = Instant::now();
+        Arc::new(Cached {
+            user: user.into(),
+            data: Bytes::from_static(b"d"),
+            created_at_ms: 1,
+            last_seen_ms: 1,
+            idle_ms: 60_000,
+            absolute_expires_at_ms: 100_000,
+            epoch,
+            pos,
+            deadline: now + Duration::from_secs(60),
+            window_started: now,
+            touching: AtomicBool::new(false),
+        })
+    }
+
+    fn ready() -> LocalCache {
+        let c = LocalCache::new(100);
+        c.set_ready(Instant::now());
+        c
+    }
+
+    #[test]
+    fn revocation_racing_a_read_wins() {
+        let c = ready();
+        let t = c.ticket();
+        c.apply_session("h", id(10));
+        assert!(!c.fill("h", entry("u", 0, id(9)), t));
+        assert!(c.get("h").is_none());
+        assert!(c.fill("h", entry("u", 0, id(10)), t));
+        assert!(c.get("h").is_some());
+        // A later revocation evicts; an older one does not.
+        assert!(!c.apply_session("h", id(10)));
+        assert!(c.apply_session("h", id(11)));
+        assert!(c.get("h").is_none());
+    }
+
+    #[test]
+    fn user_revocation_drops_older_epochs_only() {
+        let c = ready();
+        let t = c.ticket();
+        assert!(c.fill("old", entry("u", 1, id(5)), t));
+        assert!(c.fill("new", entry("u", 2, id(5)), t));
+        assert!(c.fill("other", entry("v", 1, id(5)), t));
+        c.apply_user("u", 2, id(6));
+        assert!(c.get("old").is_none());
+        assert!(c.get("new").is_some());
+        assert!(c.get("other").is_some());
+        // A read of that user from before the revocation is refused.
+        assert!(!c.fill("old2", entry("u", 1, id(5)), t));
+    }
+
+    #[test]
+    fn gaps_void_fills_and_stale_window_bounds_fallback() {
+        let c = ready();
+        let t = c.ticket();
+        assert!(c.fill("a", entry("u", 0, id(1)), t));
+        c.set_unready();
+        assert!(c.get("a").is_none(), "not trusted while the reader is down");
+        assert!(c.get_stale("a", Duration::from_secs(60)).is_some());
+        assert!(c.get_stale("a", Duration::ZERO).is_none());
+        assert!(
+            !c.fill("b", entry("u", 0, id(1)), t),
+            "ticket from before the gap"
+        );
+        c.set_ready(Instant::now());
+        assert!(c.get("a").is_some(), "a gap alone does not flush");
+        c.flush();
+        assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn touch_is_due_after_the_fraction() {
+        let e = entry("u", 0, id(1));
+        assert!(!e.touch_due(0.5, e.window_started + Duration::from_secs(29)));
+        assert!(e.touch_due(0.5, e.window_started + Duration::from_secs(30)));
+        assert!(e.touch_due(0.0, e.window_started));
+        assert_eq!(e.expires_at_ms(), 60_001);
+    }
+}

@@ -1,0 +1,359 @@
+//! The session scripts (`lua/session_*.lua`) and the parsing of their answers.
+//!
+//! Every script is called through [`Store::invoke_script`], so it runs under the
+//! `redis.timeout` deadline and its failures are classified like every other
+//! Redis call. Every key a script touches is passed in KEYS.
+
+use bytes::Bytes;
+use redis::{Script, Value};
+
+use super::keys::SessionKeys;
+use crate::store::{Store, StoreError};
+use crate::streamid::StreamId;
+
+/// A session as a script reported it, with Redis's clock at that moment.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub pos: StreamId,
+    pub now_ms: u64,
+    pub user: String,
+    pub data: Bytes,
+    pub created_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub idle_ms: u64,
+    pub absolute_expires_at_ms: u64,
+    pub epoch: u64,
+    /// Whether this call refreshed the idle expiry.
+    pub touched: bool,
+}
+
+/// One `session.list` row.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub hash: String,
+    pub created_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+/// What `session_rotate.lua` answered.
+#[derive(Debug)]
+pub enum Rotated {
+    Done { id: StreamId, record: Record },
+    NotFound,
+    UserChanged,
+    HashTaken,
+}
+
+/// Values that several calls pass along.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub keys: SessionKeys,
+    pub log_len: u64,
+    pub node: String,
+    pub touch_fraction: String,
+    pub epoch_keep_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Scripts {
+    create: Script,
+    get: Script,
+    update: Script,
+    revoke: Script,
+    rotate: Script,
+    revoke_user: Script,
+    list: Script,
+    hash_key: Script,
+}
+
+fn bad_shape(script: &str) -> StoreError {
+    StoreError::Redis(format!("{script} returned an unexpected shape"))
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => as_string(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn as_pos(v: &Value) -> Option<StreamId> {
+    as_string(v).and_then(|s| StreamId::parse(&s))
+}
+
+fn as_bytes(v: Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::from(b)),
+        Value::SimpleString(s) => Some(Bytes::from(s.into_bytes())),
+        _ => None,
+    }
+}
+
+/// Parses `{ 1, pos, now, user, data, created, last_seen, idle, abs_at, epoch, touched }`.
+fn record(v: Vec<Value>, script: &str) -> Result<Record, StoreError> {
+    let [_, pos, now, user, data, created, seen, idle, abs, epoch, touched] =
+        <[Value; 11]>::try_from(v).map_err(|_| bad_shape(script))?;
+    let parsed = (|| {
+        Some(Record {
+            pos: as_pos(&pos)?,
+            now_ms: as_u64(&now)?,
+            user: as_string(&user)?,
+            data: as_bytes(data)?,
+            created_at_ms: as_u64(&created)?,
+            last_seen_ms: as_u64(&seen)?,
+            idle_ms: as_u64(&idle)?,
+            absolute_expires_at_ms: as_u64(&abs)?,
+            epoch: as_u64(&epoch)?,
+            touched: as_u64(&touched)? == 1,
+        })
+    })();
+    parsed.ok_or_else(|| bad_shape(script))
+}
+
+fn status(v: &[Value]) -> Option<i64> {
+    match v.first() {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+impl Scripts {
+    pub fn load() -> Scripts {
+        Scripts {
+            create: Script::new(include_str!("../../../lua/session_create.lua")),
+            get: Script::new(include_str!("../../../lua/session_get.lua")),
+            update: Script::new(include_str!("../../../lua/session_update.lua")),
+            revoke: Script::new(include_str!("../../../lua/session_revoke.lua")),
+            rotate: Script::new(include_str!("../../../lua/session_rotate.lua")),
+            revoke_user: Script::new(include_str!("../../../lua/session_revoke_user.lua")),
+            list: Script::new(include_str!("../../../lua/session_list.lua")),
+            hash_key: Script::new(include_str!("../../../lua/session_hash_key.lua")),
+        }
+    }
+
+    /// Creates a session under `hash`; `None` if that hash is taken.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        store: &Store,
+        cx: &Context,
+        hash: &str,
+        user: &str,
+        data: &[u8],
+        idle_ms: u64,
+        absolute_ms: u64,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut inv = self.create.prepare_invoke();
+        inv.key(cx.keys.session(hash))
+            .key(cx.keys.index(user))
+            .key(cx.keys.epoch(user))
+            .key(cx.keys.stream())
+            .arg(user)
+            .arg(data)
+            .arg(idle_ms)
+            .arg(absolute_ms)
+            .arg(hash);
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        match status(&v) {
+            Some(0) => Ok(None),
+            Some(1) => record(v, "session_create").map(Some),
+            _ => Err(bad_shape("session_create")),
+        }
+    }
+
+    /// Reads a session (refreshing its idle expiry when `touch` and due), with
+    /// the stream position the read saw (in the record); `None` if it is gone.
+    pub async fn get(
+        &self,
+        store: &Store,
+        cx: &Context,
+        hash: &str,
+        touch: bool,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut inv = self.get.prepare_invoke();
+        inv.key(cx.keys.session(hash))
+            .key(cx.keys.stream())
+            .arg(if touch { "1" } else { "0" })
+            .arg(&cx.touch_fraction);
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        match status(&v) {
+            Some(0) => Ok(None),
+            Some(1) => record(v, "session_get").map(Some),
+            _ => Err(bad_shape("session_get")),
+        }
+    }
+
+    /// Replaces a session's data; the stream id of the change, if it existed.
+    pub async fn update(
+        &self,
+        store: &Store,
+        cx: &Context,
+        hash: &str,
+        data: &[u8],
+    ) -> Result<Option<StreamId>, StoreError> {
+        let mut inv = self.update.prepare_invoke();
+        inv.key(cx.keys.session(hash))
+            .key(cx.keys.stream())
+            .arg(data)
+            .arg(hash)
+            .arg(cx.log_len)
+            .arg(&cx.node);
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        match (status(&v), v.get(1)) {
+            (Some(0), _) => Ok(None),
+            (Some(1), Some(id)) => as_pos(id)
+                .map(Some)
+                .ok_or_else(|| bad_shape("session_update")),
+            _ => Err(bad_shape("session_update")),
+        }
+    }
+
+    /// Deletes a session; the stream id and its user, if it existed.
+    pub async fn revoke(
+        &self,
+        store: &Store,
+        cx: &Context,
+        hash: &str,
+    ) -> Result<Option<(StreamId, String)>, StoreError> {
+        let mut inv = self.revoke.prepare_invoke();
+        inv.key(cx.keys.session(hash))
+            .key(cx.keys.stream())
+            .arg(hash)
+            .arg(cx.log_len)
+            .arg(&cx.node);
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        match (status(&v), v.get(1), v.get(2)) {
+            (Some(0), _, _) => Ok(None),
+            (Some(1), Some(id), Some(user)) => match (as_pos(id), as_string(user)) {
+                (Some(id), Some(user)) => Ok(Some((id, user))),
+                _ => Err(bad_shape("session_revoke")),
+            },
+            _ => Err(bad_shape("session_revoke")),
+        }
+    }
+
+    /// Moves the session `old` to `new`, for `user` (as read by the caller).
+    pub async fn rotate(
+        &self,
+        store: &Store,
+        cx: &Context,
+        old: &str,
+        new: &str,
+        user: &str,
+    ) -> Result<Rotated, StoreError> {
+        let mut inv = self.rotate.prepare_invoke();
+        inv.key(cx.keys.session(old))
+            .key(cx.keys.session(new))
+            .key(cx.keys.index(user))
+            .key(cx.keys.stream())
+            .arg(user)
+            .arg(old)
+            .arg(new)
+            .arg(cx.log_len)
+            .arg(&cx.node);
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        match status(&v) {
+            Some(0) => Ok(Rotated::NotFound),
+            Some(-1) => Ok(Rotated::UserChanged),
+            Some(-2) => Ok(Rotated::HashTaken),
+            Some(1) => {
+                let record = record(v, "session_rotate")?;
+                Ok(Rotated::Done {
+                    id: record.pos,
+                    record,
+                })
+            }
+            _ => Err(bad_shape("session_rotate")),
+        }
+    }
+
+    /// Revokes every session of `user`, given the index `members` just read.
+    /// `None` when the index changed meanwhile (read it again).
+    /// Otherwise the stream id, the number of sessions deleted and the new epoch.
+    pub async fn revoke_user(
+        &self,
+        store: &Store,
+        cx: &Context,
+        user: &str,
+        members: &[String],
+    ) -> Result<Option<(StreamId, u64, u64)>, StoreError> {
+        let mut inv = self.revoke_user.prepare_invoke();
+        inv.key(cx.keys.index(user))
+            .key(cx.keys.epoch(user))
+            .key(cx.keys.stream());
+        for m in members {
+            inv.key(cx.keys.session(m));
+        }
+        inv.arg(user)
+            .arg(cx.log_len)
+            .arg(&cx.node)
+            .arg(cx.epoch_keep_ms);
+        for m in members {
+            inv.arg(m);
+        }
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        match status(&v) {
+            Some(0) => Ok(None),
+            Some(1) => match v.as_slice() {
+                [_, id, deleted, epoch] => match (as_pos(id), as_u64(deleted), as_u64(epoch)) {
+                    (Some(id), Some(d), Some(e)) => Ok(Some((id, d, e))),
+                    _ => Err(bad_shape("session_revoke_user")),
+                },
+                _ => Err(bad_shape("session_revoke_user")),
+            },
+            _ => Err(bad_shape("session_revoke_user")),
+        }
+    }
+
+    /// The live sessions among `members` (cleaning the index of dead ones).
+    pub async fn list(
+        &self,
+        store: &Store,
+        cx: &Context,
+        user: &str,
+        members: &[String],
+    ) -> Result<Vec<Listed>, StoreError> {
+        let mut inv = self.list.prepare_invoke();
+        inv.key(cx.keys.index(user));
+        for m in members {
+            inv.key(cx.keys.session(m));
+        }
+        for m in members {
+            inv.arg(m);
+        }
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        if v.len() % 4 != 0 {
+            return Err(bad_shape("session_list"));
+        }
+        let mut out = Vec::with_capacity(v.len() / 4);
+        for row in v.chunks_exact(4) {
+            let parsed = (|| {
+                Some(Listed {
+                    hash: as_string(&row[0])?,
+                    created_at_ms: as_u64(&row[1])?,
+                    last_seen_ms: as_u64(&row[2])?,
+                    expires_at_ms: as_u64(&row[3])?,
+                })
+            })();
+            out.push(parsed.ok_or_else(|| bad_shape("session_list"))?);
+        }
+        Ok(out)
+    }
+
+    /// The fleet's token hash key kept in Redis (created if missing).
+    pub async fn hash_key(&self, store: &Store, cx: &Context) -> Result<String, StoreError> {
+        let mut inv = self.hash_key.prepare_invoke();
+        inv.key(cx.keys.hash_key()).arg(crate::random_token(32));
+        store.invoke_script(&inv).await
+    }
+}

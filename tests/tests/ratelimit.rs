@@ -1,0 +1,1127 @@
+//! Rate limits and quotas end to end: three in-process daemons against one real
+//! redis-server, through the real client.
+//!
+//! Time: Redis TIME cannot be paused, so most tests freeze the scripts' clock with
+//! the test-only `RateLimits::set_test_now` (feature `test-clock`) and move it by
+//! hand; rollover, refill and retry-after are then exact to the millisecond. A few
+//! tests run on Redis TIME on purpose (exactness with real time, `acquire`
+//! spacing) and assert only lower bounds there, never on sleeps as synchronisation.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rmpv::Value;
+use shoal_client::proto::ErrorCode;
+use shoal_client::ratelimit::{Acquired, RateLimitLayer};
+use shoal_client::{Client, Decision};
+use shoal_tests::raw::{err_code, field, req, RawConn};
+use shoal_tests::shoald::config::{Algorithm, FailMode, PolicyConfig, PolicyOverride};
+use shoal_tests::{test_config, Daemon, RedisServer};
+
+/// A test epoch, a multiple of every window used here.
+const T0: u64 = 1_800_000_000_000;
+
+fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
+    PolicyConfig {
+        algorithm,
+        limit,
+        window: Duration::from_millis(window_ms),
+        burst: None,
+        on_unavailable: FailMode::Closed,
+        expected_nodes: 1,
+        overrides: BTreeMap::new(),
+    }
+}
+
+fn with_burst(mut p: PolicyConfig, burst: u64) -> PolicyConfig {
+    p.burst = Some(burst);
+    p
+}
+
+fn failing(mut p: PolicyConfig, mode: FailMode, expected_nodes: u64) -> PolicyConfig {
+    p.on_unavailable = mode;
+    p.expected_nodes = expected_nodes;
+    p
+}
+
+struct Fleet {
+    daemons: Vec<Daemon>,
+    clients: Vec<Client>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn start(
+        redis: &RedisServer,
+        policies: &[(&str, PolicyConfig)],
+        n: usize,
+    ) -> Result<Fleet> {
+        let dir = tempfile::tempdir()?;
+        let mut daemons = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..n {
+            let mut c = test_config(redis, dir.path(), &format!("d{i}"));
+            for (name, p) in policies {
+                c.ratelimit.policies.insert(name.to_string(), p.clone());
+            }
+            c.ratelimit.override_refresh = Duration::from_millis(100);
+            let d = Daemon::start_ready(c).await?;
+            clients.push(d.client().await?);
+            daemons.push(d);
+        }
+        Ok(Fleet {
+            daemons,
+            clients,
+            _dir: dir,
+        })
+    }
+
+    /// Freezes every daemon's rate-limit clock at `ms` (None: back to Redis TIME).
+    fn set_now(&self, ms: Option<u64>) {
+        for d in &self.daemons {
+            d.ctx.ratelimits.set_test_now(ms);
+        }
+    }
+
+    fn c(&self, i: usize) -> &Client {
+        &self.clients[i % self.clients.len()]
+    }
+
+    /// A `ratelimit_*` counter of daemon `i`.
+    fn rl(&self, i: usize, name: &str) -> u64 {
+        let mut m = BTreeMap::new();
+        self.daemons[i].ctx.ratelimits.stats_into(&mut m);
+        m.get(name).copied().unwrap_or(0)
+    }
+}
+
+fn code(e: &shoal_client::Error) -> Option<ErrorCode> {
+    e.code()
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// N callers spread over the fleet, each making `per_caller` checks of one key;
+/// returns how many were allowed.
+async fn hammer(
+    f: &Fleet,
+    policy: &str,
+    key: &str,
+    callers: usize,
+    per_caller: usize,
+) -> Result<u64> {
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let c = f.c(i).clone();
+        let (policy, key) = (policy.to_string(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0u64;
+            for _ in 0..per_caller {
+                if c.check(&policy, &key).await?.allowed {
+                    allowed += 1;
+                }
+            }
+            Ok::<_, shoal_client::Error>(allowed)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_under_concurrency_across_three_daemons() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("fw", pol(Algorithm::FixedWindow, 50, 60_000)),
+        ("sl", pol(Algorithm::SlidingLog, 50, 60_000)),
+        ("sc", pol(Algorithm::SlidingCounter, 50, 60_000)),
+        ("tb", pol(Algorithm::TokenBucket, 50, 60_000)),
+        ("gcra", pol(Algorithm::Gcra, 50, 60_000)),
+        // Real Redis TIME below: windows long enough that nothing refills.
+        ("sl_real", pol(Algorithm::SlidingLog, 50, 3_600_000)),
+        ("tb_real", pol(Algorithm::TokenBucket, 50, 3_600_000)),
+    ];
+    let f = Fleet::start(&redis, &policies, 3).await?;
+
+    f.set_now(Some(T0 + 1_234));
+    for name in ["fw", "sl", "sc", "tb", "gcra"] {
+        let allowed = hammer(&f, name, "hot", 24, 10).await?;
+        assert_eq!(allowed, 50, "{name}: 240 attempts from 3 daemons");
+        let p = f.c(0).peek(name, "hot").await?;
+        assert!(!p.allowed && p.remaining == 0, "{name}: {p:?}");
+    }
+    // Denials were answered from the deny caches too, and that changed nothing.
+    let local: u64 = (0..3).map(|i| f.rl(i, "ratelimit_denied_local")).sum();
+    assert!(local > 0, "repeated denials are answered locally");
+
+    f.set_now(None);
+    for name in ["sl_real", "tb_real"] {
+        let allowed = hammer(&f, name, "hot", 24, 10).await?;
+        assert_eq!(allowed, 50, "{name} on Redis TIME");
+    }
+    Ok(())
+}
+
+/// Waits exactly `retry_after` after a denial: one ms earlier is denied, at it
+/// the request passes (retry-after rounds up, never down).
+async fn retry_after_is_exact(f: &Fleet, policy: &str, key: &str, now: u64) -> Result<u64> {
+    f.set_now(Some(now));
+    let d = f.c(1).check(policy, key).await?;
+    assert!(!d.allowed, "{policy}: expected a denial at {now}");
+    let r = ms(d.retry_after);
+    assert!(r > 0);
+    // Ask another daemon (no deny cache there) one ms early: still denied.
+    f.set_now(Some(now + r - 1));
+    let early = f.c(2).check(policy, key).await?;
+    assert!(!early.allowed, "{policy}: allowed 1 ms before retry_after");
+    assert_eq!(ms(early.retry_after), 1, "{policy}");
+    f.set_now(Some(now + r));
+    assert!(
+        f.c(1).check(policy, key).await?.allowed,
+        "{policy}: at retry_after"
+    );
+    Ok(now + r)
+}
+
+#[tokio::test]
+async fn rollover_and_refill_on_the_test_clock() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("fw", pol(Algorithm::FixedWindow, 3, 10_000)),
+        ("sl", pol(Algorithm::SlidingLog, 3, 10_000)),
+        ("tb", with_burst(pol(Algorithm::TokenBucket, 10, 1_000), 5)),
+        ("gcra", with_burst(pol(Algorithm::Gcra, 10, 1_000), 5)),
+    ];
+    let f = Fleet::start(&redis, &policies, 3).await?;
+
+    // Fixed window: 3 per aligned 10 s window.
+    f.set_now(Some(T0 + 1_000));
+    for left in [2, 1, 0] {
+        let d = f.c(0).check("fw", "k").await?;
+        assert!(d.allowed);
+        assert_eq!((d.remaining, ms(d.reset_after)), (left, 9_000));
+    }
+    let d = f.c(0).check("fw", "k").await?;
+    assert!(!d.allowed);
+    assert_eq!(
+        (ms(d.retry_after), ms(d.reset_after), d.remaining),
+        (9_000, 9_000, 0)
+    );
+    // reset_after is stable across consecutive denials (it only counts down).
+    let again = f.c(0).check("fw", "k").await?;
+    assert_eq!(ms(again.reset_after), 9_000);
+    f.set_now(Some(T0 + 9_999));
+    assert_eq!(ms(f.c(0).check("fw", "k").await?.retry_after), 1);
+    f.set_now(Some(T0 + 10_000));
+    let d = f.c(0).check("fw", "k").await?;
+    assert!(d.allowed, "a new window");
+    assert_eq!(d.remaining, 2);
+    f.set_now(Some(T0 + 10_000));
+    f.c(0).check("fw", "k").await?;
+    f.c(0).check("fw", "k").await?;
+    retry_after_is_exact(&f, "fw", "k", T0 + 15_000).await?;
+
+    // Sliding log: exact sliding window.
+    for (t, i) in [(0, 0), (2_000, 1), (4_000, 2)] {
+        f.set_now(Some(T0 + t));
+        assert!(f.c(i).check("sl", "k").await?.allowed);
+    }
+    f.set_now(Some(T0 + 5_000));
+    let d = f.c(0).check("sl", "k").await?;
+    assert!(!d.allowed);
+    // The entry of T0 leaves at T0 + 10 s; the last one at T0 + 14 s.
+    assert_eq!((ms(d.retry_after), ms(d.reset_after)), (5_000, 9_000));
+    f.set_now(Some(T0 + 10_000));
+    assert!(f.c(0).check("sl", "k").await?.allowed);
+    f.set_now(Some(T0 + 10_001));
+    let d = f.c(1).check("sl", "k").await?;
+    assert_eq!(ms(d.retry_after), 1_999, "the entry of T0 + 2 s is next");
+    retry_after_is_exact(&f, "sl", "k", T0 + 11_000).await?;
+
+    // Token bucket and GCRA: burst 5, then one every 100 ms.
+    for name in ["tb", "gcra"] {
+        f.set_now(Some(T0 + 100_000));
+        for left in (0..5).rev() {
+            let d = f.c(0).check(name, "k").await?;
+            assert!(d.allowed, "{name}");
+            assert_eq!(d.remaining, left, "{name}");
+        }
+        let d = f.c(0).check(name, "k").await?;
+        assert!(!d.allowed);
+        assert_eq!(
+            (ms(d.retry_after), ms(d.reset_after), d.limit),
+            (100, 500, 5),
+            "{name}"
+        );
+        f.set_now(Some(T0 + 100_099));
+        assert_eq!(ms(f.c(1).check(name, "k").await?.retry_after), 1, "{name}");
+        f.set_now(Some(T0 + 100_100));
+        assert!(
+            f.c(1).check(name, "k").await?.allowed,
+            "{name}: refilled one"
+        );
+        // 150 ms later: one and a half tokens; one passes, then 50 ms to the next.
+        f.set_now(Some(T0 + 100_250));
+        assert!(f.c(2).check(name, "k").await?.allowed, "{name}");
+        let d = f.c(2).check(name, "k").await?;
+        assert_eq!(ms(d.retry_after), 50, "{name}");
+        retry_after_is_exact(&f, name, "k", T0 + 100_260).await?;
+        // Full again after a long pause: burst available, no state left behind.
+        f.set_now(Some(T0 + 200_000));
+        assert_eq!(f.c(0).peek(name, "k").await?.remaining, 5, "{name}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sliding_counter_weights_the_previous_window_within_its_bound() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("sc", pol(Algorithm::SlidingCounter, 100, 10_000))],
+        2,
+    )
+    .await?;
+
+    // The whole previous window's traffic at its very end: the worst case.
+    f.set_now(Some(T0 + 9_999));
+    for _ in 0..10 {
+        assert!(f.c(0).check_cost("sc", "k", 10).await?.allowed);
+    }
+    assert!(!f.c(0).check("sc", "k").await?.allowed);
+
+    // 2.5 s into the next window, 75 % of the previous 100 still counts: 25 pass.
+    f.set_now(Some(T0 + 12_500));
+    let allowed = hammer(&f, "sc", "k", 6, 5).await?;
+    assert_eq!(allowed, 25, "estimate 100 * 0.75 + n <= 100");
+    let d = f.c(0).check("sc", "k").await?;
+    assert!(!d.allowed);
+    // Next pass when 100 * (10000 - x) / 10000 + 26 <= 100, i.e. x = 2600.
+    assert_eq!(ms(d.retry_after), 100);
+    retry_after_is_exact(&f, "sc", "k", T0 + 12_500).await?;
+
+    // Sweep the rest of the window admitting all it can: within one aligned
+    // window at most `limit` pass, and any sliding window of 10 s holds fewer
+    // than 2 * limit (the documented bound of the approximation).
+    let mut admitted: Vec<u64> = vec![T0 + 9_999; 100];
+    admitted.extend(std::iter::repeat_n(T0 + 12_500, 25));
+    admitted.push(T0 + 12_600);
+    for x in (13_000..20_000).step_by(250) {
+        f.set_now(Some(T0 + x));
+        while f.c(1).check("sc", "k").await?.allowed {
+            admitted.push(T0 + x);
+        }
+    }
+    let in_window = admitted.iter().filter(|t| **t >= T0 + 10_000).count();
+    assert!(in_window <= 100, "{in_window} in one aligned window");
+    for end in (T0 + 10_000..T0 + 20_000).step_by(250) {
+        let n = admitted
+            .iter()
+            .filter(|t| **t > end - 10_000 && **t <= end)
+            .count();
+        assert!(n < 200, "{n} in the sliding window ending at {end}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn weighted_costs() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("fw", pol(Algorithm::FixedWindow, 10, 60_000)),
+        ("sl", pol(Algorithm::SlidingLog, 10, 60_000)),
+        ("tb", pol(Algorithm::TokenBucket, 10, 1_000)),
+    ];
+    let f = Fleet::start(&redis, &policies, 2).await?;
+    f.set_now(Some(T0));
+
+    let c = f.c(0);
+    assert_eq!(c.check_cost("fw", "k", 4).await?.remaining, 6);
+    assert_eq!(c.check_cost("fw", "k", 4).await?.remaining, 2);
+    let d = c.check_cost("fw", "k", 4).await?;
+    assert!(!d.allowed, "a denied request consumes nothing");
+    assert_eq!(d.remaining, 2);
+    assert_eq!(c.check_cost("fw", "k", 2).await?.remaining, 0);
+
+    for (t, cost) in [(0, 3), (1_000, 3), (2_000, 3)] {
+        f.set_now(Some(T0 + t));
+        assert!(c.check_cost("sl", "k", cost).await?.allowed);
+    }
+    f.set_now(Some(T0 + 3_000));
+    let d = c.check_cost("sl", "k", 3).await?;
+    assert!(!d.allowed);
+    assert_eq!((d.remaining, ms(d.retry_after)), (1, 57_000));
+    // Cost 5 needs two entries gone: the one of T0 + 1 s leaves at 61 s.
+    assert_eq!(ms(c.check_cost("sl", "k", 5).await?.retry_after), 58_000);
+    assert!(c.check_cost("sl", "k", 1).await?.allowed);
+
+    f.set_now(Some(T0));
+    assert!(c.check_cost("tb", "k", 10).await?.allowed);
+    let d = f.c(1).check_cost("tb", "k", 3).await?;
+    assert_eq!(ms(d.retry_after), 300, "three tokens at 10 per second");
+    Ok(())
+}
+
+#[tokio::test]
+async fn overrides_from_config_and_at_runtime() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut tiered = pol(Algorithm::FixedWindow, 2, 60_000);
+    tiered.overrides.insert(
+        "gold".into(),
+        PolicyOverride {
+            limit: 5,
+            burst: None,
+        },
+    );
+    let f = Fleet::start(&redis, &[("tiered", tiered.clone())], 2).await?;
+    f.set_now(Some(T0));
+
+    // Config override: a tenant on a bigger plan.
+    assert_eq!(hammer(&f, "tiered", "basic", 2, 5).await?, 2);
+    assert_eq!(hammer(&f, "tiered", "gold", 2, 5).await?, 5);
+    assert_eq!(f.c(0).peek("tiered", "gold").await?.limit, 5);
+
+    // d1 now holds a cached denial of "basic" until the window ends.
+    assert!(!f.c(1).check("tiered", "basic").await?.allowed);
+
+    // Runtime override through d0: d0 applies it at once...
+    assert!(!f.c(0).set_override("tiered", "basic", 4, None).await?);
+    assert!(f.c(0).check("tiered", "basic").await?.allowed, "3rd of 4");
+    // ...d1 at its next refresh, which also drops its cached denials.
+    wait_for_limit(f.c(1), "tiered", "basic", 4).await?;
+    assert!(f.c(1).check("tiered", "basic").await?.allowed, "4th of 4");
+    assert!(!f.c(1).check("tiered", "basic").await?.allowed);
+
+    // It lives in Redis: a daemon started later sees it from the start.
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(&redis, dir.path(), "late");
+    cfg.ratelimit.policies.insert("tiered".into(), tiered);
+    let late = Daemon::start_ready(cfg).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !late.ctx.ratelimits.ready() {
+        anyhow::ensure!(Instant::now() < deadline, "overrides never loaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    late.ctx.ratelimits.set_test_now(Some(T0));
+    assert_eq!(late.client().await?.peek("tiered", "basic").await?.limit, 4);
+
+    // Replace, clear, and back to the config's numbers everywhere.
+    assert!(!f.c(1).set_override("tiered", "gold", 1, None).await?);
+    assert!(f.c(1).set_override("tiered", "basic", 3, None).await?);
+    assert!(f.c(0).clear_override("tiered", "basic").await?);
+    assert!(!f.c(0).clear_override("tiered", "basic").await?);
+    wait_for_limit(f.c(1), "tiered", "basic", 2).await?;
+    wait_for_limit(f.c(0), "tiered", "gold", 1).await?;
+
+    // Bad overrides are refused.
+    let e = f.c(0).set_override("nope", "k", 1, None).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::UnknownPolicy));
+    let e = f
+        .c(0)
+        .set_override("tiered", "k", 1 << 50, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest), "{e}");
+    Ok(())
+}
+
+async fn wait_for_limit(c: &Client, policy: &str, key: &str, limit: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = c.peek(policy, key).await?.limit;
+        if got == limit {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "limit of {key} stayed {got}, wanted {limit}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn peek_consumes_nothing_and_reset_forgets() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("sl", pol(Algorithm::SlidingLog, 3, 60_000)),
+        ("gcra", with_burst(pol(Algorithm::Gcra, 3, 60_000), 3)),
+    ];
+    let f = Fleet::start(&redis, &policies, 2).await?;
+    f.set_now(Some(T0));
+    for name in ["sl", "gcra"] {
+        assert!(
+            !f.c(0).reset_limit(name, "k").await?,
+            "{name}: no state yet"
+        );
+        for _ in 0..5 {
+            let p = f.c(0).peek(name, "k").await?;
+            assert!(p.allowed && p.remaining == 3, "{name}: {p:?}");
+        }
+        assert_eq!(hammer(&f, name, "k", 2, 3).await?, 3, "{name}");
+        let p = f.c(1).peek(name, "k").await?;
+        assert!(!p.allowed && p.remaining == 0 && p.retry_after > Duration::ZERO);
+        // Both daemons have cached the denial; the one that resets drops it.
+        assert!(
+            f.c(1).reset_limit(name, "k").await?,
+            "{name}: state existed"
+        );
+        assert!(!f.c(1).reset_limit(name, "k").await?);
+        let d = f.c(1).check(name, "k").await?;
+        assert!(d.allowed && d.remaining == 2, "{name}: {d:?}");
+    }
+    let e = f.c(0).reset_limit("nope", "k").await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::UnknownPolicy));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deny_cache_answers_without_redis_until_t() -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let f = Fleet::start(&redis, &[("fw", pol(Algorithm::FixedWindow, 2, 60_000))], 1).await?;
+    f.set_now(Some(T0 + 1_000));
+    let c = f.c(0);
+    assert!(c.check("fw", "k").await?.allowed);
+    assert!(c.check("fw", "k").await?.allowed);
+    let d = c.check("fw", "k").await?;
+    assert!(!d.allowed);
+    assert_eq!(ms(d.retry_after), 59_000);
+    let calls = f.rl(0, "ratelimit_redis_calls");
+    assert_eq!(calls, 3);
+
+    let again = c.check("fw", "k").await?;
+    assert_eq!(again, d, "the same answer, from the cache");
+    assert_eq!(f.rl(0, "ratelimit_redis_calls"), calls, "no Redis call");
+    assert_eq!(f.rl(0, "ratelimit_denied_local"), 1);
+    // Another cost has another T: it goes to Redis.
+    assert!(!c.check_cost("fw", "k", 2).await?.allowed);
+    assert_eq!(f.rl(0, "ratelimit_redis_calls"), calls + 1);
+
+    // Redis gone: the cached denial still answers, with the time left.
+    redis.stop();
+    f.set_now(Some(T0 + 31_000));
+    let d = c.check("fw", "k").await?;
+    assert!(!d.allowed && d.fallback.is_none(), "{d:?}");
+    assert_eq!(ms(d.retry_after), 29_000);
+    assert_eq!(f.rl(0, "ratelimit_denied_local"), 2);
+
+    // At T the cache lets go; Redis is down, so the fail mode (closed) decides.
+    f.set_now(Some(T0 + 60_000));
+    let d = c.check("fw", "k").await?;
+    assert!(!d.allowed);
+    assert_eq!(d.fallback.as_deref(), Some("closed"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn fail_modes_with_redis_down() -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let policies = [
+        (
+            "open",
+            failing(pol(Algorithm::FixedWindow, 2, 60_000), FailMode::Open, 1),
+        ),
+        (
+            "closed",
+            failing(pol(Algorithm::FixedWindow, 2, 60_000), FailMode::Closed, 1),
+        ),
+        (
+            "local",
+            failing(pol(Algorithm::SlidingLog, 10, 60_000), FailMode::Local, 2),
+        ),
+        (
+            "local_tb",
+            failing(
+                with_burst(pol(Algorithm::TokenBucket, 30, 3_000), 9),
+                FailMode::Local,
+                3,
+            ),
+        ),
+        (
+            "cc",
+            failing(pol(Algorithm::Concurrency, 4, 60_000), FailMode::Local, 2),
+        ),
+    ];
+    let f = Fleet::start(&redis, &policies, 1).await?;
+    f.set_now(Some(T0 + 1_000));
+    let c = f.c(0);
+    let d = c.check("open", "k").await?;
+    assert!(
+        d.allowed && d.fallback.is_none(),
+        "Redis decides while it is up"
+    );
+
+    redis.stop();
+    let started = Instant::now();
+    for _ in 0..5 {
+        let d = c.check("open", "k").await?;
+        assert!(d.allowed, "open allows: {d:?}");
+        assert_eq!(d.fallback.as_deref(), Some("open"));
+    }
+    let d = c.check("closed", "k").await?;
+    assert!(!d.allowed);
+    assert_eq!(
+        (d.fallback.as_deref(), ms(d.retry_after)),
+        (Some("closed"), 1_000)
+    );
+    // local: this daemon's share, 10 / 2 = 5 in its own window.
+    let mut allowed = 0;
+    for _ in 0..8 {
+        let d = c.check("local", "k").await?;
+        assert_eq!(d.fallback.as_deref(), Some("local"));
+        allowed += u64::from(d.allowed);
+    }
+    assert_eq!(allowed, 5);
+    let d = c.check("local", "k").await?;
+    assert_eq!(ms(d.retry_after), 59_000, "until the local window ends");
+    // Token bucket share: burst 9 / 3 = 3, refill 30 / 3 = 10 per 3 s.
+    let mut allowed = 0;
+    for _ in 0..5 {
+        allowed += u64::from(c.check("local_tb", "k").await?.allowed);
+    }
+    assert_eq!(allowed, 3);
+    assert_eq!(ms(c.check("local_tb", "k").await?.retry_after), 300);
+    // Concurrency share: 4 / 2 = 2 local leases; they release locally.
+    let a = c.acquire_concurrent("cc", "k", None).await?;
+    let b = c.acquire_concurrent("cc", "k", None).await?;
+    assert!(a.acquired && b.acquired);
+    assert!(!c.acquire_concurrent("cc", "k", None).await?.acquired);
+    assert!(
+        c.release("cc", "k", a.lease.as_deref().context("lease")?)
+            .await?
+    );
+    assert!(c.acquire_concurrent("cc", "k", None).await?.acquired);
+    // While Redis is known down, requests do not each wait for its deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fail modes took {:?}",
+        started.elapsed()
+    );
+    assert!(f.rl(0, "ratelimit_fallback_open") >= 5);
+    assert!(f.rl(0, "ratelimit_fallback_closed") >= 1);
+    assert!(f.rl(0, "ratelimit_fallback_local") >= 13);
+
+    // Redis back (empty): decisions come from it again.
+    redis.restart().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = c.check("closed", "k").await?;
+        if d.fallback.is_none() {
+            assert!(d.allowed, "fresh state in the restarted Redis");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "still failing over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn reserve_books_slots_at_the_policy_rate() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("gcra", with_burst(pol(Algorithm::Gcra, 10, 1_000), 1)),
+        ("tb", with_burst(pol(Algorithm::TokenBucket, 10, 1_000), 1)),
+        ("fw", pol(Algorithm::FixedWindow, 2, 1_000)),
+        ("sl", pol(Algorithm::SlidingLog, 2, 1_000)),
+        ("sc", pol(Algorithm::SlidingCounter, 2, 1_000)),
+    ];
+    let f = Fleet::start(&redis, &policies, 3).await?;
+    let long = Duration::from_secs(10);
+
+    for name in ["gcra", "tb"] {
+        f.set_now(Some(T0));
+        let mut waits = Vec::new();
+        for i in 0..5 {
+            let r = f.c(i).reserve(name, "vendor", 1, long).await?;
+            assert!(r.granted, "{name}");
+            waits.push(ms(r.wait));
+        }
+        assert_eq!(waits, [0, 100, 200, 300, 400], "{name}: one per 100 ms");
+        // Too far: refused, and nothing booked.
+        let r = f
+            .c(0)
+            .reserve(name, "vendor", 1, Duration::from_millis(450))
+            .await?;
+        assert!(!r.granted);
+        assert_eq!(ms(r.wait), 500, "{name}");
+        assert_eq!(ms(f.c(1).reserve(name, "vendor", 1, long).await?.wait), 500);
+        // Checks respect the bookings.
+        assert_eq!(
+            ms(f.c(2).check(name, "vendor").await?.retry_after),
+            600,
+            "{name}"
+        );
+    }
+
+    f.set_now(Some(T0 + 100));
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        waits.push(ms(f.c(i).reserve("fw", "vendor", 1, long).await?.wait));
+    }
+    assert_eq!(waits, [0, 0, 900, 900, 1_900], "two per aligned window");
+    let r = f
+        .c(0)
+        .reserve("fw", "vendor", 1, Duration::from_millis(1_000))
+        .await?;
+    assert!(!r.granted && ms(r.wait) == 1_900);
+
+    f.set_now(Some(T0));
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        waits.push(ms(f.c(i).reserve("sl", "vendor", 1, long).await?.wait));
+    }
+    assert_eq!(waits, [0, 0, 1_000, 1_000, 2_000], "two per sliding second");
+
+    let e = f.c(0).reserve("sc", "vendor", 1, long).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest));
+    let e = f.c(0).reserve("gcra", "vendor", 2, long).await.unwrap_err();
+    assert_eq!(
+        code(&e),
+        Some(ErrorCode::BadRequest),
+        "cost above the burst"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_waits_for_its_slot_on_redis_time() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    // 20 per second, burst 1: one every 50 ms, shared by the three daemons.
+    let f = Fleet::start(
+        &redis,
+        &[("vendor", with_burst(pol(Algorithm::Gcra, 20, 1_000), 1))],
+        3,
+    )
+    .await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let c = f.c(i).clone();
+        tasks.push(tokio::spawn(async move {
+            let a = c.acquire("vendor", "meta-app").await?;
+            Ok::<_, shoal_client::Error>((a, started.elapsed()))
+        }));
+    }
+    let mut done = Vec::new();
+    for t in tasks {
+        let (a, at) = t.await??;
+        assert!(matches!(a, Acquired::Ready { .. }), "{a:?}");
+        done.push(at);
+    }
+    done.sort();
+    // Six slots 50 ms apart: the last cannot come before 250 ms after the first
+    // booking, which was after `started`.
+    let last = *done.last().context("no acquire")?;
+    assert!(last >= Duration::from_millis(250), "last slot at {last:?}");
+    assert!(last < Duration::from_secs(3), "last slot at {last:?}");
+
+    // A slot further than the allowed wait: nothing booked, told how far.
+    let r = f
+        .c(0)
+        .acquire_with("vendor", "busy", 3, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&r), Some(ErrorCode::BadRequest), "cost 3 > burst 1");
+    for _ in 0..3 {
+        let _ = f
+            .c(0)
+            .reserve("vendor", "busy", 1, Duration::from_secs(10))
+            .await?;
+    }
+    match f
+        .c(1)
+        .acquire_with("vendor", "busy", 1, Duration::from_millis(20))
+        .await?
+    {
+        Acquired::TooFar { next_in } => assert!(next_in > Duration::from_millis(20)),
+        other => anyhow::bail!("expected TooFar, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrency_leases_expire_if_never_released() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("cc", pol(Algorithm::Concurrency, 2, 5_000)),
+        ("fw", pol(Algorithm::FixedWindow, 2, 5_000)),
+    ];
+    let f = Fleet::start(&redis, &policies, 3).await?;
+    f.set_now(Some(T0));
+    let a = f.c(0).acquire_concurrent("cc", "k", None).await?;
+    let b = f.c(1).acquire_concurrent("cc", "k", None).await?;
+    assert!(a.acquired && b.acquired);
+    assert_eq!((a.remaining, b.remaining), (1, 0));
+    assert_eq!(ms(a.lease_ttl), 5_000, "default lease: the policy's window");
+    let c = f.c(2).acquire_concurrent("cc", "k", None).await?;
+    assert!(!c.acquired && c.lease.is_none());
+    assert_eq!(ms(c.retry_after), 5_000, "until the oldest lease expires");
+    assert!(!f.c(2).peek("cc", "k").await?.allowed);
+
+    let lease_a = a.lease.context("lease")?;
+    assert!(f.c(2).release("cc", "k", &lease_a).await?);
+    assert!(
+        !f.c(2).release("cc", "k", &lease_a).await?,
+        "released twice"
+    );
+    let c = f
+        .c(2)
+        .acquire_concurrent("cc", "k", Some(Duration::from_millis(10_000)))
+        .await?;
+    assert!(c.acquired && ms(c.lease_ttl) == 10_000);
+
+    // b's holder "died": at its expiry its slot frees by itself.
+    f.set_now(Some(T0 + 4_999));
+    assert!(!f.c(0).acquire_concurrent("cc", "k", None).await?.acquired);
+    f.set_now(Some(T0 + 5_000));
+    assert!(f.c(0).acquire_concurrent("cc", "k", None).await?.acquired);
+    assert!(
+        !f.c(0).acquire_concurrent("cc", "k", None).await?.acquired,
+        "c still holds one"
+    );
+    assert!(
+        !f.c(1)
+            .release("cc", "k", &b.lease.context("lease")?)
+            .await?,
+        "an expired lease is not released"
+    );
+
+    // The two kinds of policy are not mixed up.
+    let e = f.c(0).check("cc", "k").await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest));
+    let e = f
+        .c(0)
+        .acquire_concurrent("fw", "k", None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest));
+    Ok(())
+}
+
+#[tokio::test]
+async fn quota_usage_lists_keys_for_operators() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut fw = pol(Algorithm::FixedWindow, 10, 60_000);
+    fw.overrides.insert(
+        "tenant:big".into(),
+        PolicyOverride {
+            limit: 100,
+            burst: None,
+        },
+    );
+    let policies = [
+        ("fw", fw),
+        ("sl", pol(Algorithm::SlidingLog, 10, 60_000)),
+        ("cc", pol(Algorithm::Concurrency, 3, 60_000)),
+    ];
+    let f = Fleet::start(&redis, &policies, 2).await?;
+    f.set_now(Some(T0));
+    f.c(0).check_cost("fw", "tenant:1", 3).await?;
+    f.c(1).check_cost("fw", "tenant:2", 1).await?;
+    f.c(0).check_cost("fw", "tenant:big", 40).await?;
+    f.c(1).check_cost("fw", "other:1", 2).await?;
+    f.c(1).check_cost("fw", "we*ird", 1).await?;
+    f.c(0).check_cost("sl", "tenant:1", 4).await?;
+    f.c(0).acquire_concurrent("cc", "tenant:1", None).await?;
+
+    let u = f.c(1).quota_usage("fw", Some("tenant:"), None).await?;
+    assert_eq!(
+        (u.policy.as_str(), u.algorithm.as_str()),
+        ("fw", "fixed_window")
+    );
+    assert_eq!((u.limit, u.window_ms, u.truncated), (10, 60_000, false));
+    let rows: Vec<(&str, u64, u64, u64)> = u
+        .keys
+        .iter()
+        .map(|k| (k.key.as_str(), k.used, k.limit, k.remaining))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("tenant:1", 3, 10, 7),
+            ("tenant:2", 1, 10, 9),
+            ("tenant:big", 40, 100, 60)
+        ]
+    );
+    assert!(u
+        .keys
+        .iter()
+        .all(|k| ms(Duration::from_millis(k.reset_after_ms)) == 60_000));
+
+    let all = f.c(0).quota_usage("fw", None, Some(2)).await?;
+    assert_eq!(all.keys.len(), 2);
+    assert!(all.truncated);
+    // Glob characters in a prefix match themselves only.
+    let odd = f.c(0).quota_usage("fw", Some("we*"), None).await?;
+    assert_eq!(odd.keys.len(), 1);
+    assert_eq!(odd.keys[0].key, "we*ird");
+    let none = f.c(0).quota_usage("fw", Some("w*"), None).await?;
+    assert!(none.keys.is_empty());
+
+    // A sliding log's companion key is not listed as a key of its own.
+    let sl = f.c(0).quota_usage("sl", None, None).await?;
+    assert_eq!(sl.keys.len(), 1);
+    assert_eq!((sl.keys[0].key.as_str(), sl.keys[0].used), ("tenant:1", 4));
+    let cc = f.c(0).quota_usage("cc", None, None).await?;
+    assert_eq!(
+        (cc.keys[0].used, cc.keys[0].limit),
+        (1, 3),
+        "leases in flight"
+    );
+
+    let e = f.c(0).quota_usage("nope", None, None).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::UnknownPolicy));
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("fw", pol(Algorithm::FixedWindow, 10, 60_000)),
+        ("tb", with_burst(pol(Algorithm::TokenBucket, 10, 1_000), 4)),
+        ("cc", pol(Algorithm::Concurrency, 2, 1_000)),
+    ];
+    let f = Fleet::start(&redis, &policies, 1).await?;
+    let c = f.c(0);
+    let e = c.check_cost("fw", "k", 11).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest));
+    assert!(e.to_string().contains("cost 11"), "{e}");
+    let e = c.check_cost("tb", "k", 5).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest), "above the burst");
+    let e = c.check("nope", "k").await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::UnknownPolicy));
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = c.peek("nope", "k").await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::UnknownPolicy));
+
+    let mut raw = RawConn::greeted(&f.daemons[0].socket).await?;
+    let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
+        (
+            vec![
+                ("op", "ratelimit.check".into()),
+                ("policy", "fw".into()),
+                ("key", "k".into()),
+                ("cost", 0.into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.check".into()),
+                ("policy", "fw".into()),
+                ("key", "k".into()),
+                ("cost", (-1).into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.check".into()),
+                ("policy", "fw".into()),
+                ("key", "k".into()),
+                ("cost", "3".into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.check".into()),
+                ("policy", 5.into()),
+                ("key", "k".into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![("op", "ratelimit.check".into()), ("key", "k".into())],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.check".into()),
+                ("policy", "fw".into()),
+                ("key", "".into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.check".into()),
+                ("policy", "zz".into()),
+                ("key", "k".into()),
+            ],
+            "unknown_policy",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.reserve".into()),
+                ("policy", "tb".into()),
+                ("key", "k".into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.reserve".into()),
+                ("policy", "tb".into()),
+                ("key", "k".into()),
+                ("max_wait_ms", 0.into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.reserve".into()),
+                ("policy", "tb".into()),
+                ("key", "k".into()),
+                ("max_wait_ms", (-5).into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.acquire_concurrent".into()),
+                ("policy", "cc".into()),
+                ("key", "k".into()),
+                ("lease_ms", 0.into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.release".into()),
+                ("policy", "cc".into()),
+                ("key", "k".into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.set_override".into()),
+                ("policy", "fw".into()),
+                ("key", "k".into()),
+                ("limit", 0.into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.set_override".into()),
+                ("policy", "fw".into()),
+                ("key", "k".into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "ratelimit.set_override".into()),
+                ("policy", "fw".into()),
+                ("key", "k".into()),
+                ("limit", 5.into()),
+                ("burst", 0.into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "quota.usage".into()),
+                ("policy", "fw".into()),
+                ("max_keys", 0.into()),
+            ],
+            "bad_request",
+        ),
+        (
+            vec![
+                ("op", "quota.usage".into()),
+                ("policy", "fw".into()),
+                ("prefix", 7.into()),
+            ],
+            "bad_request",
+        ),
+    ];
+    for (i, (fields, want)) in cases.into_iter().enumerate() {
+        let id = 100 + i as u64;
+        let mut fields = fields;
+        fields.push(("id", id.into()));
+        raw.send(&req(&fields)).await?;
+        let r = raw.recv().await?;
+        assert_eq!(field(&r, "id").and_then(Value::as_u64), Some(id));
+        assert_eq!(err_code(&r).as_deref(), Some(want), "case {i}: {r}");
+    }
+    // The connection stays open after wrong requests.
+    raw.send(&req(&[("op", "ping".into()), ("id", 1.into())]))
+        .await?;
+    assert_eq!(
+        field(&raw.recv().await?, "ok").and_then(Value::as_str),
+        Some("pong")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tower_layer_answers_429_through_a_real_daemon() -> Result<()> {
+    use tower::{Layer, ServiceExt};
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("web", pol(Algorithm::FixedWindow, 2, 60_000))],
+        1,
+    )
+    .await?;
+    f.set_now(Some(T0 + 30_000));
+    let inner = tower::service_fn(|_req: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new("ok".to_string()))
+    });
+    let key_fn = |req: &http::Request<()>| {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(|k| format!("key:{k}"))
+    };
+    let svc = RateLimitLayer::new(f.c(0).clone(), "web", key_fn).layer(inner);
+    let request = || -> Result<http::Request<()>> {
+        Ok(http::Request::builder()
+            .header("x-api-key", "abc")
+            .body(())?)
+    };
+    for left in ["1", "0"] {
+        let r = svc.clone().oneshot(request()?).await?;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        assert_eq!(r.headers()["x-ratelimit-remaining"], left);
+        assert_eq!(r.headers()["ratelimit-policy"], "\"web\";q=2;w=60");
+    }
+    let r = svc.clone().oneshot(request()?).await?;
+    assert_eq!(r.status(), http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert_eq!(r.headers()["ratelimit"], "\"web\";r=0;t=30");
+    Ok(())
+}
+
+#[tokio::test]
+async fn decision_headers_from_a_real_answer() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("api", with_burst(pol(Algorithm::TokenBucket, 1, 2_500), 1))],
+        1,
+    )
+    .await?;
+    f.set_now(Some(T0));
+    assert!(f.c(0).check("api", "k").await?.allowed);
+    let d: Decision = f.c(0).check("api", "k").await?;
+    let h: BTreeMap<&str, String> = d.headers().into_iter().collect();
+    // 2500 ms to the next token: Retry-After rounds up to 3 s.
+    assert_eq!(h["retry-after"], "3");
+    assert_eq!(h["ratelimit"], "\"api\";r=0;t=3");
+    assert_eq!(h["ratelimit-policy"], "\"api\";q=1;w=3");
+    assert_eq!(h["x-ratelimit-limit"], "1");
+    Ok(())
+}
+
