@@ -22,7 +22,11 @@ fn corpus() -> Vec<Vec<u8>> {
 #[test]
 fn seed_corpus_runs_clean() {
     let seeds = corpus();
-    assert!(seeds.len() >= 10, "seed corpus missing: {} files", seeds.len());
+    assert!(
+        seeds.len() >= 10,
+        "seed corpus missing: {} files",
+        seeds.len()
+    );
     for s in &seeds {
         fuzz_frames(s);
     }

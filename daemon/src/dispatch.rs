@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tracing::Instrument;
 use shoal_client::proto::{
     encode_err, encode_ok, parse_request, ErrorCode, Frame, HelloResult, InvalidateResult,
     InvalidateTagsResult, Op, ParseError, SetResult, VERSION,
 };
+use tracing::Instrument;
 
 use crate::store::StoreError;
 use crate::Ctx;

@@ -106,10 +106,16 @@ fn weigh(key: &Arc<str>, e: &Entry) -> u32 {
 
 impl L1 {
     pub fn new(max_bytes: u64, max_ttl: Duration, stats: Arc<Stats>) -> L1 {
+        let evicted = stats.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(weigh)
             .expire_after(EntryExpiry)
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.l1_evictions_size.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .build();
         L1 {
             cache,

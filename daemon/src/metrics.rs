@@ -186,10 +186,14 @@ impl Collector for ShoalCollector {
             "L2 reads not stored in L1 because a newer change of the key was applied",
             load(&s.fills_rejected),
         )?;
-        o.counter(
+        o.counters(
             "shoal_l1_evictions",
-            "L1 entries evicted by an invalidation from the fleet",
-            load(&s.l1_evictions_invalidated),
+            "L1 entries evicted, by cause (a change from the fleet, or room for newer entries)",
+            "cause",
+            &[
+                ("invalidated", load(&s.l1_evictions_invalidated)),
+                ("size", load(&s.l1_evictions_size)),
+            ],
         )?;
         o.counters(
             "shoal_l1_flushes",
@@ -270,6 +274,19 @@ impl Collector for ShoalCollector {
             &lag_bounds,
             &lag_counts,
             load(&s.lag_sum_ms) as f64 / 1000.0,
+        )?;
+        let lat = ctx.store.latency();
+        let lat_counts: Vec<u64> = lat.buckets.iter().map(load).collect();
+        let lat_bounds: Vec<f64> = crate::store::LATENCY_BUCKETS_US
+            .iter()
+            .map(|us| *us as f64 / 1e6)
+            .collect();
+        o.histogram(
+            "shoal_redis_command_seconds",
+            "latency of every Redis call shoal makes (scripts and commands), timeouts included",
+            &lat_bounds,
+            &lat_counts,
+            load(&lat.sum_us) as f64 / 1e6,
         )?;
         let applied = ctx.coherence.applied();
         o.gauge(

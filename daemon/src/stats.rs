@@ -20,6 +20,7 @@ pub struct Stats {
     pub bypassed_reads: AtomicU64,
     pub fills_rejected: AtomicU64,
     pub l1_evictions_invalidated: AtomicU64,
+    pub l1_evictions_size: AtomicU64,
     pub singleflight_joined: AtomicU64,
     pub sets: AtomicU64,
     pub stale_fills_refused: AtomicU64,
@@ -79,6 +80,7 @@ impl Stats {
         put("bypassed_reads", &self.bypassed_reads);
         put("fills_rejected", &self.fills_rejected);
         put("l1_evictions_invalidated", &self.l1_evictions_invalidated);
+        put("l1_evictions_size", &self.l1_evictions_size);
         put("singleflight_joined", &self.singleflight_joined);
         put("sets", &self.sets);
         put("stale_fills_refused", &self.stale_fills_refused);

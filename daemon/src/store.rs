@@ -140,6 +140,32 @@ pub struct Store {
     /// Set on connection-level failures, cleared on success: a deadline that
     /// expires while Redis is known to be down is reported as `unavailable`.
     down: Arc<AtomicBool>,
+    latency: Arc<Latency>,
+}
+
+/// Upper bounds (µs) of the Redis command latency histogram buckets.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Latency of every Redis call shoal makes (scripts and commands), as histogram
+/// buckets for `/metrics`: a slow Redis shows here before it shows as timeouts.
+#[derive(Debug, Default)]
+pub struct Latency {
+    pub buckets: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    pub sum_us: std::sync::atomic::AtomicU64,
+}
+
+impl Latency {
+    fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -189,6 +215,7 @@ impl Store {
             log_len: config.cache.invalidation_log_len,
             scripts: Arc::new(Scripts::load()),
             down: Arc::new(AtomicBool::new(false)),
+            latency: Arc::new(Latency::default()),
         })
     }
 
@@ -204,6 +231,11 @@ impl Store {
         self.timeout
     }
 
+    /// Latency histogram of every Redis call.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
+    }
+
     /// Whether the last call failed for connection reasons.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
@@ -214,7 +246,14 @@ impl Store {
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.timeout, fut).await {
+        use tracing::Instrument;
+        let started = std::time::Instant::now();
+        // A child of the request span: a trace shows the Redis part of each call.
+        let result = tokio::time::timeout(self.timeout, fut)
+            .instrument(tracing::debug_span!("redis"))
+            .await;
+        self.latency.record(started.elapsed());
+        match result {
             Ok(Ok(v)) => {
                 self.down.store(false, Ordering::Relaxed);
                 Ok(v)

@@ -1,7 +1,7 @@
 //! Logs and traces: the tracing subscriber of the `shoald` binary, the optional
 //! OpenTelemetry (OTLP) span export, and the continuation of a caller's trace.
 //!
-//! Logs go to stderr (text or JSON, level from `SHOAL_LOG`) as before. Spans are
+//! Logs go to stderr (text or JSON, level from `SHOAL_LOG`). Spans are
 //! exported over OTLP only when someone asked for it: `telemetry.otlp_endpoint`
 //! is set, or one of the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables is (and `OTEL_SDK_DISABLED` is
@@ -166,11 +166,11 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
         .with(otel)
         .try_init()
         .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
-    tracing::info!(
-        endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_* variables)"),
-        protocol = ?settings.protocol,
-        "exporting spans over OTLP"
-    );
+    let endpoint = settings
+        .endpoint
+        .as_deref()
+        .unwrap_or("(from OTEL_EXPORTER_OTLP_* variables)");
+    tracing::info!(endpoint, protocol = ?settings.protocol, "exporting spans over OTLP");
     Ok(Telemetry {
         provider: Some(provider),
     })

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 const ECHO_ENV: &str = "SHOAL_BENCH_ECHO_SOCKET";
@@ -187,11 +187,18 @@ async fn connect_sync(path: &Path) -> Result<UnixStream> {
 
 fn print_table(rows: &[Row]) {
     println!();
-    println!("| operation | callers | p50 µs | p99 µs | ops/s | p50 / floor | ops/s / direct GET |");
+    println!(
+        "| operation | callers | p50 µs | p99 µs | ops/s | p50 / floor | ops/s / direct GET |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for callers in [1usize, 64] {
-        let find = |prefix: &str| rows.iter().find(|r| r.callers == callers && r.name.starts_with(prefix));
-        let floor = find("socket floor").map(|r| r.hist.value_at_quantile(0.5) as f64).unwrap_or(1.0);
+        let find = |prefix: &str| {
+            rows.iter()
+                .find(|r| r.callers == callers && r.name.starts_with(prefix))
+        };
+        let floor = find("socket floor")
+            .map(|r| r.hist.value_at_quantile(0.5) as f64)
+            .unwrap_or(1.0);
         let direct = find("redis-rs GET").map(|r| r.ops).unwrap_or(1.0);
         for r in rows.iter().filter(|r| r.callers == callers) {
             let p50 = r.hist.value_at_quantile(0.5) as f64;
@@ -237,8 +244,16 @@ async fn bench() -> Result<()> {
     let mut procs = vec![
         shoal_tests::DaemonProcess::spawn(d, "local", &(cfg("local") + policies))?,
         shoal_tests::DaemonProcess::spawn(d, "l2", &l2_only(cfg("l2")))?,
-        shoal_tests::DaemonProcess::spawn(d, "netl1", &via(cfg("netl1"), &redis.url(), &net.url()))?,
-        shoal_tests::DaemonProcess::spawn(d, "netl2", &via(l2_only(cfg("netl2")), &redis.url(), &net.url()))?,
+        shoal_tests::DaemonProcess::spawn(
+            d,
+            "netl1",
+            &via(cfg("netl1"), &redis.url(), &net.url()),
+        )?,
+        shoal_tests::DaemonProcess::spawn(
+            d,
+            "netl2",
+            &via(l2_only(cfg("netl2")), &redis.url(), &net.url()),
+        )?,
         shoal_tests::DaemonProcess::spawn(d, "z2", &cfg("z2"))?,
     ];
     for i in 0..3 {
@@ -249,12 +264,21 @@ async fn bench() -> Result<()> {
     for p in &mut procs {
         clients.push(p.wait_ready(Duration::from_secs(60)).await?);
     }
-    let (local, l2, netl1, netl2) = (clients[0].clone(), clients[1].clone(), clients[2].clone(), clients[3].clone());
+    let (local, l2, netl1, netl2) = (
+        clients[0].clone(),
+        clients[1].clone(),
+        clients[2].clone(),
+        clients[3].clone(),
+    );
     let value = bytes::Bytes::from(vec![b'x'; 100]);
-    local.set_raw("hot", value.clone(), Some(Duration::from_secs(3600))).await?;
+    local
+        .set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
+        .await?;
     let mkeys: Vec<String> = (0..16).map(|i| format!("m{i}")).collect();
     for k in &mkeys {
-        local.set_raw(k, value.clone(), Some(Duration::from_secs(3600))).await?;
+        local
+            .set_raw(k, value.clone(), Some(Duration::from_secs(3600)))
+            .await?;
         local.get_raw(k).await?;
     }
     for c in [&local, &netl1] {
@@ -262,18 +286,25 @@ async fn bench() -> Result<()> {
     }
     local.check("shut", "k").await?; // over its limit from now on: denied locally
     let session = local
-        .session_create_raw("bench-user", bytes::Bytes::from_static(b"{}"), Default::default())
+        .session_create_raw(
+            "bench-user",
+            bytes::Bytes::from_static(b"{}"),
+            Default::default(),
+        )
         .await?
         .token;
     local.session_get_raw(&session, true).await?; // now in the local session cache
     let redis_client = redis::Client::open(redis.url())?;
     let direct = redis_client.get_multiplexed_async_connection().await?;
-    let direct_net = redis::Client::open(net.url())?.get_multiplexed_async_connection().await?;
+    let direct_net = redis::Client::open(net.url())?
+        .get_multiplexed_async_connection()
+        .await?;
     let csc = {
         let c = redis::Client::open(format!("{}/?protocol=resp3", redis.url()))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_cache_config(redis::caching::CacheConfig::new());
-        c.get_multiplexed_async_connection_with_config(&config).await?
+        c.get_multiplexed_async_connection_with_config(&config)
+            .await?
     };
 
     let mut rows = Vec::new();
@@ -286,45 +317,94 @@ async fn bench() -> Result<()> {
         }
         let conns = Arc::new(std::sync::Mutex::new(conns));
         rows.push(
-            measure("socket floor (echo, separate process)", callers, |i| {
-                let s = conns.lock().map(|mut c| c[i].take()).ok().flatten();
-                (s.expect("echo connection"), frame.clone(), vec![0u8; reply_len])
-            }, raw_roundtrip)
+            measure(
+                "socket floor (echo, separate process)",
+                callers,
+                |i| {
+                    let s = conns.lock().map(|mut c| c[i].take()).ok().flatten();
+                    (
+                        s.expect("echo connection"),
+                        frame.clone(),
+                        vec![0u8; reply_len],
+                    )
+                },
+                raw_roundtrip,
+            )
             .await?,
         );
         rows.push(redis_get("redis-rs GET direct (multiplexed)", callers, &direct).await?);
         rows.push(redis_get("redis-rs client-side caching hit (RESP3)", callers, &csc).await?);
         let c = local.clone();
-        rows.push(measure("shoal ping", callers, |_| c.clone(), |c| async move {
-            c.ping().await?;
-            Ok(c)
-        }).await?);
+        rows.push(
+            measure(
+                "shoal ping",
+                callers,
+                |_| c.clone(),
+                |c| async move {
+                    c.ping().await?;
+                    Ok(c)
+                },
+            )
+            .await?,
+        );
         rows.push(shoal_get("shoal L1 hit", callers, &local).await?);
         rows.push(shoal_get("shoal L2 hit", callers, &l2).await?);
         let c = local.clone();
         let keys = mkeys.clone();
-        rows.push(measure("shoal cache.mget 16 keys (L1)", callers, |_| (c.clone(), keys.clone()), |(c, keys)| async move {
-            {
-                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                c.mget_raw(&refs).await?;
-            }
-            Ok((c, keys))
-        }).await?);
+        rows.push(
+            measure(
+                "shoal cache.mget 16 keys (L1)",
+                callers,
+                |_| (c.clone(), keys.clone()),
+                |(c, keys)| async move {
+                    {
+                        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                        c.mget_raw(&refs).await?;
+                    }
+                    Ok((c, keys))
+                },
+            )
+            .await?,
+        );
         let c = local.clone();
-        rows.push(measure("shoal session.get (hot, local cache)", callers, |_| (c.clone(), session.clone()), |(c, t)| async move {
-            c.session_get_raw(&t, true).await?;
-            Ok((c, t))
-        }).await?);
+        rows.push(
+            measure(
+                "shoal session.get (hot, local cache)",
+                callers,
+                |_| (c.clone(), session.clone()),
+                |(c, t)| async move {
+                    c.session_get_raw(&t, true).await?;
+                    Ok((c, t))
+                },
+            )
+            .await?,
+        );
         let c = local.clone();
-        rows.push(measure("shoal ratelimit.check allowed", callers, |i| (c.clone(), format!("k{i}")), |(c, k)| async move {
-            c.check("open", &k).await?;
-            Ok((c, k))
-        }).await?);
+        rows.push(
+            measure(
+                "shoal ratelimit.check allowed",
+                callers,
+                |i| (c.clone(), format!("k{i}")),
+                |(c, k)| async move {
+                    c.check("open", &k).await?;
+                    Ok((c, k))
+                },
+            )
+            .await?,
+        );
         let c = local.clone();
-        rows.push(measure("shoal ratelimit.check denied (local deny cache)", callers, |_| c.clone(), |c| async move {
-            c.check("shut", "k").await?;
-            Ok(c)
-        }).await?);
+        rows.push(
+            measure(
+                "shoal ratelimit.check denied (local deny cache)",
+                callers,
+                |_| c.clone(),
+                |c| async move {
+                    c.check("shut", "k").await?;
+                    Ok(c)
+                },
+            )
+            .await?,
+        );
         rows.push(redis_get("net 200µs: redis-rs GET direct", callers, &direct_net).await?);
         rows.push(shoal_get("net 200µs: shoal L1 hit", callers, &netl1).await?);
         rows.push(shoal_get("net 200µs: shoal L2 hit", callers, &netl2).await?);
@@ -333,46 +413,86 @@ async fn bench() -> Result<()> {
         for k in &keys {
             c.get_raw(k).await?;
         }
-        rows.push(measure("net 200µs: shoal cache.mget 16 (L1)", callers, |_| (c.clone(), keys.clone()), |(c, keys)| async move {
-            {
-                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                c.mget_raw(&refs).await?;
-            }
-            Ok((c, keys))
-        }).await?);
+        rows.push(
+            measure(
+                "net 200µs: shoal cache.mget 16 (L1)",
+                callers,
+                |_| (c.clone(), keys.clone()),
+                |(c, keys)| async move {
+                    {
+                        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                        c.mget_raw(&refs).await?;
+                    }
+                    Ok((c, keys))
+                },
+            )
+            .await?,
+        );
     }
     print_table(&rows);
     zipf_mix(&[clients[0].clone(), clients[4].clone()]).await?;
-    propagation(&[clients[0].clone(), clients[5].clone(), clients[6].clone(), clients[7].clone()]).await?;
+    propagation(&[
+        clients[0].clone(),
+        clients[5].clone(),
+        clients[6].clone(),
+        clients[7].clone(),
+    ])
+    .await?;
     let _ = echo.kill();
     let _ = echo.wait();
     println!();
     println!(
         "machine: {} cores; {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+            .and_then(
+                |s| s.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
             .unwrap_or_default()
     );
     Ok(())
 }
 
-async fn redis_get(name: &str, callers: usize, conn: &redis::aio::MultiplexedConnection) -> Result<Row> {
+async fn redis_get(
+    name: &str,
+    callers: usize,
+    conn: &redis::aio::MultiplexedConnection,
+) -> Result<Row> {
     let d = conn.clone();
-    measure(name, callers, |_| d.clone(), |mut d| async move {
-        let _: Option<Vec<u8>> = redis::cmd("GET").arg("shoal:c:hot").query_async(&mut d).await?;
-        Ok(d)
-    })
+    measure(
+        name,
+        callers,
+        |_| d.clone(),
+        |mut d| async move {
+            let _: Option<Vec<u8>> = redis::cmd("GET")
+                .arg("shoal:c:hot")
+                .query_async(&mut d)
+                .await?;
+            Ok(d)
+        },
+    )
     .await
 }
 
 async fn shoal_get(name: &str, callers: usize, c: &shoal_client::Client) -> Result<Row> {
     let c = c.clone();
-    measure(name, callers, |_| c.clone(), |c| async move {
-        c.get_raw("hot").await?;
-        Ok(c)
-    })
+    measure(
+        name,
+        callers,
+        |_| c.clone(),
+        |c| async move {
+            c.get_raw("hot").await?;
+            Ok(c)
+        },
+    )
     .await
 }
 
@@ -398,8 +518,11 @@ async fn zipf_mix(clients: &[shoal_client::Client]) -> Result<()> {
     let cdf = Arc::new(cdf);
     let db: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(1)).collect());
     // Per key: (version, completion time) of recent writes.
-    let writes: Arc<Vec<WriteLog>> =
-        Arc::new((0..KEYS).map(|_| std::sync::Mutex::new(Vec::new())).collect());
+    let writes: Arc<Vec<WriteLog>> = Arc::new(
+        (0..KEYS)
+            .map(|_| std::sync::Mutex::new(Vec::new()))
+            .collect(),
+    );
     let stale = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
     let ops = Arc::new(AtomicU64::new(0));
@@ -409,8 +532,14 @@ async fn zipf_mix(clients: &[shoal_client::Client]) -> Result<()> {
     let mut tasks = Vec::new();
     for i in 0..CALLERS {
         let c = clients[i % clients.len()].clone();
-        let (cdf, db, writes, stale, reads, ops) =
-            (cdf.clone(), db.clone(), writes.clone(), stale.clone(), reads.clone(), ops.clone());
+        let (cdf, db, writes, stale, reads, ops) = (
+            cdf.clone(),
+            db.clone(),
+            writes.clone(),
+            stale.clone(),
+            reads.clone(),
+            ops.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
             while start.elapsed() < dur {
@@ -424,12 +553,17 @@ async fn zipf_mix(clients: &[shoal_client::Client]) -> Result<()> {
                     }
                     let v = db[k].fetch_add(1, Ordering::SeqCst) + 1;
                     c.invalidate([key.as_str()]).await?;
-                    writes[k].lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((v, Instant::now()));
+                    writes[k]
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .push((v, Instant::now()));
                 } else {
                     let began = Instant::now();
                     let dbk = &db[k];
                     let got: u64 = c
-                        .get_or_load(&key, Some(Duration::from_secs(600)), || async { Ok::<_, std::io::Error>(dbk.load(Ordering::SeqCst)) })
+                        .get_or_load(&key, Some(Duration::from_secs(600)), || async {
+                            Ok::<_, std::io::Error>(dbk.load(Ordering::SeqCst))
+                        })
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     reads.fetch_add(1, Ordering::Relaxed);
@@ -453,17 +587,27 @@ async fn zipf_mix(clients: &[shoal_client::Client]) -> Result<()> {
     println!();
     println!("| zipfian mix (s=1, 10k keys, 64 callers, 2 daemons, 1 % invalidations) | value |");
     println!("|---|---:|");
-    println!("| ops/s | {:.0} |", ops.load(Ordering::Relaxed) as f64 / elapsed);
-    println!("| L1 hit ratio | {:.1} % |", 100.0 * l1 as f64 / total.max(1) as f64);
+    println!(
+        "| ops/s | {:.0} |",
+        ops.load(Ordering::Relaxed) as f64 / elapsed
+    );
+    println!(
+        "| L1 hit ratio | {:.1} % |",
+        100.0 * l1 as f64 / total.max(1) as f64
+    );
     println!("| reads checked | {} |", reads.load(Ordering::Relaxed));
-    println!("| stale reads (older than {BOUND:?} after an invalidation) | {} |", stale.load(Ordering::Relaxed));
+    println!(
+        "| stale reads (older than {BOUND:?} after an invalidation) | {} |",
+        stale.load(Ordering::Relaxed)
+    );
     Ok(())
 }
 
 async fn stats_sum(clients: &[shoal_client::Client]) -> Result<(u64, u64)> {
     let (mut l1, mut other) = (0, 0);
     for c in clients {
-        let s: std::collections::BTreeMap<String, u64> = c.call(shoal_client::proto::Op::Stats).await?;
+        let s: std::collections::BTreeMap<String, u64> =
+            c.call(shoal_client::proto::Op::Stats).await?;
         l1 += s.get("l1_hits").copied().unwrap_or(0);
         other += s.get("l1_misses").copied().unwrap_or(0);
     }
@@ -476,7 +620,9 @@ async fn propagation(clients: &[shoal_client::Client]) -> Result<()> {
     let mut lags = Histogram::<u64>::new(3)?;
     for round in 0..200 {
         let key = format!("prop{round}");
-        clients[0].set_raw(&key, bytes::Bytes::from_static(b"v"), None).await?;
+        clients[0]
+            .set_raw(&key, bytes::Bytes::from_static(b"v"), None)
+            .await?;
         for c in &clients[1..] {
             c.get_raw(&key).await?;
         }
@@ -501,7 +647,11 @@ async fn propagation(clients: &[shoal_client::Client]) -> Result<()> {
     let mut revs = Histogram::<u64>::new(3)?;
     for _ in 0..200 {
         let token = clients[0]
-            .session_create_raw("prop-user", bytes::Bytes::from_static(b"{}"), Default::default())
+            .session_create_raw(
+                "prop-user",
+                bytes::Bytes::from_static(b"{}"),
+                Default::default(),
+            )
             .await?
             .token;
         for c in &clients[1..] {

@@ -38,11 +38,17 @@ fn rss_kib(pid: u32) -> u64 {
 
 async fn l1_bytes(c: &shoal_client::Client) -> Result<(u64, u64)> {
     let s: std::collections::BTreeMap<String, u64> = c.call(shoal_client::proto::Op::Stats).await?;
-    Ok((s.get("l1_bytes").copied().unwrap_or(0), s.get("l1_max_bytes").copied().unwrap_or(1)))
+    Ok((
+        s.get("l1_bytes").copied().unwrap_or(0),
+        s.get("l1_max_bytes").copied().unwrap_or(1),
+    ))
 }
 
 async fn soak() -> Result<()> {
-    let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let redis = shoal_tests::RedisServer::start().await?;
     let dir = tempfile::tempdir()?;
     let toml = shoal_tests::DaemonProcess::config_toml(&redis, dir.path(), "soak")
@@ -63,7 +69,10 @@ async fn soak() -> Result<()> {
             worst = worst.max(used as f64 / max as f64);
         }
     }
-    println!("L1 under 128 MiB of 64 KiB values, bound 32 MiB: worst sampled use {:.1} % of the bound", worst * 100.0);
+    println!(
+        "L1 under 128 MiB of 64 KiB values, bound 32 MiB: worst sampled use {:.1} % of the bound",
+        worst * 100.0
+    );
 
     // 2. 500 connections, mixed ops.
     let mut clients = Vec::new();
@@ -86,7 +95,10 @@ async fn soak() -> Result<()> {
                 let t = Instant::now();
                 let r = match rng.random_range(0..100) {
                     0..=79 => c.get_raw(&k).await.map(drop),
-                    80..=93 => c.set_raw(&k, value.clone(), Some(Duration::from_secs(60))).await,
+                    80..=93 => {
+                        c.set_raw(&k, value.clone(), Some(Duration::from_secs(60)))
+                            .await
+                    }
                     94..=97 => c.mget_raw([k.as_str(), "s1", "s2", "s3"]).await.map(drop),
                     _ => c.invalidate([k.as_str()]).await.map(drop),
                 };
@@ -117,14 +129,37 @@ async fn soak() -> Result<()> {
     println!();
     println!("| soak: 500 connections, {secs} s, 80 % get / 14 % set / 4 % mget / 2 % invalidate | value |");
     println!("|---|---:|");
-    println!("| operations | {n} ({:.0}/s) |", n as f64 / start.elapsed().as_secs_f64());
+    println!(
+        "| operations | {n} ({:.0}/s) |",
+        n as f64 / start.elapsed().as_secs_f64()
+    );
     println!("| errors | {} |", errors.load(Ordering::Relaxed));
-    println!("| p50 / p99 / max µs | {} / {} / {} |", all.value_at_quantile(0.5), all.value_at_quantile(0.99), all.max());
-    let rss: Vec<String> = samples.iter().map(|(t, k)| format!("{t}s:{}MiB", k / 1024)).collect();
+    println!(
+        "| p50 / p99 / max µs | {} / {} / {} |",
+        all.value_at_quantile(0.5),
+        all.value_at_quantile(0.99),
+        all.max()
+    );
+    let rss: Vec<String> = samples
+        .iter()
+        .map(|(t, k)| format!("{t}s:{}MiB", k / 1024))
+        .collect();
     println!("| daemon RSS samples | {} |", rss.join(" "));
-    let (first, last) = (samples.first().map_or(0, |s| s.1), samples.last().map_or(0, |s| s.1));
-    println!("| RSS first -> last | {} -> {} MiB |", first / 1024, last / 1024);
+    let (first, last) = (
+        samples.first().map_or(0, |s| s.1),
+        samples.last().map_or(0, |s| s.1),
+    );
+    println!(
+        "| RSS first -> last | {} -> {} MiB |",
+        first / 1024,
+        last / 1024
+    );
     let (used, max) = l1_bytes(&probe).await?;
-    println!("| L1 bytes at the end | {} of {} ({:.1} %) |", used, max, 100.0 * used as f64 / max as f64);
+    println!(
+        "| L1 bytes at the end | {} of {} ({:.1} %) |",
+        used,
+        max,
+        100.0 * used as f64 / max as f64
+    );
     Ok(())
 }

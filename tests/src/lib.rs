@@ -126,7 +126,11 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://{}127.0.0.1:{}", self.auth.as_deref().unwrap_or(""), self.port)
+        format!(
+            "redis://{}127.0.0.1:{}",
+            self.auth.as_deref().unwrap_or(""),
+            self.port
+        )
     }
 
     /// A fresh multiplexed connection for assertions and fault injection. No
@@ -134,7 +138,9 @@ impl RedisServer {
     pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(self.url())?;
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        Ok(client.get_multiplexed_async_connection_with_config(&config).await?)
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     /// Kills the server (SIGKILL) and waits for it to be gone.

@@ -261,7 +261,10 @@ fn delayed_pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, dela
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if tx.send((std::time::Instant::now(), buf[..n].to_vec())).is_err() {
+                    if tx
+                        .send((std::time::Instant::now(), buf[..n].to_vec()))
+                        .is_err()
+                    {
                         return;
                     }
                 }

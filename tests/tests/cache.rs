@@ -299,8 +299,10 @@ async fn redis_url_with_an_acl_user_and_password() -> Result<()> {
     // Without credentials Redis refuses: the daemon would answer errors, not data.
     let anon = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port()))?;
     let mut conn = anon.get_multiplexed_async_connection().await?;
-    let refused: redis::RedisResult<Option<String>> =
-        redis::cmd("GET").arg("shoal:c:k").query_async(&mut conn).await;
+    let refused: redis::RedisResult<Option<String>> = redis::cmd("GET")
+        .arg("shoal:c:k")
+        .query_async(&mut conn)
+        .await;
     assert!(refused.is_err());
     Ok(())
 }

@@ -21,7 +21,11 @@ async fn converged(redis: &RedisServer, daemons: &[&Daemon], key: &str) -> Resul
         .await?;
     for (i, d) in daemons.iter().enumerate() {
         let got = d.client().await?.get_raw(key).await?;
-        assert_eq!(got.as_deref(), truth.as_deref(), "daemon {i} disagrees with Redis on {key}");
+        assert_eq!(
+            got.as_deref(),
+            truth.as_deref(),
+            "daemon {i} disagrees with Redis on {key}"
+        );
     }
     Ok(())
 }
@@ -34,7 +38,8 @@ async fn redis_killed_and_restarted_under_load() -> Result<()> {
     let b = Daemon::start_ready(test_config(&redis, dir.path(), "b")).await?;
     let (ca, cb) = (a.client().await?, b.client().await?);
     for i in 0..20 {
-        ca.set_raw(&format!("k{i}"), Bytes::from_static(b"before"), None).await?;
+        ca.set_raw(&format!("k{i}"), Bytes::from_static(b"before"), None)
+            .await?;
         cb.get_raw(&format!("k{i}")).await?; // in B's L1
     }
     let stop = tokio_util::sync::CancellationToken::new();
@@ -45,7 +50,8 @@ async fn redis_killed_and_restarted_under_load() -> Result<()> {
             while !stop.is_cancelled() {
                 let i = rand::rng().random_range(0..20);
                 let r = if i % 3 == 0 {
-                    ca.set_raw(&format!("k{i}"), Bytes::from_static(b"during"), None).await
+                    ca.set_raw(&format!("k{i}"), Bytes::from_static(b"during"), None)
+                        .await
                 } else {
                     cb.get_raw(&format!("k{i}")).await.map(|_| ())
                 };
@@ -100,7 +106,11 @@ async fn redis_stalled_past_the_timeout_gives_prompt_errors_then_recovers() -> R
     let t = Instant::now();
     let e = ca.invalidate(["x"]).await.expect_err("Redis is stalled");
     assert!(e.is_retryable(), "{e}");
-    assert!(t.elapsed() < Duration::from_millis(1200), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "took {:?}",
+        t.elapsed()
+    );
     // Wait for the pause to end: a direct PING is answered only then.
     let mut probe = redis.conn().await?;
     redis::cmd("PING").query_async::<String>(&mut probe).await?;
@@ -121,7 +131,8 @@ async fn subscribers_killed_repeatedly_never_leave_stale_l1() -> Result<()> {
     let (ca, cb) = (a.client().await?, b.client().await?);
     for round in 0..10u32 {
         let key = format!("r{}", round % 3);
-        ca.set_raw(&key, Bytes::from(round.to_be_bytes().to_vec()), None).await?;
+        ca.set_raw(&key, Bytes::from(round.to_be_bytes().to_vec()), None)
+            .await?;
         cb.get_raw(&key).await?;
         redis.kill_pubsub_clients().await?;
         // Changes made while B's subscriber is down must still reach B's L1.
@@ -140,7 +151,11 @@ async fn subscribers_killed_repeatedly_never_leave_stale_l1() -> Result<()> {
         // resubscribes), it must serve the new value.
         b.wait_applied(&last[0].0, Duration::from_secs(10)).await?;
         let got = cb.get_raw(&key).await?;
-        assert_eq!(got.as_deref(), Some(&next[..]), "round {round}: stale after resubscribe");
+        assert_eq!(
+            got.as_deref(),
+            Some(&next[..]),
+            "round {round}: stale after resubscribe"
+        );
     }
     assert!(b.stat("subscriber_reconnects") >= 5);
     Ok(())
@@ -152,7 +167,8 @@ async fn hundreds_of_clients_vanishing_mid_frame_and_mid_pipeline() -> Result<()
     let dir = tempfile::tempdir()?;
     let d = Daemon::start_ready(test_config(&redis, dir.path(), "d")).await?;
     let good = d.client().await?;
-    good.set_raw("keep", Bytes::from_static(b"safe"), None).await?;
+    good.set_raw("keep", Bytes::from_static(b"safe"), None)
+        .await?;
     let set = |i: u64| {
         frame(&body(&req(&[
             ("id", i.into()),
@@ -171,7 +187,11 @@ async fn hundreds_of_clients_vanishing_mid_frame_and_mid_pipeline() -> Result<()
                 bytes.extend(set(n * 100 + i));
             }
             // Half stop inside a frame, half after a full pipeline without reading.
-            let cut = if n % 2 == 0 { bytes.len() - 7 } else { bytes.len() };
+            let cut = if n % 2 == 0 {
+                bytes.len() - 7
+            } else {
+                bytes.len()
+            };
             c.send_bytes(&bytes[..cut]).await?;
             drop(c);
             Ok::<_, anyhow::Error>(())
@@ -183,7 +203,12 @@ async fn hundreds_of_clients_vanishing_mid_frame_and_mid_pipeline() -> Result<()
     // Every connection is gone, nothing leaks, other clients unaffected.
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.stat("connections") > 1 || d.stat("inflight") > 0 {
-        assert!(Instant::now() < deadline, "connections {} inflight {}", d.stat("connections"), d.stat("inflight"));
+        assert!(
+            Instant::now() < deadline,
+            "connections {} inflight {}",
+            d.stat("connections"),
+            d.stat("inflight")
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(good.get_raw("keep").await?.as_deref(), Some(&b"safe"[..]));
@@ -204,11 +229,15 @@ async fn connections_beyond_the_limit_are_refused_cleanly() -> Result<()> {
     }
     let mut extra = RawConn::connect(&d.socket).await?;
     let r = extra.recv().await?;
-    assert_eq!(shoal_tests::raw::err_code(&r).as_deref(), Some("unavailable"));
+    assert_eq!(
+        shoal_tests::raw::err_code(&r).as_deref(),
+        Some("unavailable")
+    );
     assert!(extra.closed().await);
     // The twenty admitted ones are unaffected.
     for c in &mut held {
-        c.send(&req(&[("id", 3.into()), ("op", "ping".into())])).await?;
+        c.send(&req(&[("id", 3.into()), ("op", "ping".into())]))
+            .await?;
         assert!(shoal_tests::raw::field(&c.recv().await?, "ok").is_some());
     }
     drop(held.pop());
@@ -216,7 +245,12 @@ async fn connections_beyond_the_limit_are_refused_cleanly() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut c = RawConn::connect(&d.socket).await?;
-        c.send(&req(&[("op", "hello".into()), ("id", 0.into()), ("version", 1.into())])).await?;
+        c.send(&req(&[
+            ("op", "hello".into()),
+            ("id", 0.into()),
+            ("version", 1.into()),
+        ]))
+        .await?;
         let r = c.recv().await?;
         if shoal_tests::raw::field(&r, "ok").is_some() {
             break;

@@ -1,9 +1,11 @@
 //! Operations (issue 7), end to end against real redis-server processes: the
 //! admin routes while Redis goes away and comes back, `/metrics` moving with
-//! traffic and parsing as OpenMetrics text, the quota page in a real headless
-//! Chromium (screenshot checked pixel by pixel) and as JSON, `shoalctl doctor`
-//! against a dangerously configured Redis, and trace continuity from a client
-//! span to the daemon's span (in memory, and over OTLP/HTTP from the binary).
+//! traffic and parsing as OpenMetrics text, the Redis health watch seeing
+//! evictions, the quota page in a real headless Chromium (screenshot checked
+//! pixel by pixel) and as JSON, `shoalctl` (doctor against a dangerously
+//! configured Redis; sessions, quotas and overrides through a daemon), and
+//! trace continuity from a client span to the daemon's span (in memory, and
+//! over OTLP/HTTP from the real binary).
 
 #![allow(clippy::unwrap_used)]
 
@@ -135,6 +137,22 @@ async fn readiness_fails_while_draining() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_taken_admin_port_stops_the_daemon() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut config = ops_config(&redis, dir.path(), "ops-taken");
+    config.admin.listen = taken.local_addr()?.to_string();
+    let d = Daemon::start(config).await?;
+    let err = d
+        .stop()
+        .await
+        .expect_err("the daemon must refuse to run without its admin port");
+    assert!(err.to_string().contains("admin.listen"), "{err:#}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------- /metrics
 
 /// One parsed exposition: samples by `name{labels}` and each family's type.
@@ -166,7 +184,8 @@ fn valid_name(s: &str) -> bool {
 fn parse_openmetrics(text: &str) -> Result<Exposition> {
     let mut exp = Exposition::default();
     let mut family: Option<(String, String)> = None;
-    let mut last_bucket: Option<f64> = None;
+    // (le, cumulative count) of the bucket before, within one histogram.
+    let mut last_bucket: Option<(f64, f64)> = None;
     let lines: Vec<&str> = text.lines().collect();
     ensure!(
         lines.last() == Some(&"# EOF"),
@@ -263,22 +282,28 @@ fn parse_openmetrics(text: &str) -> Result<Exposition> {
         );
         if suffix == "_bucket" {
             let le = le.with_context(|| format!("bucket without le, {}", at()))?;
-            if let Some(prev) = last_bucket {
+            if let Some((prev_le, prev)) = last_bucket {
+                ensure!(le > prev_le, "bucket bounds not increasing, {}", at());
                 ensure!(value >= prev, "histogram buckets not cumulative, {}", at());
             }
-            last_bucket = Some(value);
-            let _ = le;
-        }
-        if suffix == "_count" {
-            if let Some(inf) = last_bucket {
-                ensure!(inf == value, "+Inf bucket differs from _count, {}", at());
-            }
+            last_bucket = Some((le, value));
         }
         ensure!(
             exp.samples.insert(series.to_string(), value).is_none(),
             "duplicate series, {}",
             at()
         );
+    }
+    // Every (unlabelled) histogram ends with +Inf, which counts everything.
+    for (name, t) in &exp.types {
+        if t == "histogram" {
+            let inf = exp.samples.get(&format!("{name}_bucket{{le=\"+Inf\"}}"));
+            let count = exp.samples.get(&format!("{name}_count"));
+            ensure!(
+                inf.is_some() && inf == count,
+                "{name}: +Inf bucket {inf:?} differs from _count {count:?}"
+            );
+        }
     }
     Ok(exp)
 }
@@ -308,12 +333,11 @@ async fn metrics_move_with_traffic_and_parse() -> Result<()> {
     let a1 = d1.admin_addr(Duration::from_secs(5)).await?;
     let a2 = d2.admin_addr(Duration::from_secs(5)).await?;
     let before = scrape(a1).await?;
-    for (name, t) in &before.types {
+    for name in before.types.keys() {
         assert!(
             name.starts_with("shoal_"),
             "metric {name} is not named shoal_*"
         );
-        let _ = t;
     }
     assert_eq!(
         before
@@ -459,6 +483,11 @@ fn the_metrics_checker_rejects_bad_text() {
         "# TYPE h histogram\nh_sum 1\nh_count 3\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n# EOF"
     )
     .is_err(), "buckets must be cumulative");
+    assert!(
+        parse_openmetrics("# TYPE h histogram\nh_sum 1\nh_count 3\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n# EOF")
+            .is_err(),
+        "+Inf must equal _count"
+    );
 }
 
 /// A `tracing` writer into a shared buffer, to read the daemon's log lines.

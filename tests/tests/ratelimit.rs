@@ -1124,4 +1124,3 @@ async fn decision_headers_from_a_real_answer() -> Result<()> {
     assert_eq!(h["x-ratelimit-limit"], "1");
     Ok(())
 }
-

@@ -18,12 +18,17 @@ pub const FUZZ_MAX_FRAME: usize = 64 * 1024;
 pub fn fuzz_frames(data: &[u8]) {
     let codec = FrameCodec::new(FUZZ_MAX_FRAME);
     // Split the input in two reads at a data-dependent point, as a socket would.
-    let split = data.first().map_or(0, |b| usize::from(*b) % (data.len() + 1));
+    let split = data
+        .first()
+        .map_or(0, |b| usize::from(*b) % (data.len() + 1));
     let mut buf = BytesMut::new();
     for chunk in [&data[..split], &data[split..]] {
         buf.extend_from_slice(chunk);
         while let Ok(Some(body)) = codec.decode_frame(&mut buf) {
-            assert!(body.len() <= FUZZ_MAX_FRAME, "decoder returned an oversized body");
+            assert!(
+                body.len() <= FUZZ_MAX_FRAME,
+                "decoder returned an oversized body"
+            );
             fuzz_body(&body);
         }
     }
