@@ -216,6 +216,31 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// The socket floor: raw frames to the echo server, one connection per caller.
+async fn floor(echo_path: &Path, callers: usize) -> Result<Row> {
+    let frame = ping_frame();
+    let reply_len = frame.len();
+    let mut conns = Vec::new();
+    for _ in 0..callers {
+        conns.push(Some(connect_sync(echo_path).await?));
+    }
+    let conns = Arc::new(std::sync::Mutex::new(conns));
+    measure(
+        "socket floor (echo, separate process)",
+        callers,
+        |i| {
+            let s = conns.lock().map(|mut c| c[i].take()).ok().flatten();
+            (
+                s.expect("echo connection"),
+                frame.clone(),
+                vec![0u8; reply_len],
+            )
+        },
+        raw_roundtrip,
+    )
+    .await
+}
+
 fn l2_only(toml: String) -> String {
     // An L1 that admits nothing (every entry is above an eighth of 1 KiB): hits are L2 hits.
     toml.replace("[cache]\n", "[cache]\nl1_max_bytes = 1024\n")
@@ -309,29 +334,11 @@ async fn bench() -> Result<()> {
 
     let mut rows = Vec::new();
     for callers in [1usize, 64] {
-        let frame = ping_frame();
-        let reply_len = frame.len();
-        let mut conns = Vec::new();
-        for _ in 0..callers {
-            conns.push(Some(connect_sync(&echo_path).await?));
-        }
-        let conns = Arc::new(std::sync::Mutex::new(conns));
-        rows.push(
-            measure(
-                "socket floor (echo, separate process)",
-                callers,
-                |i| {
-                    let s = conns.lock().map(|mut c| c[i].take()).ok().flatten();
-                    (
-                        s.expect("echo connection"),
-                        frame.clone(),
-                        vec![0u8; reply_len],
-                    )
-                },
-                raw_roundtrip,
-            )
-            .await?,
-        );
+        // The floor is measured first and again last; the faster of the two is
+        // kept, so a floor measured while the machine was busier does not flatter
+        // the rows around it.
+        let floor_a = floor(&echo_path, callers).await?;
+        let first = rows.len();
         rows.push(redis_get("redis-rs GET direct (multiplexed)", callers, &direct).await?);
         rows.push(redis_get("redis-rs client-side caching hit (RESP3)", callers, &csc).await?);
         let c = local.clone();
@@ -428,6 +435,13 @@ async fn bench() -> Result<()> {
             )
             .await?,
         );
+        let floor_b = floor(&echo_path, callers).await?;
+        let best = if floor_a.hist.value_at_quantile(0.5) <= floor_b.hist.value_at_quantile(0.5) {
+            floor_a
+        } else {
+            floor_b
+        };
+        rows.insert(first, best);
     }
     print_table(&rows);
     zipf_mix(&[clients[0].clone(), clients[4].clone()]).await?;
