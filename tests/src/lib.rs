@@ -157,6 +157,29 @@ impl RedisServer {
         self.spawn().await
     }
 
+    /// The newest entry of a stream (e.g. `shoal:log`): its id ("0-0" when the
+    /// stream is empty) and fields. Tests await "every daemon applied this".
+    pub async fn last_entry(&self, stream: &str) -> Result<(String, Vec<(String, String)>)> {
+        let mut c = self.conn().await?;
+        let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        Ok(last
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| ("0-0".into(), Vec::new())))
+    }
+
+    /// The id of the newest invalidation log entry.
+    pub async fn last_log_id(&self) -> Result<String> {
+        Ok(self.last_entry("shoal:log").await?.0)
+    }
+
     /// Kills every Pub/Sub client connection (the daemons' subscribers).
     pub async fn kill_pubsub_clients(&self) -> Result<u64> {
         let mut c = self.conn().await?;

@@ -86,19 +86,9 @@ async fn invalidation_from_one_daemon_evicts_the_others_l1() -> Result<()> {
     clients[2]
         .set_raw("row:8", Bytes::from_static(b"newer"), None)
         .await?;
-    let mut direct = redis.conn().await?;
-    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg("shoal:log")
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut direct)
-        .await?;
+    let last = redis.last_log_id().await?;
     for (i, daemon) in d.iter().enumerate() {
-        daemon
-            .wait_applied(&last[0].0, Duration::from_secs(5))
-            .await?;
+        daemon.wait_applied(&last, Duration::from_secs(5)).await?;
         assert_eq!(
             clients[i].get_raw("row:8").await?.as_deref(),
             Some(&b"newer"[..]),

@@ -13,19 +13,7 @@ use shoal_tests::proxy::FaultProxy;
 use shoal_tests::{test_config, Daemon, RedisServer};
 
 async fn last_log_id(redis: &RedisServer) -> Result<String> {
-    let mut c = redis.conn().await?;
-    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg("shoal:log")
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut c)
-        .await?;
-    Ok(last
-        .first()
-        .map(|e| e.0.clone())
-        .unwrap_or_else(|| "0-0".into()))
+    redis.last_log_id().await
 }
 
 #[tokio::test]

@@ -138,18 +138,10 @@ async fn subscribers_killed_repeatedly_never_leave_stale_l1() -> Result<()> {
         // Changes made while B's subscriber is down must still reach B's L1.
         let next = (round + 100).to_be_bytes().to_vec();
         ca.set_raw(&key, Bytes::from(next.clone()), None).await?;
-        let mut conn = redis.conn().await?;
-        let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-            .arg("shoal:log")
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
         // Once B has applied the change (replayed from the log after it
         // resubscribes), it must serve the new value.
-        b.wait_applied(&last[0].0, Duration::from_secs(10)).await?;
+        b.wait_applied(&redis.last_log_id().await?, Duration::from_secs(10))
+            .await?;
         let got = cb.get_raw(&key).await?;
         assert_eq!(
             got.as_deref(),

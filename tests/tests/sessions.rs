@@ -104,17 +104,8 @@ async fn wait_cursor(d: &Daemon, id: StreamId) -> Result<()> {
 
 /// The id of the newest revocation-stream entry.
 async fn last_revocation(redis: &RedisServer) -> Result<StreamId> {
-    let mut c = redis.conn().await?;
-    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg("shoal:srev")
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut c)
-        .await?;
-    let id = last.first().map(|e| e.0.as_str()).unwrap_or("0-0");
-    StreamId::parse(id).context("bad stream id")
+    let (id, _) = redis.last_entry("shoal:srev").await?;
+    StreamId::parse(&id).context("bad stream id")
 }
 
 /// Waits until every daemon of the fleet applied the newest revocation.
@@ -399,16 +390,8 @@ async fn revoke_user_covers_sessions_created_on_every_node() -> Result<()> {
     assert_eq!(f.c[1].session_revoke_user("erin").await?, 3);
     // The stream entry names the user and the new epoch, not the sessions: each
     // daemon drops whatever it cached for that user from before the epoch.
-    let mut conn = f.redis.conn().await?;
-    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg("shoal:srev")
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
-        .await?;
-    let fields: Vec<&str> = last[0].1.iter().map(|(k, _)| k.as_str()).collect();
+    let (_, last) = f.redis.last_entry("shoal:srev").await?;
+    let fields: Vec<&str> = last.iter().map(|(k, _)| k.as_str()).collect();
     assert!(fields.contains(&"u") && fields.contains(&"e") && !fields.contains(&"h"));
     all_caught_up(&f).await?;
     for (i, c) in f.c.iter().enumerate() {
