@@ -412,6 +412,40 @@ async fn bench() -> Result<()> {
             )
             .await?,
         );
+        // The same token-bucket decision as "ratelimit.check allowed", as a bare
+        // EVALSHA of the script through redis-rs: what the daemon adds on top.
+        let d = direct.clone();
+        let script = Arc::new(redis::Script::new(include_str!(
+            "../../lua/rl_token_bucket.lua"
+        )));
+        rows.push(
+            measure(
+                "redis-rs EVALSHA rl_token_bucket.lua (bare)",
+                callers,
+                |i| {
+                    (
+                        d.clone(),
+                        script.clone(),
+                        format!("bench:rl.tb{{open:k{i}}}"),
+                    )
+                },
+                |(mut d, script, key)| async move {
+                    let _: Vec<i64> = script
+                        .key(&key)
+                        .arg("check")
+                        .arg(1)
+                        .arg(1_000_000_000u64)
+                        .arg(1_000)
+                        .arg(1_000_000_000u64)
+                        .arg(0)
+                        .arg("")
+                        .invoke_async(&mut d)
+                        .await?;
+                    Ok((d, script, key))
+                },
+            )
+            .await?,
+        );
         rows.push(redis_get("net 200µs: redis-rs GET direct", callers, &direct_net).await?);
         rows.push(shoal_get("net 200µs: shoal L1 hit", callers, &netl1).await?);
         rows.push(shoal_get("net 200µs: shoal L2 hit", callers, &netl2).await?);

@@ -177,3 +177,38 @@ async fn sigterm_answers_requests_in_flight_then_exits_0_and_removes_the_socket(
     assert_eq!(status.code(), Some(0));
     Ok(())
 }
+
+#[tokio::test]
+async fn dev_mode_starts_a_private_redis_and_serves() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("dev.sock");
+    let mut child = Command::new(workspace_bin("shoald")?)
+        .args(["--dev", "--admin-listen", ""])
+        .arg("--socket")
+        .arg(&sock)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        if let Ok(c) = shoal_client::Client::connect(&sock).await {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shoald --dev never listened"
+        );
+        assert!(child.try_wait()?.is_none(), "shoald --dev exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    client.set_raw("k", Bytes::from_static(b"v"), None).await?;
+    assert_eq!(client.get_raw("k").await?.as_deref(), Some(&b"v"[..]));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )?;
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(0));
+    Ok(())
+}

@@ -485,3 +485,32 @@ async fn a_slow_redis_call_does_not_block_an_l1_hit_on_the_same_connection() -> 
     assert_eq!(field(ok, "from").and_then(Value::as_str), Some("l2"));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout_and_others_are_not() -> Result<()> {
+    let s = setup_with(|c| c.socket.idle_timeout = Duration::from_millis(300)).await?;
+    let mut idle = RawConn::greeted(&s.daemon.socket).await?;
+    let mut busy = RawConn::greeted(&s.daemon.socket).await?;
+    let started = std::time::Instant::now();
+    // The busy one keeps talking; the idle one says nothing and is closed.
+    let keep_busy = async {
+        for i in 0..12u64 {
+            busy.send(&req(&[("id", i.into()), ("op", "ping".into())]))
+                .await?;
+            assert!(field(&busy.recv().await?, "ok").is_some());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (closed, busy_ok) = tokio::join!(idle.closed(), keep_busy);
+    busy_ok?;
+    assert!(closed, "the idle connection must be closed");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    busy.send(&req(&[("id", 99.into()), ("op", "ping".into())]))
+        .await?;
+    assert!(
+        field(&busy.recv().await?, "ok").is_some(),
+        "the busy one stays open"
+    );
+    Ok(())
+}
