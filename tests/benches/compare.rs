@@ -356,23 +356,7 @@ async fn bench() -> Result<()> {
         );
         rows.push(shoal_get("shoal L1 hit", callers, &local).await?);
         rows.push(shoal_get("shoal L2 hit", callers, &l2).await?);
-        let c = local.clone();
-        let keys = mkeys.clone();
-        rows.push(
-            measure(
-                "shoal cache.mget 16 keys (L1)",
-                callers,
-                |_| (c.clone(), keys.clone()),
-                |(c, keys)| async move {
-                    {
-                        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                        c.mget_raw(&refs).await?;
-                    }
-                    Ok((c, keys))
-                },
-            )
-            .await?,
-        );
+        rows.push(shoal_mget("shoal cache.mget 16 keys (L1)", callers, &local, &mkeys).await?);
         let c = local.clone();
         rows.push(
             measure(
@@ -449,23 +433,15 @@ async fn bench() -> Result<()> {
         rows.push(redis_get("net 200µs: redis-rs GET direct", callers, &direct_net).await?);
         rows.push(shoal_get("net 200µs: shoal L1 hit", callers, &netl1).await?);
         rows.push(shoal_get("net 200µs: shoal L2 hit", callers, &netl2).await?);
-        let c = netl1.clone();
-        let keys = mkeys.clone();
-        for k in &keys {
-            c.get_raw(k).await?;
+        for k in &mkeys {
+            netl1.get_raw(k).await?;
         }
         rows.push(
-            measure(
+            shoal_mget(
                 "net 200µs: shoal cache.mget 16 (L1)",
                 callers,
-                |_| (c.clone(), keys.clone()),
-                |(c, keys)| async move {
-                    {
-                        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                        c.mget_raw(&refs).await?;
-                    }
-                    Ok((c, keys))
-                },
+                &netl1,
+                &mkeys,
             )
             .await?,
         );
@@ -525,6 +501,28 @@ async fn redis_get(
                 .query_async(&mut d)
                 .await?;
             Ok(d)
+        },
+    )
+    .await
+}
+
+async fn shoal_mget(
+    name: &str,
+    callers: usize,
+    c: &shoal_client::Client,
+    keys: &[String],
+) -> Result<Row> {
+    let (c, keys) = (c.clone(), keys.to_vec());
+    measure(
+        name,
+        callers,
+        |_| (c.clone(), keys.clone()),
+        |(c, keys)| async move {
+            {
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                c.mget_raw(&refs).await?;
+            }
+            Ok((c, keys))
         },
     )
     .await
