@@ -430,5 +430,20 @@ fn escaping_links_and_missing_targets_are_reported() -> Result<()> {
     assert!(problems[0].contains("outside the repository"));
     assert!(problems[1].contains("missing.md does not exist"));
     assert!(problems[2].contains("no heading #nope"));
+
+    std::fs::write(
+        dir.path().join("sub/Y.md"),
+        "See DESIGN.md (in `shared/`), X.md and sub/X.md.\n",
+    )?;
+    let mentions = missing_mentions(dir.path())?;
+    let in_y: Vec<_> = mentions
+        .iter()
+        .filter(|m| m.starts_with("sub/Y.md"))
+        .collect();
+    assert_eq!(in_y.len(), 2, "{mentions:#?}");
+    assert!(in_y[0].contains("DESIGN.md"));
+    assert!(in_y[1].contains("shared/"));
+    // Link destinations are mentions too.
+    assert!(mentions.iter().any(|m| m.contains("missing.md")));
     Ok(())
 }
