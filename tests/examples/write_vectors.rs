@@ -766,7 +766,7 @@ fn reserve_concurrency() -> F {
     .vary("ok.lease", "type")
     .capture("L1", "ok.lease");
     let mut a = pk(8, "ratelimit.acquire_concurrent", "vec-conc", "vec-job");
-    a.push(("lease_ms", 5000.into()));
+    a.push(("lease_ms", 20_000.into()));
     f.req("a second one with its own lease_ms", &a)
         .vary("ok.lease", "type")
         .capture("L2", "ok.lease");
