@@ -12,14 +12,11 @@
 //!
 //! A new op gets its steps in the file of its area (or a new `NN-area.json`).
 
-use std::time::Duration;
-
 use anyhow::Result;
 use rmpv::Value;
 use serde_json::json;
 use shoal_tests::raw::{body, frame, req};
 use shoal_tests::vectors::{self, to_hex, Mode, Step, VectorFile};
-use shoal_tests::RedisServer;
 
 /// A vector file under construction.
 struct F {
@@ -38,9 +35,24 @@ impl F {
         }
     }
 
-    /// A well-formed request frame.
+    /// A well-formed request frame. String fields `${NAME}` are placeholders
+    /// for captured variables: the step `uses` them.
     fn req(&mut self, note: &str, fields: &[(&str, Value)]) -> &mut Step {
-        self.raw(note, &frame(&body(&req(fields))))
+        let uses = fields
+            .iter()
+            .filter_map(|(_, v)| v.as_str()?.strip_prefix("${")?.strip_suffix('}'))
+            .map(str::to_string)
+            .collect();
+        let step = self.raw(note, &frame(&body(&req(fields))));
+        step.uses = uses;
+        step
+    }
+
+    /// A request `{"id": id, "op": op, ...args}`.
+    fn call(&mut self, note: &str, id: u64, op: &str, args: &[(&str, Value)]) -> &mut Step {
+        let mut fields = vec![("id", Value::from(id)), ("op", Value::from(op))];
+        fields.extend(args.iter().cloned());
+        self.req(note, &fields)
     }
 
     /// Arbitrary bytes.
@@ -55,14 +67,11 @@ impl F {
 
     /// The handshake every connection starts with.
     fn hello(&mut self) -> &mut Self {
-        self.req(
+        self.call(
             "handshake",
-            &[
-                ("id", 0.into()),
-                ("op", "hello".into()),
-                ("version", 1.into()),
-                ("client", "vectors/1".into()),
-            ],
+            0,
+            "hello",
+            &[("version", 1.into()), ("client", "vectors/1".into())],
         )
         .vary("ok.server", "type")
         .vary("ok.node", "type");
@@ -73,7 +82,6 @@ impl F {
 trait StepExt {
     fn vary(&mut self, path: &str, rule: impl Into<serde_json::Value>) -> &mut Self;
     fn capture(&mut self, name: &str, path: &str) -> &mut Self;
-    fn uses(&mut self, name: &str) -> &mut Self;
     fn closes(&mut self) -> &mut Self;
     /// The error message is for people: only its type is checked.
     fn err(&mut self) -> &mut Self {
@@ -88,10 +96,6 @@ impl StepExt for Step {
     }
     fn capture(&mut self, name: &str, path: &str) -> &mut Self {
         self.capture.insert(name.into(), path.into());
-        self
-    }
-    fn uses(&mut self, name: &str) -> &mut Self {
-        self.uses.push(name.into());
         self
     }
     fn closes(&mut self) -> &mut Self {
@@ -129,33 +133,26 @@ fn handshake() -> F {
         "hello first, ping (with and without a trace), a second hello refused without closing, stats",
     );
     f.hello();
-    f.req("ping", &[("id", 1.into()), ("op", "ping".into())]);
-    f.req(
+    f.call("ping", 1, "ping", &[]);
+    f.call(
         "the optional envelope field `trace` (W3C traceparent) is accepted by every op",
-        &[
-            ("id", 2.into()),
-            ("op", "ping".into()),
-            (
-                "trace",
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-            ),
-        ],
+        2,
+        "ping",
+        &[(
+            "trace",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        )],
     );
-    f.req(
+    f.call(
         "a second hello: bad_request for its id, the connection stays open",
-        &[
-            ("id", 3.into()),
-            ("op", "hello".into()),
-            ("version", 1.into()),
-        ],
+        3,
+        "hello",
+        &[("version", 1.into())],
     )
     .err();
-    f.req(
-        "stats: a free-form map of counters",
-        &[("id", 4.into()), ("op", "stats".into())],
-    )
-    .vary("ok", "type");
-    f.req("still open", &[("id", 5.into()), ("op", "ping".into())]);
+    f.call("stats: a free-form map of counters", 4, "stats", &[])
+        .vary("ok", "type");
+    f.call("still open", 5, "ping", &[]);
     f
 }
 
@@ -166,194 +163,154 @@ fn cache() -> F {
     );
     f.hello();
     let user = typed(&("alice", 31u32));
-    f.req(
+    f.call(
         "set a typed value: the Rust client's `set(\"vec:user:42\", &(\"alice\", 31), 60 s)`",
+        1,
+        "cache.set",
         &[
-            ("id", 1.into()),
-            ("op", "cache.set".into()),
             ("key", "vec:user:42".into()),
             ("value", bin(&user)),
             ("ttl_ms", 60_000.into()),
         ],
     );
-    f.req(
-        "a hit: `from` is l1 or l2 (L1 serves only while the daemon is caught up); ttl_ms counts down",
-        &[("id", 2.into()), ("op", "cache.get".into()), ("key", "vec:user:42".into())],
+    f.call("a hit: `from` is l1 or l2 (L1 serves only while the daemon is caught up); ttl_ms counts down", 2, "cache.get", &[("key", "vec:user:42".into())],
     )
     .vary("ok.from", json!({"one_of": ["l1", "l2"]}))
     .vary("ok.ttl_ms", range(1, 60_000));
-    f.req(
+    f.call(
         "a miss: every other field nil",
-        &[
-            ("id", 3.into()),
-            ("op", "cache.get".into()),
-            ("key", "vec:missing".into()),
-        ],
+        3,
+        "cache.get",
+        &[("key", "vec:missing".into())],
     );
-    f.req(
+    f.call(
         "mget: one result per key, same order",
-        &[
-            ("id", 4.into()),
-            ("op", "cache.mget".into()),
-            ("keys", strs(&["vec:user:42", "vec:missing"])),
-        ],
+        4,
+        "cache.mget",
+        &[("keys", strs(&["vec:user:42", "vec:missing"]))],
     )
     .vary("ok.0.from", json!({"one_of": ["l1", "l2"]}))
     .vary("ok.0.ttl_ms", range(1, 60_000));
-    f.req(
+    f.call(
         "set with tags and without ttl_ms (cache.default_ttl applies)",
+        5,
+        "cache.set",
         &[
-            ("id", 5.into()),
-            ("op", "cache.set".into()),
             ("key", "vec:a".into()),
             ("value", bin(b"A")),
             ("tags", strs(&["vec:tag"])),
         ],
     );
-    f.req(
+    f.call(
         "another key with the same tag",
+        6,
+        "cache.set",
         &[
-            ("id", 6.into()),
-            ("op", "cache.set".into()),
             ("key", "vec:b".into()),
             ("value", bin(b"B")),
             ("tags", strs(&["vec:tag"])),
         ],
     );
-    f.req(
+    f.call(
         "invalidate a tag: seq is the invalidation log id, keys how many keys carried the tag",
-        &[
-            ("id", 7.into()),
-            ("op", "cache.invalidate_tags".into()),
-            ("tags", strs(&["vec:tag"])),
-        ],
+        7,
+        "cache.invalidate_tags",
+        &[("tags", strs(&["vec:tag"]))],
     )
     .vary("ok.seq", "type");
-    f.req(
+    f.call(
         "both tagged keys are gone",
-        &[
-            ("id", 8.into()),
-            ("op", "cache.mget".into()),
-            ("keys", strs(&["vec:a", "vec:b"])),
-        ],
+        8,
+        "cache.mget",
+        &[("keys", strs(&["vec:a", "vec:b"]))],
     );
-    f.req(
+    f.call(
         "invalidate keys",
-        &[
-            ("id", 9.into()),
-            ("op", "cache.invalidate".into()),
-            ("keys", strs(&["vec:user:42"])),
-        ],
+        9,
+        "cache.invalidate",
+        &[("keys", strs(&["vec:user:42"]))],
     )
     .vary("ok.seq", "type");
-    f.req(
-        "gone",
-        &[
-            ("id", 10.into()),
-            ("op", "cache.get".into()),
-            ("key", "vec:user:42".into()),
-        ],
-    );
-    f.req(
+    f.call("gone", 10, "cache.get", &[("key", "vec:user:42".into())]);
+    f.call(
         "leases: start from a clean key (an invalidate also drops any lease)",
-        &[
-            ("id", 11.into()),
-            ("op", "cache.invalidate".into()),
-            ("keys", strs(&["vec:lease"])),
-        ],
+        11,
+        "cache.invalidate",
+        &[("keys", strs(&["vec:lease"]))],
     )
     .vary("ok.seq", "type");
-    f.req(
+    f.call(
         "a miss with lease: true grants a fill lease (the caller loads and fills)",
-        &[
-            ("id", 12.into()),
-            ("op", "cache.get".into()),
-            ("key", "vec:lease".into()),
-            ("lease", true.into()),
-        ],
+        12,
+        "cache.get",
+        &[("key", "vec:lease".into()), ("lease", true.into())],
     )
     .vary("ok.lease", "type")
     .capture("LEASE", "ok.lease");
-    f.req(
+    f.call(
         "another miss while the lease is held: no lease, wait_ms (at most 50) before reading again",
-        &[
-            ("id", 13.into()),
-            ("op", "cache.get".into()),
-            ("key", "vec:lease".into()),
-            ("lease", true.into()),
-        ],
+        13,
+        "cache.get",
+        &[("key", "vec:lease".into()), ("lease", true.into())],
     )
     .vary("ok.wait_ms", range(1, 50));
-    f.req(
+    f.call(
         "the fill presents its lease: stored",
+        14,
+        "cache.set",
         &[
-            ("id", 14.into()),
-            ("op", "cache.set".into()),
             ("key", "vec:lease".into()),
             ("value", bin(b"filled")),
             ("ttl_ms", 60_000.into()),
             ("lease", "${LEASE}".into()),
         ],
-    )
-    .uses("LEASE");
-    f.req(
+    );
+    f.call(
         "the filled value",
-        &[
-            ("id", 15.into()),
-            ("op", "cache.get".into()),
-            ("key", "vec:lease".into()),
-        ],
+        15,
+        "cache.get",
+        &[("key", "vec:lease".into())],
     )
     .vary("ok.from", json!({"one_of": ["l1", "l2"]}))
     .vary("ok.ttl_ms", range(1, 60_000));
-    f.req(
+    f.call(
         "stale fill: invalidate ...",
-        &[
-            ("id", 16.into()),
-            ("op", "cache.invalidate".into()),
-            ("keys", strs(&["vec:lease"])),
-        ],
+        16,
+        "cache.invalidate",
+        &[("keys", strs(&["vec:lease"]))],
     )
     .vary("ok.seq", "type");
-    f.req(
+    f.call(
         "... take a lease ...",
-        &[
-            ("id", 17.into()),
-            ("op", "cache.get".into()),
-            ("key", "vec:lease".into()),
-            ("lease", true.into()),
-        ],
+        17,
+        "cache.get",
+        &[("key", "vec:lease".into()), ("lease", true.into())],
     )
     .vary("ok.lease", "type")
     .capture("LEASE2", "ok.lease");
-    f.req(
+    f.call(
         "... a writer invalidates while the loader reads its database ...",
-        &[
-            ("id", 18.into()),
-            ("op", "cache.invalidate".into()),
-            ("keys", strs(&["vec:lease"])),
-        ],
+        18,
+        "cache.invalidate",
+        &[("keys", strs(&["vec:lease"]))],
     )
     .vary("ok.seq", "type");
-    f.req(
+    f.call(
         "... so the loader's fill is refused: stored false",
+        19,
+        "cache.set",
         &[
-            ("id", 19.into()),
-            ("op", "cache.set".into()),
             ("key", "vec:lease".into()),
             ("value", bin(b"stale")),
             ("ttl_ms", 60_000.into()),
             ("lease", "${LEASE2}".into()),
         ],
-    )
-    .uses("LEASE2");
-    f.req(
+    );
+    f.call(
         "nothing stored",
-        &[
-            ("id", 20.into()),
-            ("op", "cache.get".into()),
-            ("key", "vec:lease".into()),
-        ],
+        20,
+        "cache.get",
+        &[("key", "vec:lease".into())],
     );
     f
 }
@@ -375,13 +332,11 @@ fn sessions() -> F {
         "ok.expires_at_ms",
         "ok.absolute_expires_at_ms",
     ];
-    f.req(
+    f.call(
         "start clean: revoke every session of the user (the count depends on earlier runs)",
-        &[
-            ("id", 1.into()),
-            ("op", "session.revoke_user".into()),
-            ("user", "vec-user".into()),
-        ],
+        1,
+        "session.revoke_user",
+        &[("user", "vec-user".into())],
     )
     .vary("ok.revoked", "type");
     let admin = typed(&json!({"role": "admin"}));
@@ -402,50 +357,40 @@ fn sessions() -> F {
         st,
         &["ok.token", "ok.expires_at_ms", "ok.absolute_expires_at_ms"],
     );
-    let st = f
-        .req(
-            "get",
-            &[
-                ("id", 3.into()),
-                ("op", "session.get".into()),
-                ("token", "${TOKEN}".into()),
-            ],
-        )
-        .uses("TOKEN");
+    let st = f.req(
+        "get",
+        &[
+            ("id", 3.into()),
+            ("op", "session.get".into()),
+            ("token", "${TOKEN}".into()),
+        ],
+    );
     at(st, &info);
-    let st = f
-        .req(
-            "get without refreshing the idle expiry",
-            &[
-                ("id", 4.into()),
-                ("op", "session.get".into()),
-                ("token", "${TOKEN}".into()),
-                ("touch", false.into()),
-            ],
-        )
-        .uses("TOKEN");
+    let st = f.req(
+        "get without refreshing the idle expiry",
+        &[
+            ("id", 4.into()),
+            ("op", "session.get".into()),
+            ("token", "${TOKEN}".into()),
+            ("touch", false.into()),
+        ],
+    );
     at(st, &info);
     let viewer = typed(&json!({"role": "viewer"}));
-    f.req(
+    f.call(
         "update the data (every daemon sees it, like a revocation)",
+        5,
+        "session.update",
+        &[("token", "${TOKEN}".into()), ("data", bin(&viewer))],
+    );
+    let st = f.req(
+        "the new data",
         &[
-            ("id", 5.into()),
-            ("op", "session.update".into()),
+            ("id", 6.into()),
+            ("op", "session.get".into()),
             ("token", "${TOKEN}".into()),
-            ("data", bin(&viewer)),
         ],
-    )
-    .uses("TOKEN");
-    let st = f
-        .req(
-            "the new data",
-            &[
-                ("id", 6.into()),
-                ("op", "session.get".into()),
-                ("token", "${TOKEN}".into()),
-            ],
-        )
-        .uses("TOKEN");
+    );
     at(st, &info);
     let st = f
         .req(
@@ -460,37 +405,29 @@ fn sessions() -> F {
     for x in ["created_at_ms", "last_seen_ms", "expires_at_ms"] {
         st.vary(&format!("ok.*.{x}"), "type");
     }
-    f.req(
+    f.call(
         "rotate: a new token for the same session (user, data, absolute expiry kept)",
-        &[
-            ("id", 8.into()),
-            ("op", "session.rotate".into()),
-            ("token", "${TOKEN}".into()),
-        ],
+        8,
+        "session.rotate",
+        &[("token", "${TOKEN}".into())],
     )
-    .uses("TOKEN")
     .vary("ok.token", "type")
     .capture("TOKEN2", "ok.token");
-    f.req(
+    f.call(
         "the old token is revoked",
-        &[
-            ("id", 9.into()),
-            ("op", "session.get".into()),
-            ("token", "${TOKEN}".into()),
-        ],
+        9,
+        "session.get",
+        &[("token", "${TOKEN}".into())],
     )
-    .uses("TOKEN")
     .err();
-    let st = f
-        .req(
-            "the new one works",
-            &[
-                ("id", 10.into()),
-                ("op", "session.get".into()),
-                ("token", "${TOKEN2}".into()),
-            ],
-        )
-        .uses("TOKEN2");
+    let st = f.req(
+        "the new one works",
+        &[
+            ("id", 10.into()),
+            ("op", "session.get".into()),
+            ("token", "${TOKEN2}".into()),
+        ],
+    );
     at(st, &info);
     let st = f
         .req(
@@ -506,44 +443,31 @@ fn sessions() -> F {
     for x in ["created_at_ms", "last_seen_ms", "expires_at_ms"] {
         st.vary(&format!("ok.*.{x}"), "type");
     }
-    f.req(
+    f.call(
         "revoke by session_id (an operator who never saw the token)",
-        &[
-            ("id", 12.into()),
-            ("op", "session.revoke".into()),
-            ("session_id", "${SID}".into()),
-        ],
-    )
-    .uses("SID");
-    f.req(
+        12,
+        "session.revoke",
+        &[("session_id", "${SID}".into())],
+    );
+    f.call(
         "revoked",
-        &[
-            ("id", 13.into()),
-            ("op", "session.get".into()),
-            ("token", "${TOKEN2}".into()),
-        ],
+        13,
+        "session.get",
+        &[("token", "${TOKEN2}".into())],
     )
-    .uses("TOKEN2")
     .err();
-    f.req(
+    f.call(
         "revoking it again: false",
-        &[
-            ("id", 14.into()),
-            ("op", "session.revoke".into()),
-            ("token", "${TOKEN2}".into()),
-        ],
-    )
-    .uses("TOKEN2");
-    f.req(
+        14,
+        "session.revoke",
+        &[("token", "${TOKEN2}".into())],
+    );
+    f.call(
         "updating a revoked session: false",
-        &[
-            ("id", 15.into()),
-            ("op", "session.update".into()),
-            ("token", "${TOKEN2}".into()),
-            ("data", bin(b"x")),
-        ],
-    )
-    .uses("TOKEN2");
+        15,
+        "session.update",
+        &[("token", "${TOKEN2}".into()), ("data", bin(b"x"))],
+    );
     let st = f
         .req(
             "create with defaults: no data (empty bin), configured idle and absolute TTLs",
@@ -558,16 +482,14 @@ fn sessions() -> F {
         st,
         &["ok.token", "ok.expires_at_ms", "ok.absolute_expires_at_ms"],
     );
-    let st = f
-        .req(
-            "data is an empty bin",
-            &[
-                ("id", 17.into()),
-                ("op", "session.get".into()),
-                ("token", "${TOKEN3}".into()),
-            ],
-        )
-        .uses("TOKEN3");
+    let st = f.req(
+        "data is an empty bin",
+        &[
+            ("id", 17.into()),
+            ("op", "session.get".into()),
+            ("token", "${TOKEN3}".into()),
+        ],
+    );
     at(st, &info);
     let st = f
         .req(
@@ -583,34 +505,22 @@ fn sessions() -> F {
         st,
         &["ok.token", "ok.expires_at_ms", "ok.absolute_expires_at_ms"],
     );
-    f.req(
+    f.call(
         "logout everywhere: both sessions revoked",
-        &[
-            ("id", 19.into()),
-            ("op", "session.revoke_user".into()),
-            ("user", "vec-user".into()),
-        ],
+        19,
+        "session.revoke_user",
+        &[("user", "vec-user".into())],
     );
-    f.req(
-        "gone",
-        &[
-            ("id", 20.into()),
-            ("op", "session.get".into()),
-            ("token", "${TOKEN4}".into()),
-        ],
-    )
-    .uses("TOKEN4")
-    .err();
-    f.req(
+    f.call("gone", 20, "session.get", &[("token", "${TOKEN4}".into())])
+        .err();
+    f.call(
         "a well-formed token nobody issued: not_found",
-        &[
-            ("id", 21.into()),
-            ("op", "session.get".into()),
-            (
-                "token",
-                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-            ),
-        ],
+        21,
+        "session.get",
+        &[(
+            "token",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        )],
     )
     .err();
     f
@@ -658,14 +568,11 @@ fn ratelimit() -> F {
     cost4.push(("cost", 4.into()));
     f.req("a cost the policy can never allow: bad_request", &cost4)
         .err();
-    f.req(
+    f.call(
         "a policy the daemon does not have",
-        &[
-            ("id", 7.into()),
-            ("op", "ratelimit.check".into()),
-            ("policy", "vec-nope".into()),
-            ("key", "vec-client".into()),
-        ],
+        7,
+        "ratelimit.check",
+        &[("policy", "vec-nope".into()), ("key", "vec-client".into())],
     )
     .err();
     f.req(
@@ -705,11 +612,11 @@ fn ratelimit() -> F {
     .vary("ok.reset", "type");
     f.req("use one", &pk(16, "ratelimit.check", "vec-quota-a"))
         .vary("ok.reset_after_ms", range(1, HOUR_MS));
-    f.req(
+    f.call(
         "extension: quota.usage lists the policy's keys with state (SCAN, bounded)",
+        17,
+        "quota.usage",
         &[
-            ("id", 17.into()),
-            ("op", "quota.usage".into()),
             ("policy", "vec-log".into()),
             ("prefix", "vec-quota-".into()),
             ("max_keys", 10.into()),
@@ -777,12 +684,12 @@ fn reserve_concurrency() -> F {
     .vary("ok.retry_after_ms", range(1, 30_000));
     let mut rel = pk(10, "ratelimit.release", "vec-conc", "vec-job");
     rel.push(("lease", "${L1}".into()));
-    f.req("release", &rel).uses("L1");
+    f.req("release", &rel);
     rel[0].1 = 11.into();
-    f.req("released twice: false", &rel).uses("L1");
+    f.req("released twice: false", &rel);
     let mut rel2 = pk(12, "ratelimit.release", "vec-conc", "vec-job");
     rel2.push(("lease", "${L2}".into()));
-    f.req("release the other", &rel2).uses("L2");
+    f.req("release the other", &rel2);
     f.req(
         "ratelimit.check on a concurrency policy: bad_request",
         &pk(13, "ratelimit.check", "vec-conc", "vec-job"),
@@ -802,45 +709,34 @@ fn errors() -> F {
         "wrong requests: an error for their id, and the connection stays open",
     );
     f.hello();
-    f.req(
-        "unknown op",
-        &[("id", 1.into()), ("op", "cache.frobnicate".into())],
-    )
-    .err();
+    f.call("unknown op", 1, "cache.frobnicate", &[]).err();
     f.req("op missing", &[("id", 2.into())]).err();
-    f.req(
+    f.call(
         "wrong type: key must be a string",
-        &[
-            ("id", 3.into()),
-            ("op", "cache.get".into()),
-            ("key", 5.into()),
-        ],
+        3,
+        "cache.get",
+        &[("key", 5.into())],
     )
     .err();
-    f.req(
+    f.call(
         "wrong type: value must be bin, not str",
-        &[
-            ("id", 4.into()),
-            ("op", "cache.set".into()),
-            ("key", "vec:k".into()),
-            ("value", "text".into()),
-        ],
+        4,
+        "cache.set",
+        &[("key", "vec:k".into()), ("value", "text".into())],
     )
     .err();
-    f.req(
+    f.call(
         "argument missing",
-        &[
-            ("id", 5.into()),
-            ("op", "cache.set".into()),
-            ("key", "vec:k".into()),
-        ],
+        5,
+        "cache.set",
+        &[("key", "vec:k".into())],
     )
     .err();
-    f.req(
+    f.call(
         "a duration of 0",
+        6,
+        "cache.set",
         &[
-            ("id", 6.into()),
-            ("op", "cache.set".into()),
             ("key", "vec:k".into()),
             ("value", bin(b"v")),
             ("ttl_ms", 0.into()),
@@ -848,64 +744,43 @@ fn errors() -> F {
     )
     .err();
     let long = "k".repeat(4097);
-    f.req(
+    f.call(
         "a key of 4097 bytes (limit socket.max_key, 4096)",
-        &[
-            ("id", 7.into()),
-            ("op", "cache.get".into()),
-            ("key", s(&long)),
-        ],
+        7,
+        "cache.get",
+        &[("key", s(&long))],
     )
     .err();
-    f.req(
-        "an empty key",
-        &[
-            ("id", 8.into()),
-            ("op", "cache.get".into()),
-            ("key", "".into()),
-        ],
-    )
-    .err();
-    f.req(
-        "an empty key list",
-        &[
-            ("id", 9.into()),
-            ("op", "cache.mget".into()),
-            ("keys", strs(&[])),
-        ],
-    )
-    .err();
-    f.req(
+    f.call("an empty key", 8, "cache.get", &[("key", "".into())])
+        .err();
+    f.call("an empty key list", 9, "cache.mget", &[("keys", strs(&[]))])
+        .err();
+    f.call(
         "a negative number where an unsigned one is needed",
+        10,
+        "ratelimit.check",
         &[
-            ("id", 10.into()),
-            ("op", "ratelimit.check".into()),
             ("policy", "vec-log".into()),
             ("key", "vec-k".into()),
             ("cost", (-1).into()),
         ],
     )
     .err();
-    f.req(
+    f.call(
         "a 5000-byte value (the frame fits in max_frame 8 KiB) ...",
+        11,
+        "cache.set",
         &[
-            ("id", 11.into()),
-            ("op", "cache.set".into()),
             ("key", "vec:big".into()),
             ("value", bin(&[0x61; 5000])),
             ("ttl_ms", 60_000.into()),
         ],
     );
-    f.req(
-        "... read twice in one mget: the result would exceed max_frame: frame_too_large for this id, connection kept",
-        &[
-            ("id", 12.into()),
-            ("op", "cache.mget".into()),
-            ("keys", strs(&["vec:big", "vec:big"])),
+    f.call("... read twice in one mget: the result would exceed max_frame: frame_too_large for this id, connection kept", 12, "cache.mget", &[("keys", strs(&["vec:big", "vec:big"])),
         ],
     )
     .err();
-    f.req("still open", &[("id", 13.into()), ("op", "ping".into())]);
+    f.call("still open", 13, "ping", &[]);
     f
 }
 
@@ -972,47 +847,32 @@ fn closing() -> Vec<F> {
         "15-close-op-before-hello",
         "any op before hello: bad_request with that request's id, then close",
     );
-    f.req("ping first", &[("id", 42.into()), ("op", "ping".into())])
-        .err()
-        .closes();
+    f.call("ping first", 42, "ping", &[]).err().closes();
     out.push(f);
 
     let mut f = F::new(
         "16-close-unsupported-version",
         "hello with a version the server does not speak: unsupported_version, then close",
     );
-    f.req(
-        "version 2",
-        &[
-            ("id", 0.into()),
-            ("op", "hello".into()),
-            ("version", 2.into()),
-        ],
-    )
-    .err()
-    .closes();
+    f.call("version 2", 0, "hello", &[("version", 2.into())])
+        .err()
+        .closes();
     out.push(f);
 
     let mut f = F::new(
         "17-close-bad-hello",
         "a first request that is not a valid hello (here: no version): bad_request, then close",
     );
-    f.req(
-        "hello without version",
-        &[("id", 0.into()), ("op", "hello".into())],
-    )
-    .err()
-    .closes();
+    f.call("hello without version", 0, "hello", &[])
+        .err()
+        .closes();
     out.push(f);
     out
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let redis = RedisServer::start().await?;
-    let work = tempfile::tempdir()?;
-    let mut daemon = vectors::spawn_daemon(&redis, work.path())?;
-    daemon.wait_ready(Duration::from_secs(20)).await?;
+    let daemon = vectors::start_daemon().await?;
     let mut files = vec![
         handshake(),
         cache(),
@@ -1024,7 +884,7 @@ async fn main() -> Result<()> {
     files.extend(closing());
     let dir = vectors::dir();
     for f in &mut files {
-        vectors::run(&daemon.socket, &mut f.file, Mode::Record).await?;
+        vectors::run(daemon.socket(), &mut f.file, Mode::Record).await?;
         let path = dir.join(format!("{}.json", f.name));
         std::fs::write(&path, serde_json::to_string_pretty(&f.file)? + "\n")?;
         println!("wrote {}", path.display());

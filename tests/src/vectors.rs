@@ -86,15 +86,31 @@ pub fn load(path: &Path) -> Result<VectorFile> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Starts `shoald` exactly as the vectors README tells any replayer to:
-/// `--config tests/vectors/shoal.toml --socket ... --redis-url ...`.
-pub fn spawn_daemon(redis: &RedisServer, work: &Path) -> Result<DaemonProcess> {
-    let socket = work.join("vectors.sock");
+/// A private Redis and a `shoald` process configured for the vectors, ready.
+#[derive(Debug)]
+pub struct VectorDaemon {
+    pub daemon: DaemonProcess,
+    _work: tempfile::TempDir,
+    _redis: RedisServer,
+}
+
+impl VectorDaemon {
+    pub fn socket(&self) -> &Path {
+        &self.daemon.socket
+    }
+}
+
+/// Starts `shoald` exactly as the vectors README tells any replayer to
+/// (`--config tests/vectors/shoal.toml --socket ... --redis-url ...`) against a
+/// private Redis, and waits until it reports ready.
+pub async fn start_daemon() -> Result<VectorDaemon> {
+    let redis = RedisServer::start().await?;
+    let work = tempfile::tempdir()?;
     let child = Command::new(workspace_bin("shoald")?)
         .arg("--config")
         .arg(dir().join("shoal.toml"))
         .arg("--socket")
-        .arg(&socket)
+        .arg(work.path().join("vectors.sock"))
         .arg("--redis-url")
         .arg(redis.url())
         .arg("--node-id")
@@ -104,7 +120,18 @@ pub fn spawn_daemon(redis: &RedisServer, work: &Path) -> Result<DaemonProcess> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting shoald")?;
-    Ok(DaemonProcess { child, socket })
+    let mut daemon = DaemonProcess {
+        child,
+        socket: work.path().join("vectors.sock"),
+    };
+    daemon
+        .wait_ready(std::time::Duration::from_secs(20))
+        .await?;
+    Ok(VectorDaemon {
+        daemon,
+        _work: work,
+        _redis: redis,
+    })
 }
 
 // ---- hex ----

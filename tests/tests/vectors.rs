@@ -8,11 +8,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use shoal_tests::vectors::{self, Mode, TypedValue};
-use shoal_tests::RedisServer;
 
 fn repo_file(rel: &str) -> Result<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
@@ -21,10 +19,7 @@ fn repo_file(rel: &str) -> Result<String> {
 
 #[tokio::test]
 async fn vectors_replay_against_a_real_daemon() -> Result<()> {
-    let redis = RedisServer::start().await?;
-    let work = tempfile::tempdir()?;
-    let mut daemon = vectors::spawn_daemon(&redis, work.path())?;
-    daemon.wait_ready(Duration::from_secs(20)).await?;
+    let daemon = vectors::start_daemon().await?;
     let files = vectors::files()?;
     assert!(files.len() >= 10, "vector files missing: {files:?}");
     // Twice against the same daemon and Redis: a client author may replay the
@@ -32,7 +27,7 @@ async fn vectors_replay_against_a_real_daemon() -> Result<()> {
     for round in 1..=2 {
         for path in &files {
             let mut file = vectors::load(path)?;
-            vectors::run(&daemon.socket, &mut file, Mode::Check)
+            vectors::run(daemon.socket(), &mut file, Mode::Check)
                 .await
                 .with_context(|| format!("round {round}: {}", path.display()))?;
         }
