@@ -2,7 +2,7 @@
 //!
 //! One dedicated Pub/Sub connection per daemon. Pub/Sub alone is at-most-once, so
 //! every change is also in the invalidation log (a trimmed stream) and this task
-//! closes the gaps (DESIGN.md, coherence point 4):
+//! closes the gaps (ARCHITECTURE.md, "Why it is built this way"):
 //! 1. While not subscribed, L1 is untrusted (reads bypass it, fills are void).
 //! 2. After `SUBSCRIBE` is confirmed, check Redis's identity (run_id + epoch key):
 //!    changed means Redis lost data, so flush. Otherwise replay the log after the

@@ -7,6 +7,7 @@
 
 pub mod proxy;
 pub mod raw;
+pub mod vectors;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
