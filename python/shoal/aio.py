@@ -173,6 +173,7 @@ class AsyncClient:
         self._retry_at = 0.0
         self._last_error: Optional[ShoalError] = None
         self._hello: Optional[HelloResult] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     @classmethod
     async def connect(cls, socket_path: str = DEFAULT_SOCKET_PATH, **kwargs: Any) -> "AsyncClient":
@@ -198,6 +199,8 @@ class AsyncClient:
         self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._loop is not asyncio.get_running_loop():
+                return  # the connection belongs to another loop; it closes with it
             conn.kill(ClosedError("the shoal client was closed"))
             if conn.closed_fut is not None:
                 await conn.closed_fut
@@ -240,8 +243,10 @@ class AsyncClient:
             return conn
         if self._closed:
             raise ClosedError("the shoal client was closed")
-        if self._reconnect is None:
-            self._reconnect = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._rebind(loop)
+        assert self._reconnect is not None
         async with self._reconnect:
             conn = self._conn
             if conn is not None and conn.dead is None:
@@ -280,12 +285,22 @@ class AsyncClient:
             raise err
         return call.parse(msg["ok"])
 
+    def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Used from another event loop (a test client's portal, a second
+        ``asyncio.run``): the old connection belongs to the old loop, so start
+        afresh. The old socket closes when its loop is collected."""
+        self._loop = loop
+        self._conn = None
+        self._sem = asyncio.Semaphore(self.max_inflight)
+        self._reconnect = asyncio.Lock()
+
     async def _send(self, op: str, fields: Dict[str, Any], timeout: float) -> Dict[Any, Any]:
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._rebind(loop)
         deadline = time.monotonic() + timeout
         sem = self._sem
-        if sem is None:
-            sem = self._sem = asyncio.Semaphore(self.max_inflight)
+        assert sem is not None
         if sem.locked():
             try:
                 await asyncio.wait_for(sem.acquire(), max(0.0, deadline - time.monotonic()))
