@@ -5,6 +5,7 @@ and get_or_load's one loader across two daemons: real processes throughout
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
@@ -17,11 +18,19 @@ import shoal
 from conftest import Cluster, Daemon, wait_until
 
 
+def thread_state(pid: int, tid: str) -> str:
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 @contextmanager
 def frozen(d: Daemon) -> Iterator[None]:
     """The daemon process stopped (SIGSTOP) for the block: it reads nothing and answers nothing."""
     assert d.proc is not None
     d.proc.send_signal(signal.SIGSTOP)
+    pid = d.proc.pid
+    # kill() returns before every thread has stopped; wait until all have.
+    wait_until("shoald stopped", lambda: all(thread_state(pid, t) in "tT" for t in os.listdir(f"/proc/{pid}/task")))
     try:
         yield
     finally:
