@@ -43,13 +43,14 @@ _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 class _Slot:
-    """Where one call's response lands."""
+    """Where one call's response lands. ``event`` is created only if the caller
+    has to sleep while another thread reads (see :meth:`_Conn.wait`)."""
 
     __slots__ = ("msg", "event")
 
     def __init__(self) -> None:
         self.msg: Optional[Dict[Any, Any]] = None
-        self.event = threading.Event()
+        self.event: Optional[threading.Event] = None
 
 
 class _Conn:
@@ -57,7 +58,8 @@ class _Conn:
         self.sock = sock
         self.wlock = threading.Lock()
         self.rlock = threading.Lock()
-        self.plock = threading.Lock()
+        # Guards `pending`; callers wait on it for an in-flight slot.
+        self.cond = threading.Condition(threading.Lock())
         self.pending: Dict[int, _Slot] = {}
         self.buf = bytearray()
         self.dead: Optional[ShoalError] = None
@@ -69,16 +71,35 @@ class _Conn:
         self.wpoll.register(sock.fileno(), select.POLLOUT | select.POLLERR | select.POLLHUP)
 
     def kill(self, reason: ShoalError) -> None:
-        with self.plock:
+        with self.cond:
             if self.dead is None:
                 self.dead = reason
-            slots, self.pending = self.pending, {}
-        for s in slots.values():
-            s.event.set()
+            slots = list(self.pending.values())
+            self.cond.notify_all()
+        for s in slots:
+            if s.event is not None:
+                s.event.set()
         try:
             self.sock.close()
         except OSError:
             pass
+
+    def register(self, rid: int, slot: _Slot, deadline: float, max_inflight: int) -> None:
+        """Adds a pending call, waiting while ``max_inflight`` calls are in flight."""
+        with self.cond:
+            while len(self.pending) >= max_inflight and self.dead is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CallTimeoutError("no in-flight slot within the call timeout")
+                self.cond.wait(left)
+            if self.dead is not None:
+                raise _copy(self.dead)
+            self.pending[rid] = slot
+
+    def unregister(self, rid: int) -> None:
+        with self.cond:
+            if self.pending.pop(rid, None) is not None:
+                self.cond.notify()
 
     def send(self, frame: bytes, deadline: float) -> None:
         """Writes a whole frame; a frame left half-written kills the connection
@@ -103,12 +124,14 @@ class _Conn:
                         self.kill(ConnectionLostError("a request was abandoned half-written"))
                     raise CallTimeoutError("shoald did not take the request within the call timeout")
 
-    def wait(self, rid: int, slot: _Slot, deadline: float) -> Dict[Any, Any]:
-        """Waits for the response to ``rid``, reading the socket while holding
-        the read lock, or sleeping until the reader hands it over."""
+    def wait(self, slot: _Slot, deadline: float) -> Dict[Any, Any]:
+        """Waits for the slot's response: reads the socket while holding the read
+        lock (handing other callers their responses), or sleeps until the
+        reader hands this one over or lets go of the socket."""
         while True:
-            if slot.msg is not None:
-                return slot.msg
+            msg = slot.msg
+            if msg is not None:
+                return msg
             if self.dead is not None:
                 raise _copy(self.dead)
             if self.rlock.acquire(blocking=False):
@@ -116,33 +139,46 @@ class _Conn:
                     return self._read_until(slot, deadline)
                 finally:
                     self.rlock.release()
-                    self._wake_a_follower()
+                    if len(self.pending) > 1:
+                        self._wake_a_follower()
+            ev = slot.event
+            if ev is None:
+                ev = slot.event = threading.Event()
+            # Set the event before looking at msg and the read lock; the reader
+            # sets msg (or releases the lock) before looking at events. Under
+            # the GIL one of the two sides sees the other.
+            if slot.msg is not None or not self.rlock.locked():
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CallTimeoutError("shoald did not answer within the call timeout")
-            slot.event.wait(left)
-            slot.event.clear()
+            ev.wait(left)
+            ev.clear()
 
     def _wake_a_follower(self) -> None:
-        with self.plock:
-            for s in self.pending.values():
-                if s.msg is None:
-                    s.event.set()
-                    return
+        with self.cond:
+            slots = list(self.pending.values())
+        for s in slots:
+            if s.msg is None and s.event is not None:
+                s.event.set()
+                return
 
     def _read_until(self, slot: _Slot, deadline: float) -> Dict[Any, Any]:
         sock = self.sock
-        while slot.msg is None:
+        while True:
+            msg = slot.msg
+            if msg is not None:
+                return msg
             if self.dead is not None:
                 raise _copy(self.dead)
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.rpoll.poll(left * 1000.0):
+                if slot.msg is not None:
+                    continue
+                raise CallTimeoutError("shoald did not answer within the call timeout")
             try:
                 data = sock.recv(_READ)
             except (BlockingIOError, InterruptedError):
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.rpoll.poll(left * 1000.0):
-                    if slot.msg is not None:
-                        break
-                    raise CallTimeoutError("shoald did not answer within the call timeout") from None
                 continue
             except OSError as e:
                 self.kill(ConnectionLostError(f"reading from shoald failed: {e}"))
@@ -154,12 +190,15 @@ class _Conn:
                 self._frames(data)
             except ShoalError as e:
                 self.kill(e)
-        return slot.msg
 
     def _frames(self, data: bytes) -> None:
         buf = self.buf
-        buf += data
+        if buf:
+            buf += data
+        else:
+            buf = bytearray(data)
         pos, n = 0, len(buf)
+        pending = self.pending
         try:
             while n - pos >= 4:
                 (length,) = P.HEADER.unpack_from(buf, pos)
@@ -171,18 +210,18 @@ class _Conn:
                 msg = P.decode_body(bytes(buf[pos + 4 : end]))
                 pos = end
                 rid = msg["id"]
-                with self.plock:
-                    s = self.pending.pop(rid, None)
+                s = pending.get(rid)
                 if s is None:
                     if rid == 0:
                         err = P.error_of(msg)
                         raise err if err is not None else ProtocolError("unsolicited response with id 0")
-                    continue
+                    continue  # a call that gave up
                 s.msg = msg
-                s.event.set()
+                ev = s.event
+                if ev is not None:
+                    ev.set()
         finally:
-            if pos:
-                del buf[:pos]
+            self.buf = buf[pos:] if pos < n else bytearray()
 
 
 class Client:
@@ -220,7 +259,6 @@ class Client:
         self._ids = itertools.count(1)
         self._conn: Optional[_Conn] = None
         self._closed = False
-        self._sem = threading.BoundedSemaphore(max_inflight)
         self._reconnect = threading.Lock()
         self._failures = 0
         self._retry_at = 0.0
@@ -265,8 +303,10 @@ class Client:
         slot = _Slot()
         conn.pending[0] = slot
         try:
-            conn.send(P.encode_request(0, "hello", {"version": P.VERSION, "client": self.client_name}, P.DEFAULT_MAX_FRAME), deadline)
-            msg = conn.wait(0, slot, deadline)
+            hello = {"version": P.VERSION, "client": self.client_name}
+            conn.send(P.encode_request(0, "hello", hello, P.DEFAULT_MAX_FRAME), deadline)
+            msg = conn.wait(slot, deadline)
+            conn.pending.pop(0, None)
         except (ConnectionLostError, CallTimeoutError) as e:
             conn.kill(ConnectError("handshake failed"))
             raise ConnectError(f"handshake with shoald at {self.socket_path} failed: {e}") from e
@@ -315,27 +355,18 @@ class Client:
 
     def _run(self, call: Call[T], timeout: Optional[float] = None) -> T:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        if not self._sem.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise CallTimeoutError("no in-flight slot within the call timeout")
+        conn = self._conn
+        if conn is None or conn.dead is not None:
+            conn = self._connection(deadline)
+        rid = next(self._ids)
+        frame = P.encode_request(rid, call.op, call.fields, conn.max_frame)
+        slot = _Slot()
+        conn.register(rid, slot, deadline, self.max_inflight)
         try:
-            conn = self._conn
-            if conn is None or conn.dead is not None:
-                conn = self._connection(deadline)
-            rid = next(self._ids)
-            frame = P.encode_request(rid, call.op, call.fields, conn.max_frame)
-            slot = _Slot()
-            with conn.plock:
-                if conn.dead is not None:
-                    raise _copy(conn.dead)
-                conn.pending[rid] = slot
-            try:
-                conn.send(frame, deadline)
-                msg = conn.wait(rid, slot, deadline)
-            finally:
-                with conn.plock:
-                    conn.pending.pop(rid, None)
+            conn.send(frame, deadline)
+            msg = conn.wait(slot, deadline)
         finally:
-            self._sem.release()
+            conn.unregister(rid)
         err = P.error_of(msg)
         if err is not None:
             raise err

@@ -133,8 +133,17 @@ def test_timeouts_cancellation_and_inflight_bound(own_cluster: Cluster) -> None:
     with frozen(d):
         with pytest.raises(shoal.CallTimeoutError):
             c._run(shoal._proto.cache_get_value("k"), timeout=0.2)
+        # One call in flight (in another thread) fills the bound of 1.
+        got: List[object] = []
+        t = threading.Thread(target=lambda: got.append(c.get("k")))
+        t.start()
+        wait_until("the thread's call is in flight", lambda: len(c._conn.pending) == 1)
+        with pytest.raises(shoal.CallTimeoutError, match="in-flight"):
+            c._run(shoal._proto.ping(), timeout=0.2)
+    t.join(5)
+    assert got == [b"w"]
     assert c.get("k") == b"w"  # the late answer to the timed-out call is dropped
-    assert c._conn is conn
+    assert c._conn is conn and conn.pending == {}
     c.close()
 
 
