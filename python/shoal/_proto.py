@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, Tuple, TypeVar, Union
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from .errors import FrameTooLargeError, ProtocolError, ServerError, server_error
 from .ratelimit import Concurrent, Decision, QuotaKeyUsage, QuotaUsage, Reservation
@@ -69,7 +69,7 @@ def encode_request(req_id: int, op: str, fields: Dict[str, Any], max_frame: int)
     msg = {"id": req_id, "op": op}
     msg.update(fields)
     try:
-        body = msgpack.packb(msg, use_bin_type=True)
+        body: bytes = msgpack.packb(msg, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"cannot encode the {op} request: {e}") from e
     if len(body) > max_frame:
@@ -329,7 +329,8 @@ def pack(obj: Any) -> bytes:
     struct reads here as a dict keyed by field name.
     """
     try:
-        return msgpack.packb(obj, use_bin_type=True)
+        out: bytes = msgpack.packb(obj, use_bin_type=True)
+        return out
     except (TypeError, ValueError, OverflowError) as e:
         from .errors import CodecError
 

@@ -322,7 +322,8 @@ class AsyncClient:
                 loop.time() + max(0.0, deadline - time.monotonic()), _expire, fut
             )
             try:
-                return await fut
+                msg: Dict[Any, Any] = await fut
+                return msg
             finally:
                 timer.cancel()
                 conn.pending.pop(rid, None)
