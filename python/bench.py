@@ -4,7 +4,8 @@ Rows (median of several blocks, microseconds per call):
 
 - raw sync ping: a pre-encoded ``ping`` frame written with ``socket.send`` and
   its answer read with ``recv`` on a blocking socket: the floor of any
-  blocking Python round trip to shoald.
+  blocking Python round trip to shoald. The same with a pre-encoded
+  ``cache.get`` of an L1-resident key shows what the daemon adds for a hit.
 - sync ``Client.get`` (L1 hit);
 - raw asyncio ping: a minimal ``asyncio.Protocol`` that writes the frame and
   resolves a future when the answer arrives: the floor for asyncio.
@@ -105,7 +106,15 @@ def run(sock_path: str, n: int) -> List[str]:
     client = shoal.Client(sock_path)
     client.set("bench:key", b"x" * 100, ttl=600)
     assert client.get_full("bench:key").source == "l1"
+    get_frame = msgpack.packb({"id": 2, "op": "cache.get", "key": "bench:key"})
+    get_frame = len(get_frame).to_bytes(4, "big") + get_frame
+
+    def raw_get() -> None:
+        raw.sendall(get_frame)
+        recv_frame(raw)
+
     raw_ping_us = per_call_us(raw_ping, n)
+    raw_get_us = per_call_us(raw_get, n)
     sync_get_us = per_call_us(lambda: client.get("bench:key"), n)
     sync_ping_us = per_call_us(client.ping, n)
     raw.close()
@@ -144,6 +153,7 @@ def run(sock_path: str, n: int) -> List[str]:
         await c.close()
 
         out.append(f"| raw sync ping (socket send/recv) | {raw_ping_us:.1f} µs | 1.00× |")
+        out.append(f"| raw sync `cache.get` L1 hit (pre-encoded frame, reply not decoded) | {raw_get_us:.1f} µs | {raw_get_us / raw_ping_us:.2f}× |")
         out.append(f"| `Client.ping` | {sync_ping_us:.1f} µs | {sync_ping_us / raw_ping_us:.2f}× |")
         out.append(f"| `Client.get`, L1 hit | {sync_get_us:.1f} µs | {sync_get_us / raw_ping_us:.2f}× |")
         out.append(f"| raw asyncio ping (Protocol + future) | {raw_async_us:.1f} µs | 1.00× |")

@@ -50,13 +50,16 @@ def duration_ms(d: Seconds) -> int:
     return min(int(math.ceil(s * 1000.0)), MAX_DURATION_MS)
 
 
-@dataclass(frozen=True)
 class Call(Generic[T]):
-    """One request: op, argument fields, and the parser of its ``ok`` result."""
+    """One request: op, argument fields, and the parser of its ``ok`` result.
+    (A plain slotted class: one is built per call, on the hot path.)"""
 
-    op: str
-    fields: Dict[str, Any]
-    parse: Callable[[Any], T]
+    __slots__ = ("op", "fields", "parse")
+
+    def __init__(self, op: str, fields: Dict[str, Any], parse: Callable[[Any], T]) -> None:
+        self.op = op
+        self.fields = fields
+        self.parse = parse
 
 
 def encode_request(req_id: int, op: str, fields: Dict[str, Any], max_frame: int) -> bytes:
@@ -66,8 +69,7 @@ def encode_request(req_id: int, op: str, fields: Dict[str, Any], max_frame: int)
     sending when the body exceeds ``max_frame``: the daemon would answer it by
     closing the connection, failing every other call in flight.
     """
-    msg = {"id": req_id, "op": op}
-    msg.update(fields)
+    msg = {"id": req_id, "op": op, **fields}
     try:
         body: bytes = msgpack.packb(msg, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
