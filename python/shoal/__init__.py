@@ -11,7 +11,8 @@ Web middleware: :mod:`shoal.asgi` (Starlette / FastAPI) and :mod:`shoal.wsgi`.
 """
 
 from ._proto import GetResult, HelloResult, Session, SessionCreated, SessionListEntry, pack, unpack
-from .aio import DEFAULT_SOCKET_PATH, AsyncClient
+from ._base import DEFAULT_SOCKET_PATH
+from .aio import AsyncClient
 from .cookie import DEFAULT_COOKIE_NAME, SessionCookie
 from .errors import (
     BadRequestError,

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import time
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
 
 from . import _proto as P
+from ._base import DEFAULT_SOCKET_PATH, ClientBase, copy_error
 from ._proto import Call, GetResult, HelloResult, Seconds, Session, SessionCreated, SessionListEntry
 from .errors import (
     CallTimeoutError,
@@ -38,11 +38,6 @@ from .errors import (
 from .ratelimit import Concurrent, Decision, QuotaUsage, Reservation
 
 T = TypeVar("T")
-
-DEFAULT_SOCKET_PATH = "/run/shoal/shoal.sock"
-"""Where shoald listens unless configured otherwise."""
-
-CLIENT_NAME = "shoal-client-python/0.1.0"
 
 _MAX_WAIT_ROUND = 0.05
 """Longest single sleep of ``get_or_load`` while another caller fills the key."""
@@ -113,21 +108,12 @@ class _Conn(asyncio.Protocol):
         pending, self.pending = self.pending, {}
         for fut in pending.values():
             if not fut.done():
-                fut.set_exception(_copy(self.dead))
+                fut.set_exception(copy_error(self.dead))
         if self.transport is not None:
             self.transport.close()
 
 
-def _copy(e: ShoalError) -> ShoalError:
-    """A fresh exception of the same type and code: one failure is raised in many
-    callers, and re-raising one instance would chain their tracebacks."""
-    c = type(e).__new__(type(e))
-    c.__dict__.update(e.__dict__)
-    c.args = e.args
-    return c
-
-
-class AsyncClient:
+class AsyncClient(ClientBase):
     """An asyncio client of shoald. Create one per process (per event loop) and
     share it between tasks; it connects on first use.
 
@@ -144,35 +130,10 @@ class AsyncClient:
         user = await client.get_value("user:42")
     """
 
-    def __init__(
-        self,
-        socket_path: str = DEFAULT_SOCKET_PATH,
-        *,
-        timeout: float = 5.0,
-        connect_timeout: float = 1.0,
-        max_inflight: int = 1024,
-        reconnect_backoff: Tuple[float, float] = (0.01, 1.0),
-        client_name: str = CLIENT_NAME,
-        lease_wait_max: float = 1.0,
-    ) -> None:
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be at least 1")
-        self.socket_path = str(socket_path)
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.max_inflight = max_inflight
-        self.backoff_min, self.backoff_max = reconnect_backoff[0], max(reconnect_backoff)
-        self.client_name = client_name
-        self.lease_wait_max = lease_wait_max
-        self._ids = itertools.count(1)
+    def _init_conn(self) -> None:
         self._conn: Optional[_Conn] = None
-        self._closed = False
         self._sem: Optional[asyncio.Semaphore] = None
         self._reconnect: Optional[asyncio.Lock] = None
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error: Optional[ShoalError] = None
-        self._hello: Optional[HelloResult] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     @classmethod
@@ -188,11 +149,6 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    @property
-    def server_info(self) -> Optional[HelloResult]:
-        """The last handshake's answer (node id, server version, ``max_frame``)."""
-        return self._hello
 
     async def close(self) -> None:
         """Closes the connection; in-flight and later calls raise :class:`~shoal.ClosedError`."""
@@ -251,30 +207,22 @@ class AsyncClient:
             conn = self._conn
             if conn is not None and conn.dead is None:
                 return conn
-            now = time.monotonic()
-            if now < self._retry_at and self._last_error is not None:
-                raise _copy(self._last_error)
+            pending_error = self._backing_off()
+            if pending_error is not None:
+                raise pending_error
             try:
-                remaining = max(0.0, min(deadline - now, self.connect_timeout))
+                remaining = max(0.0, min(deadline - time.monotonic(), self.connect_timeout))
                 conn = await asyncio.wait_for(self._open(), remaining)
             except asyncio.TimeoutError:
                 err: ShoalError = ConnectError(f"connecting to shoald at {self.socket_path} timed out")
-                self._failed(err)
+                self._connect_failed(err)
                 raise err from None
             except ShoalError as e:
-                self._failed(e)
+                self._connect_failed(e)
                 raise
-            self._failures = 0
-            self._last_error = None
             self._conn = conn
-            self._hello = conn.hello
+            self._connected(conn.hello)
             return conn
-
-    def _failed(self, err: ShoalError) -> None:
-        delay = min(self.backoff_max, self.backoff_min * (2 ** min(self._failures, 30)))
-        self._failures += 1
-        self._retry_at = time.monotonic() + delay
-        self._last_error = err
 
     # ---- calls ----
 

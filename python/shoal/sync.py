@@ -15,7 +15,6 @@ with ``code`` and ``retryable``.
 
 from __future__ import annotations
 
-import itertools
 import select
 import socket
 import threading
@@ -24,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 from . import _proto as P
 from ._proto import Call, GetResult, HelloResult, Seconds, Session, SessionCreated, SessionListEntry
-from .aio import CLIENT_NAME, DEFAULT_SOCKET_PATH, _copy
+from ._base import DEFAULT_SOCKET_PATH, ClientBase, copy_error
 from .errors import (
     CallTimeoutError,
     ClosedError,
@@ -93,7 +92,7 @@ class _Conn:
                     raise CallTimeoutError("no in-flight slot within the call timeout")
                 self.cond.wait(left)
             if self.dead is not None:
-                raise _copy(self.dead)
+                raise copy_error(self.dead)
             self.pending[rid] = slot
 
     def unregister(self, rid: int) -> None:
@@ -106,7 +105,7 @@ class _Conn:
         (the daemon would read the next request as the rest of this one)."""
         with self.wlock:
             if self.dead is not None:
-                raise _copy(self.dead)
+                raise copy_error(self.dead)
             view = memoryview(frame)
             sent = 0
             while sent < len(view):
@@ -133,7 +132,7 @@ class _Conn:
             if msg is not None:
                 return msg
             if self.dead is not None:
-                raise _copy(self.dead)
+                raise copy_error(self.dead)
             if self.rlock.acquire(blocking=False):
                 try:
                     return self._read_until(slot, deadline)
@@ -170,7 +169,7 @@ class _Conn:
             if msg is not None:
                 return msg
             if self.dead is not None:
-                raise _copy(self.dead)
+                raise copy_error(self.dead)
             left = deadline - time.monotonic()
             if left <= 0 or not self.rpoll.poll(left * 1000.0):
                 if slot.msg is not None:
@@ -224,7 +223,7 @@ class _Conn:
             self.buf = buf[pos:] if pos < n else bytearray()
 
 
-class Client:
+class Client(ClientBase):
     """A blocking client of shoald, with the same methods as
     :class:`shoal.AsyncClient` (without ``await``). Create one per process and
     share it between threads; it connects on first use.
@@ -236,34 +235,9 @@ class Client:
         user = client.get_value("user:42")
     """
 
-    def __init__(
-        self,
-        socket_path: str = DEFAULT_SOCKET_PATH,
-        *,
-        timeout: float = 5.0,
-        connect_timeout: float = 1.0,
-        max_inflight: int = 1024,
-        reconnect_backoff: Tuple[float, float] = (0.01, 1.0),
-        client_name: str = CLIENT_NAME,
-        lease_wait_max: float = 1.0,
-    ) -> None:
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be at least 1")
-        self.socket_path = str(socket_path)
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.max_inflight = max_inflight
-        self.backoff_min, self.backoff_max = reconnect_backoff[0], max(reconnect_backoff)
-        self.client_name = client_name
-        self.lease_wait_max = lease_wait_max
-        self._ids = itertools.count(1)
+    def _init_conn(self) -> None:
         self._conn: Optional[_Conn] = None
-        self._closed = False
         self._reconnect = threading.Lock()
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error: Optional[ShoalError] = None
-        self._hello: Optional[HelloResult] = None
 
     @classmethod
     def connect(cls, socket_path: str = DEFAULT_SOCKET_PATH, **kwargs: Any) -> "Client":
@@ -277,11 +251,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @property
-    def server_info(self) -> Optional[HelloResult]:
-        """The last handshake's answer (node id, server version, ``max_frame``)."""
-        return self._hello
 
     def close(self) -> None:
         """Closes the connection; in-flight and later calls raise :class:`~shoal.ClosedError`."""
@@ -334,21 +303,16 @@ class Client:
             conn = self._conn
             if conn is not None and conn.dead is None:
                 return conn
-            now = time.monotonic()
-            if now < self._retry_at and self._last_error is not None:
-                raise _copy(self._last_error)
+            pending_error = self._backing_off()
+            if pending_error is not None:
+                raise pending_error
             try:
-                conn = self._open(min(deadline, now + self.connect_timeout))
+                conn = self._open(min(deadline, time.monotonic() + self.connect_timeout))
             except ShoalError as e:
-                delay = min(self.backoff_max, self.backoff_min * (2 ** min(self._failures, 30)))
-                self._failures += 1
-                self._retry_at = time.monotonic() + delay
-                self._last_error = e
+                self._connect_failed(e)
                 raise
-            self._failures = 0
-            self._last_error = None
             self._conn = conn
-            self._hello = conn.hello
+            self._connected(conn.hello)
             return conn
         finally:
             self._reconnect.release()
