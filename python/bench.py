@@ -1,6 +1,8 @@
 """Speed of the Python client, measured in one run against a real shoald.
 
-Rows (median of several blocks, microseconds per call):
+Rows (microseconds per call: the median over rounds; in each round every row
+of a group runs one block, so the ratio, the median of per-round ratios to the
+group's raw row, compares blocks run under the same machine load):
 
 - raw sync ping: a pre-encoded ``ping`` frame written with ``socket.send`` and
   its answer read with ``recv`` on a blocking socket: the floor of any
@@ -27,13 +29,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Awaitable, Callable, List, Optional
+from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
 import msgpack
 
 import shoal
 
-BLOCKS = 7
+BLOCKS = 15
 
 
 def ping_frame(rid: int) -> bytes:
@@ -56,24 +58,31 @@ def recv_frame(s: socket.socket) -> bytes:
     return buf
 
 
-def per_call_us(fn: Callable[[], None], n: int) -> float:
-    samples = []
-    for _ in range(BLOCKS):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(samples)
+def timed(fn: Callable[[], None], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
 
 
-async def per_call_us_async(fn: Callable[[], Awaitable[object]], n: int) -> float:
-    samples = []
-    for _ in range(BLOCKS):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await fn()
-        samples.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(samples)
+async def timed_async(fn: Callable[[], Awaitable[object]], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def summarise(rounds: List[Dict[str, float]], base: str) -> Dict[str, Tuple[float, float]]:
+    """Median per-call time of each row, and the median of its per-round ratio
+    to ``base``: rows are interleaved round by round, so a ratio compares
+    blocks that ran under the same machine load."""
+    return {
+        name: (
+            statistics.median(r[name] for r in rounds),
+            statistics.median(r[name] / r[base] for r in rounds),
+        )
+        for name in rounds[0]
+    }
 
 
 class RawPing(asyncio.Protocol):
@@ -113,10 +122,16 @@ def run(sock_path: str, n: int) -> List[str]:
         raw.sendall(get_frame)
         recv_frame(raw)
 
-    raw_ping_us = per_call_us(raw_ping, n)
-    raw_get_us = per_call_us(raw_get, n)
-    sync_get_us = per_call_us(lambda: client.get("bench:key"), n)
-    sync_ping_us = per_call_us(client.ping, n)
+    sync_rounds: List[Dict[str, float]] = []
+    for _ in range(BLOCKS):
+        sync_rounds.append(
+            {
+                "raw sync ping (socket send/recv)": timed(raw_ping, n),
+                "raw sync `cache.get` L1 hit (pre-encoded frame, reply not decoded)": timed(raw_get, n),
+                "`Client.ping`": timed(client.ping, n),
+                "`Client.get`, L1 hit": timed(lambda: client.get("bench:key"), n),
+            }
+        )
     raw.close()
     client.close()
 
@@ -133,9 +148,15 @@ def run(sock_path: str, n: int) -> List[str]:
             await proto.fut
 
         c = await shoal.AsyncClient.connect(sock_path)
-        raw_async_us = await per_call_us_async(raw_async_ping, n)
-        async_get_us = await per_call_us_async(lambda: c.get("bench:key"), n)
-        async_ping_us = await per_call_us_async(c.ping, n)
+        async_rounds: List[Dict[str, float]] = []
+        for _ in range(BLOCKS):
+            async_rounds.append(
+                {
+                    "raw asyncio ping (Protocol + future)": await timed_async(raw_async_ping, n),
+                    "`AsyncClient.ping`": await timed_async(c.ping, n),
+                    "`AsyncClient.get`, L1 hit": await timed_async(lambda: c.get("bench:key"), n),
+                }
+            )
         transport.close()
 
         # Pipelined: `width` tasks each doing gets on one connection.
@@ -152,13 +173,12 @@ def run(sock_path: str, n: int) -> List[str]:
             rates.append(width * per_task / (time.perf_counter() - t0))
         await c.close()
 
-        out.append(f"| raw sync ping (socket send/recv) | {raw_ping_us:.1f} µs | 1.00× |")
-        out.append(f"| raw sync `cache.get` L1 hit (pre-encoded frame, reply not decoded) | {raw_get_us:.1f} µs | {raw_get_us / raw_ping_us:.2f}× |")
-        out.append(f"| `Client.ping` | {sync_ping_us:.1f} µs | {sync_ping_us / raw_ping_us:.2f}× |")
-        out.append(f"| `Client.get`, L1 hit | {sync_get_us:.1f} µs | {sync_get_us / raw_ping_us:.2f}× |")
-        out.append(f"| raw asyncio ping (Protocol + future) | {raw_async_us:.1f} µs | 1.00× |")
-        out.append(f"| `AsyncClient.ping` | {async_ping_us:.1f} µs | {async_ping_us / raw_async_us:.2f}× |")
-        out.append(f"| `AsyncClient.get`, L1 hit | {async_get_us:.1f} µs | {async_get_us / raw_async_us:.2f}× |")
+        for rounds, base in (
+            (sync_rounds, "raw sync ping (socket send/recv)"),
+            (async_rounds, "raw asyncio ping (Protocol + future)"),
+        ):
+            for name, (us, ratio) in summarise(rounds, base).items():
+                out.append(f"| {name} | {us:.1f} µs | {ratio:.2f}× |")
         out.append(
             f"| `AsyncClient.get` pipelined ({width} tasks, one connection) | "
             f"{statistics.median(rates):,.0f} gets/s | |"
@@ -173,7 +193,7 @@ def main() -> None:
     ap.add_argument("--socket", help="a running shoald's socket (default: start one)")
     ap.add_argument("-n", type=int, default=5000, help="calls per timed block")
     args = ap.parse_args()
-    print(f"python {sys.version.split()[0]}, {BLOCKS} blocks of {args.n} calls, median per call")
+    print(f"python {sys.version.split()[0]}, {BLOCKS} rounds of {args.n} calls per row")
     if args.socket:
         rows = run(args.socket, args.n)
     else:
@@ -186,7 +206,7 @@ def main() -> None:
                 rows = run(cluster.daemon("bench").socket, args.n)
             finally:
                 cluster.close()
-    print("| what | per call | vs raw |\n|---|---|---|")
+    print("| what | per call | vs raw (same round) |\n|---|---|---|")
     print("\n".join(rows))
 
 

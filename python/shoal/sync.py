@@ -6,7 +6,8 @@ threads pipeline over one socket. There is no reader thread: whichever waiting
 caller holds the read lock reads frames and hands other callers' responses to
 them (a leader/follower scheme), so a single-threaded program pays one
 ``send`` and one ``recv`` per call and no thread hand-off. The socket is
-non-blocking underneath; waits use ``select.poll`` with the call's deadline.
+blocking with a kernel timeout of 20 ms per ``recv``/``send`` (``SO_RCVTIMEO``,
+``SO_SNDTIMEO``), so a wait wakes in time to honour the call's deadline.
 
 Same guarantees as the asyncio client: bounded in-flight calls, a timeout per
 call (connecting included), reconnect with exponential backoff, typed errors
@@ -15,7 +16,7 @@ with ``code`` and ``retryable``.
 
 from __future__ import annotations
 
-import select
+import struct
 import socket
 import threading
 import time
@@ -38,7 +39,13 @@ from .ratelimit import Concurrent, Decision, QuotaUsage, Reservation
 T = TypeVar("T")
 
 _READ = 256 * 1024
-_POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_SLICE = 0.02
+"""The kernel-level timeout (SO_RCVTIMEO / SO_SNDTIMEO) of one blocking
+``recv`` or ``send``. A blocking call costs one syscall, as in a hand-written
+client; a call that waits longer wakes every slice to check its own deadline,
+so per-call timeouts are kept to within a slice."""
+
+_TIMEVAL = struct.Struct("ll")
 
 
 class _Slot:
@@ -64,10 +71,9 @@ class _Conn:
         self.dead: Optional[ShoalError] = None
         self.max_frame = P.DEFAULT_MAX_FRAME
         self.hello: Optional[HelloResult] = None
-        self.rpoll = select.poll()
-        self.rpoll.register(sock.fileno(), _POLLIN)
-        self.wpoll = select.poll()
-        self.wpoll.register(sock.fileno(), select.POLLOUT | select.POLLERR | select.POLLHUP)
+        sec, usec = int(_SLICE), int((_SLICE % 1) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(sec, usec))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(sec, usec))
 
     def kill(self, reason: ShoalError) -> None:
         with self.cond:
@@ -117,8 +123,7 @@ class _Conn:
                 except OSError as e:
                     self.kill(ConnectionLostError(f"writing to shoald failed: {e}"))
                     raise ConnectionLostError(f"writing to shoald failed: {e}") from e
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.wpoll.poll(left * 1000.0):
+                if time.monotonic() >= deadline:
                     if sent:
                         self.kill(ConnectionLostError("a request was abandoned half-written"))
                     raise CallTimeoutError("shoald did not take the request within the call timeout")
@@ -170,14 +175,12 @@ class _Conn:
                 return msg
             if self.dead is not None:
                 raise copy_error(self.dead)
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.rpoll.poll(left * 1000.0):
-                if slot.msg is not None:
-                    continue
-                raise CallTimeoutError("shoald did not answer within the call timeout")
             try:
                 data = sock.recv(_READ)
             except (BlockingIOError, InterruptedError):
+                # A slice passed without data.
+                if time.monotonic() >= deadline and slot.msg is None:
+                    raise CallTimeoutError("shoald did not answer within the call timeout") from None
                 continue
             except OSError as e:
                 self.kill(ConnectionLostError(f"reading from shoald failed: {e}"))
@@ -264,7 +267,7 @@ class Client(ClientBase):
         try:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.connect(self.socket_path)
-            sock.setblocking(False)
+            sock.settimeout(None)
         except OSError as e:
             sock.close()
             raise ConnectError(f"cannot connect to shoald at {self.socket_path}: {e}") from e
