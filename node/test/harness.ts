@@ -162,10 +162,22 @@ export class Daemon {
     readonly node: string,
     readonly dir: string,
     configFile: string,
+    private readonly extraArgs: string[] = [],
   ) {
     this.socket = path.join(dir, `${node}.sock`);
     this.configFile = configFile;
     this.child = this.spawnChild();
+  }
+
+  /**
+   * Starts shoald with a given config file (e.g. tests/vectors/shoal.toml), the
+   * socket, Redis and node id given as flags, and waits until it is ready.
+   */
+  static async startWithConfig(redis: Redis, dir: string, node: string, configFile: string): Promise<Daemon> {
+    const sock = path.join(dir, `${node}.sock`);
+    const d = new Daemon(node, dir, configFile, ['--socket', sock, '--redis-url', redis.url, '--node-id', node]);
+    await d.waitReady();
+    return d;
   }
 
   /** Starts shoald (node id `node`) against `redis` and waits until it reports ready. */
@@ -188,7 +200,7 @@ export class Daemon {
   }
 
   private spawnChild(): ChildProcess {
-    const child = spawn(shoaldBin(), ['--config', this.configFile], {
+    const child = spawn(shoaldBin(), ['--config', this.configFile, ...this.extraArgs], {
       env: { ...process.env, SHOAL_LOG: 'warn' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
