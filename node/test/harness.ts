@@ -242,8 +242,19 @@ export class Daemon {
     await this.waitReady();
   }
 
-  pause(): void {
+  /** SIGSTOP, and wait until every thread of the daemon is stopped. */
+  async pause(): Promise<void> {
     this.child.kill('SIGSTOP');
+    const pid = this.child.pid;
+    await until('shoald stopped', 5000, async () => {
+      const tasks = fs.readdirSync(`/proc/${pid}/task`);
+      const stopped = tasks.every((t) => {
+        const stat = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+        // The state follows the parenthesised command name.
+        return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T');
+      });
+      return stopped ? true : undefined;
+    });
   }
 
   resume(): void {
