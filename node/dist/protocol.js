@@ -33,8 +33,10 @@ const decoder = new msgpack_1.Decoder();
 function encodeRequest(id, op, args) {
     const req = { id, op };
     if (args !== undefined) {
+        // `id` and `op` belong to the envelope: an argument cannot replace them.
         for (const k in args)
-            req[k] = args[k];
+            if (k !== 'id' && k !== 'op')
+                req[k] = args[k];
     }
     const body = encoder.encodeSharedRef(req);
     const frame = Buffer.allocUnsafe(exports.FRAME_HEADER_LEN + body.byteLength);

@@ -32,7 +32,8 @@ const decoder = new Decoder();
 export function encodeRequest(id: number, op: string, args?: Record<string, unknown>): Buffer {
   const req: Record<string, unknown> = { id, op };
   if (args !== undefined) {
-    for (const k in args) req[k] = args[k];
+    // `id` and `op` belong to the envelope: an argument cannot replace them.
+    for (const k in args) if (k !== 'id' && k !== 'op') req[k] = args[k];
   }
   const body = encoder.encodeSharedRef(req);
   const frame = Buffer.allocUnsafe(FRAME_HEADER_LEN + body.byteLength);

@@ -72,6 +72,8 @@ describe('handshake and misc', () => {
 
   test('raw call reaches any op and unknown ops are unknown_op', async () => {
     assert.equal(await c.call('ping'), 'pong');
+    // Arguments cannot replace the envelope's id (the answer would be lost).
+    assert.equal(await c.call('ping', { id: 987654, op: 'nope' }, { timeoutMs: 2000 }), 'pong');
     const e = await rejection(c.call('no.such.op'));
     assert.ok(e instanceof ServerError);
     assert.equal(e.code, 'unknown_op');
