@@ -480,6 +480,22 @@ describe('timeouts, cancellation, bounds, reconnects', () => {
     });
   });
 
+  test('after a failed connect, calls fail fast until the backoff has passed', async () => {
+    const slow = await d2.client({ reconnectBackoffMinMs: 60_000, reconnectBackoffMaxMs: 60_000 });
+    await d2.stop();
+    const first = await rejection(slow.ping());
+    assert.ok(first instanceof ConnectionError);
+    await d2.restart();
+    // The daemon is back, but the next attempt is 30-60 s away: no connect now.
+    const started = Date.now();
+    const second = await rejection(slow.ping());
+    assert.ok(second instanceof ConnectionError, String(second));
+    assert.equal(second.retryable, true);
+    assert.ok(Date.now() - started < 500, 'failed at once');
+    assert.equal(slow.connects, 1);
+    slow.close();
+  });
+
   test('close fails later calls with ClosedError', async () => {
     const x = await d1.client();
     x.close();
