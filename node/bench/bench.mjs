@@ -8,6 +8,8 @@
 //   echo floor   - a raw frame to a trivial Node echo server (its own process)
 //                  over a Unix socket, one in flight;
 //   raw ping     - a hand-written `ping` frame to shoald on a raw socket;
+//   raw L1 hit   - a pre-encoded `cache.get` frame of the hot key on a raw socket
+//                  (the daemon's share of an L1 hit, without the client);
 //   client ping  - Client.ping();
 //   L1 hit       - Client.getBytes() of a 100-byte value held in shoald's L1;
 //   typed L1 hit - Client.get() of a small object (MessagePack decode included).
@@ -24,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const { Client } = require(path.join(here, '..', 'dist', 'index.js'));
+const { encode } = require('@msgpack/msgpack');
 const { Daemon, Redis, tempDir } = require(path.join(here, '..', 'build', 'test', 'harness.js'));
 
 const arg = (name, dflt) => {
@@ -80,6 +83,8 @@ function frame(hex) {
 const HELLO = frame('83a26964' + '00' + 'a26f70a568656c6c6f' + 'a776657273696f6e01');
 // {"id": 1, "op": "ping"}
 const PING = frame('82a26964' + '01' + 'a26f70a470696e67');
+// {"id": 2, "op": "cache.get", "key": "bench:hot"}
+const GET_HOT = frame(Buffer.from(encode({ id: 2, op: 'cache.get', key: 'bench:hot' })).toString('hex'));
 
 /** Runs `fn` `n` times sequentially; returns sorted per-call microseconds. */
 async function timeSeq(n, fn) {
@@ -126,6 +131,7 @@ async function main() {
   const rows = {
     'echo floor': () => echoConn.roundtrip(PING),
     'raw ping': () => raw.roundtrip(PING),
+    'raw L1 hit': () => raw.roundtrip(GET_HOT),
     'client ping': () => client.ping(),
     'L1 hit': () => client.getBytes('bench:hot'),
     'typed L1 hit': () => client.get('bench:typed'),

@@ -1,9 +1,9 @@
 /**
  * One multiplexed connection to shoald: handshake, writes, and response routing.
  *
- * Callers write complete frames; writes made in the same tick of the event loop
- * are corked into one `writev`, so a burst of pipelined calls costs one syscall
- * while a lone call still goes out before the next tick. Responses come back in
+ * Callers write complete frames. The first write of a tick of the event loop goes
+ * out at once; the writes that follow it in the same tick are corked into one
+ * `writev`, so a burst of pipelined calls costs two syscalls, not one each. Responses come back in
  * any order and are routed to their caller by `id` through the pending map.
  *
  * A connection dies once (EOF, socket error, a connection-level error from the
@@ -35,8 +35,9 @@ export declare class Connection {
     private readonly onDeath;
     private chunks;
     private buffered;
+    private inTick;
     private corked;
-    private readonly uncork;
+    private readonly endTick;
     private constructor();
     /** Connects to `path` and performs the `hello` handshake within `timeoutMs`. */
     static open(path: string, clientName: string, timeoutMs: number, onDeath: (conn: Connection) => void): Promise<Connection>;

@@ -2,9 +2,9 @@
 /**
  * One multiplexed connection to shoald: handshake, writes, and response routing.
  *
- * Callers write complete frames; writes made in the same tick of the event loop
- * are corked into one `writev`, so a burst of pipelined calls costs one syscall
- * while a lone call still goes out before the next tick. Responses come back in
+ * Callers write complete frames. The first write of a tick of the event loop goes
+ * out at once; the writes that follow it in the same tick are corked into one
+ * `writev`, so a burst of pipelined calls costs two syscalls, not one each. Responses come back in
  * any order and are routed to their caller by `id` through the pending map.
  *
  * A connection dies once (EOF, socket error, a connection-level error from the
@@ -62,10 +62,17 @@ class Connection {
     // a frame is complete, so a large frame arriving in many chunks is copied once.
     chunks = [];
     buffered = 0;
+    // The first write of a tick goes out at once (a lone call pays no batching
+    // delay); later writes in the same tick are corked and leave together in one
+    // writev when the tick ends.
+    inTick = false;
     corked = false;
-    uncork = () => {
-        this.corked = false;
-        this.socket.uncork();
+    endTick = () => {
+        this.inTick = false;
+        if (this.corked) {
+            this.corked = false;
+            this.socket.uncork();
+        }
     };
     constructor(socket, onDeath) {
         this.socket = socket;
@@ -121,10 +128,13 @@ class Connection {
     /** Registers `waiter` for `id` and writes `frame`. The connection must be alive. */
     send(id, frame, waiter) {
         this.pending.set(id, waiter);
-        if (!this.corked) {
+        if (!this.inTick) {
+            this.inTick = true;
+            process.nextTick(this.endTick);
+        }
+        else if (!this.corked) {
             this.corked = true;
             this.socket.cork();
-            process.nextTick(this.uncork);
         }
         this.socket.write(frame);
     }
