@@ -179,7 +179,9 @@ describe('cache', () => {
   });
 
   test('getOrLoad runs one loader across two daemons', async () => {
-    const other = await d2.client();
+    // A generous wait, so a slow machine cannot make a waiter give up and load.
+    const mine = await d1.client({ leaseWaitMaxMs: 10_000 });
+    const other = await d2.client({ leaseWaitMaxMs: 10_000 });
     try {
       let loads = 0;
       const loader = async () => {
@@ -188,14 +190,15 @@ describe('cache', () => {
         return { loadedBy: loads };
       };
       const results = await Promise.all([
-        c.getOrLoad('fleet:k', loader),
+        mine.getOrLoad('fleet:k', loader),
         other.getOrLoad('fleet:k', loader),
-        c.getOrLoad('fleet:k', loader),
+        mine.getOrLoad('fleet:k', loader),
         other.getOrLoad('fleet:k', loader),
       ]);
       assert.equal(loads, 1, 'one loader for the whole fleet');
       for (const r of results) assert.deepEqual(r, { loadedBy: 1 });
     } finally {
+      mine.close();
       other.close();
     }
   });
@@ -309,19 +312,28 @@ describe('rate limits', () => {
 
   test('reserve books slots and acquire waits for them', async () => {
     const key = `v-${Date.now()}`;
-    const first = await c.reserve('vendor', key, { maxWaitMs: 1000 });
-    assert.deepEqual(first, { granted: true, waitMs: 0 });
-    const second = await c.reserve('vendor', key, { maxWaitMs: 1000 });
+    // Policy "slow": one slot per 10 s, so the second booking waits whatever the machine's speed.
+    assert.deepEqual(await c.reserve('slow', key, { maxWaitMs: 20_000 }), { granted: true, waitMs: 0 });
+    const second = await c.reserve('slow', key, { maxWaitMs: 20_000 });
     assert.equal(second.granted, true);
-    assert.ok(second.waitMs > 0 && second.waitMs <= 100, `waitMs ${second.waitMs}`);
-    const tooFar = await c.reserve('vendor', key, { maxWaitMs: 1 });
+    assert.ok(second.waitMs > 0 && second.waitMs <= 10_000, `waitMs ${second.waitMs}`);
+    const tooFar = await c.reserve('slow', key, { maxWaitMs: 1 });
     assert.equal(tooFar.granted, false);
-    const started = Date.now();
-    const acq = await c.acquire('vendor', key, { maxWaitMs: 1000 });
-    assert.equal(acq.ready, true);
-    if (acq.ready) assert.ok(Date.now() - started >= acq.waitedMs - 5);
-    const far = await c.acquire('vendor', key, { maxWaitMs: 1 });
+    assert.ok(tooFar.waitMs > 10_000, 'the next free slot is after the booked one');
+    const far = await c.acquire('slow', key, { maxWaitMs: 1 });
     assert.equal(far.ready, false);
+    if (!far.ready) assert.ok(far.nextInMs > 10_000, `next in ${far.nextInMs}`);
+
+    // Policy "vendor": 10 per second; acquire sleeps until its slot.
+    const vkey = `${key}-vendor`;
+    assert.equal((await c.acquire('vendor', vkey, { maxWaitMs: 1000 })).ready, true);
+    const started = Date.now();
+    const acq = await c.acquire('vendor', vkey, { maxWaitMs: 1000 });
+    assert.equal(acq.ready, true);
+    if (acq.ready) {
+      assert.ok(acq.waitedMs <= 100, `waited ${acq.waitedMs}`);
+      assert.ok(Date.now() - started >= acq.waitedMs - 5, 'acquire slept until the slot');
+    }
   });
 
   test('concurrency leases are bounded and released', async () => {

@@ -136,6 +136,12 @@ limit = 10
 window = "1s"
 burst = 1
 
+[ratelimit.policies.slow]
+algorithm = "gcra"
+limit = 1
+window = "10s"
+burst = 1
+
 [ratelimit.policies.slots]
 algorithm = "concurrency"
 limit = 2
