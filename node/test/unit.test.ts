@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 
-import { CodecError, Decision, decodeValue, encodeValue, SessionCookie } from '../src/index';
+import { Client, CodecError, Decision, decodeValue, encodeValue, rateLimit, session, SessionCookie } from '../src/index';
 
 /** The value `client/tests/typed_value_fixture.rs` encodes, as JavaScript sees it. */
 const PROFILE = {
@@ -137,5 +137,24 @@ describe('Decision.headers mirrors the Rust decision', () => {
   test('policy names are valid structured strings', () => {
     const d = new Decision('we"ird\\näme', { allowed: true, limit: 10, remaining: 3, reset_after_ms: 2001, retry_after_ms: 0 });
     assert.equal(d.headers()['ratelimit'], '"we\\"ird\\\\n_me";r=3;t=3');
+  });
+});
+
+describe('middleware options are checked when the middleware is made', () => {
+  // Never called: the checks run before any request.
+  const client = {} as unknown as Client;
+
+  test('rateLimit needs a client and policy, and a known header draft', () => {
+    assert.throws(() => rateLimit({ client, policy: '' }), TypeError);
+    assert.throws(() => rateLimit({ client, policy: 'api', standardHeaders: 'draft-9' as 'draft-8' }), TypeError);
+    for (const standardHeaders of [false, true, 'draft-6', 'draft-7', 'draft-8'] as const) {
+      assert.equal(typeof rateLimit({ client, policy: 'api', standardHeaders }), 'function');
+    }
+  });
+
+  test('session needs a client and a valid cookie name', () => {
+    assert.throws(() => session({} as never), TypeError);
+    assert.throws(() => session({ client, name: 'bad name' }), TypeError);
+    assert.equal(typeof session({ client }), 'function');
   });
 });
