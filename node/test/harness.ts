@@ -195,7 +195,6 @@ export class Daemon {
       `[socket]\npath = "${sock}"\n${opts.socket ?? ''}`,
       `[redis]\nurl = "${redis.url}"\ntimeout = "300ms"`,
       `[admin]\nlisten = ""`,
-      `[cache]\nheartbeat = "200ms"`,
       `[shutdown]\ngrace = "5s"`,
       POLICIES,
     ].join('\n');
