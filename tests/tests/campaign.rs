@@ -1,0 +1,48 @@
+//! The fault campaign in CI (issue 12): three daemons, every kind of cache change
+//! and read, sessions, and every fault kind injected at random for a minute. The
+//! oracle (`shoal_tests::history`) allows exactly Δ = `cache.max_staleness` of
+//! staleness; any stale read, revoked session accepted past Δ, or daemon that does
+//! not converge after a fault fails the test. The seed is printed;
+//! `SHOAL_CAMPAIGN_SEED=<seed>` replays a run's fault schedule.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use shoal_tests::campaign::{run, CampaignConfig, FaultKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign() -> Result<()> {
+    let config = CampaignConfig::new(Duration::from_secs(62));
+    let report = run(config).await?;
+    println!("{}", report.table());
+    let failures = report.failures(20);
+    for f in &failures {
+        println!("{f}");
+    }
+    // Every fault kind ran, and the workload really ran through them.
+    for kind in FaultKind::ALL {
+        assert!(
+            report.faults.iter().any(|f| f.kind == kind),
+            "{} never injected",
+            kind.name()
+        );
+    }
+    assert!(
+        report.verdict.reads_checked > 10_000,
+        "too few reads checked"
+    );
+    assert!(
+        report.l1_hits > 1_000,
+        "too few L1 hits: the oracle saw no cache"
+    );
+    assert!(report.verdict.session_reads_checked > 500);
+    assert!(
+        report.ok(),
+        "seed {} (SHOAL_CAMPAIGN_SEED={} to replay): {} failures, first: {:#?}",
+        report.config.seed,
+        report.config.seed,
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    Ok(())
+}
