@@ -154,10 +154,26 @@ pub struct FaultEvent {
 }
 
 /// Counters of one op kind.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct OpCount {
     pub ok: u64,
     pub err: u64,
+    /// Errors by code (or client error kind).
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// A short class for an error: the protocol code, or the client error's kind.
+fn err_class(e: &shoal_client::Error) -> String {
+    match e.code() {
+        Some(c) => format!("{c:?}"),
+        None => {
+            let d = format!("{e:?}");
+            d.split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("error")
+                .to_string()
+        }
+    }
 }
 
 /// The outcome of a run.
@@ -176,6 +192,23 @@ pub struct Report {
 impl Report {
     pub fn ok(&self) -> bool {
         self.verdict.ok() && self.convergence_failures.is_empty()
+    }
+
+    fn key_name(&self, key: u32) -> String {
+        if key as usize >= self.config.keys {
+            format!("probe{}", key as usize - self.config.keys)
+        } else {
+            format!("k{key}")
+        }
+    }
+
+    /// The kind of the last fault injected before `t`.
+    fn fault_kind_at(&self, t: Nanos) -> String {
+        self.faults
+            .iter()
+            .rev()
+            .find(|f| f.start <= t)
+            .map_or_else(|| "no fault yet".into(), |f| f.kind.name().to_string())
     }
 
     /// The fault active (or last recovered from) at `t`, for failure reports.
@@ -200,9 +233,9 @@ impl Report {
         let mut out = Vec::new();
         for s in self.verdict.stale.iter().take(max) {
             out.push(format!(
-                "STALE read: key {} daemon n{} {:?} from {} began at {:.1} ms returned version {} \
+                "STALE read: {} daemon n{} {:?} from {} began at {:.1} ms returned version {} \
                  overwritten by a {:?} {:?} before it began (Δ {:?}); {}",
-                s.read.key,
+                self.key_name(s.read.key),
                 s.read.daemon,
                 s.read.kind,
                 if s.read.from_l1 { "L1" } else { "L2/unknown" },
@@ -254,9 +287,13 @@ impl Report {
             self.config.max_staleness,
             self.elapsed.as_secs_f64()
         );
-        let _ = writeln!(s, "\n| operation | ok | errors |\n|---|---:|---:|");
+        let _ = writeln!(
+            s,
+            "\n| operation | ok | errors | errors by kind |\n|---|---:|---:|---|"
+        );
         for (k, c) in &self.ops {
-            let _ = writeln!(s, "| {k} | {} | {} |", c.ok, c.err);
+            let kinds: Vec<String> = c.errors.iter().map(|(e, n)| format!("{e} {n}")).collect();
+            let _ = writeln!(s, "| {k} | {} | {} | {} |", c.ok, c.err, kinds.join(", "));
         }
         let _ = writeln!(
             s,
@@ -285,6 +322,39 @@ impl Report {
                 p(100),
                 evs.len() - conv.len()
             );
+        }
+        if !v.stale.is_empty() || !v.accepted_revoked.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n| failures attributed to the last fault before the read | stale reads (from L1) | worst staleness | example | revoked sessions accepted |\n|---|---:|---:|---|---:|"
+            );
+            let mut by: BTreeMap<String, (u64, Duration, String, u64, u64)> = BTreeMap::new();
+            for st in &v.stale {
+                let e = by.entry(self.fault_kind_at(st.read.inv)).or_default();
+                e.0 += 1;
+                e.4 += u64::from(st.read.from_l1);
+                if st.staleness > e.1 {
+                    e.1 = st.staleness;
+                    e.2 = format!(
+                        "{} on n{} ({:?}, {}), overwritten by {:?}",
+                        self.key_name(st.read.key),
+                        st.read.daemon,
+                        st.read.kind,
+                        if st.read.from_l1 { "L1" } else { "L2/unknown" },
+                        st.overwritten_by
+                    );
+                }
+            }
+            for a in &v.accepted_revoked {
+                by.entry(self.fault_kind_at(a.read.inv)).or_default().3 += 1;
+            }
+            for (f, (n, worst, ex, sess, l1)) in by {
+                let _ = writeln!(
+                    s,
+                    "| {f} | {n} ({l1}) | {:.0} ms | {ex} | {sess} |",
+                    worst.as_secs_f64() * 1e3
+                );
+            }
         }
         let reads_ok = v.reads_checked;
         let _ = writeln!(
@@ -348,13 +418,22 @@ impl Shared {
             .collect()
     }
     fn count(&self, op: &'static str, ok: bool) {
+        self.count_err(op, (!ok).then(|| "error".to_string()));
+    }
+    fn count_err(&self, op: &'static str, err: Option<String>) {
         let mut m = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let c = m.entry(op).or_default();
-        if ok {
-            c.ok += 1;
-        } else {
-            c.err += 1;
+        match err {
+            None => c.ok += 1,
+            Some(e) => {
+                c.err += 1;
+                *c.errors.entry(e).or_default() += 1;
+            }
         }
+    }
+    /// Counts a daemon call's outcome, errors by code.
+    fn outcome<T>(&self, op: &'static str, r: &Result<T, shoal_client::Error>) {
+        self.count_err(op, r.as_ref().err().map(err_class));
     }
     /// The bytes stored for `version` of `key` (a MessagePack string, so typed
     /// reads such as `get_or_load::<String>` decode it).
@@ -414,7 +493,13 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
     if config.daemons < 3 {
         bail!("the campaign needs at least 3 daemons");
     }
-    crate::init_logs();
+    // Faults make daemons warn all the time; only errors by default.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     println!(
         "campaign seed {} (replay with SHOAL_CAMPAIGN_SEED={}), {:?}, Δ {:?}",
         config.seed, config.seed, config.duration, config.max_staleness
@@ -644,7 +729,7 @@ async fn writer(
                 .set_with(&sh.keys[key as usize], sh.value(key, version)?, opts)
                 .await;
             let comp = sh.history.now();
-            sh.count("cache.set", r.is_ok());
+            sh.outcome("cache.set", &r);
             sh.history.write(Write {
                 kind: WriteKind::Set,
                 target: Target::Keys(vec![key]),
@@ -663,7 +748,7 @@ async fn writer(
             let names: Vec<&str> = ks.iter().map(|k| sh.keys[*k as usize].as_str()).collect();
             let r = c.invalidate(&names).await;
             let comp = sh.history.now();
-            sh.count("cache.invalidate", r.is_ok());
+            sh.outcome("cache.invalidate", &r);
             sh.history.write(Write {
                 kind: WriteKind::Invalidate,
                 target: Target::Keys(ks),
@@ -675,7 +760,7 @@ async fn writer(
             let tag = key as usize % sh.tags;
             let r = c.invalidate_tags([format!("g{tag}")]).await;
             let comp = sh.history.now();
-            sh.count("cache.invalidate_tags", r.is_ok());
+            sh.outcome("cache.invalidate_tags", &r);
             sh.history.write(Write {
                 kind: WriteKind::InvalidateTags,
                 target: Target::Keys(sh.keys_of_tag(tag)),
@@ -715,7 +800,7 @@ async fn reader(
         if p < 70 {
             let r = c.get_full(&sh.keys[key as usize], false).await;
             let comp = sh.history.now();
-            sh.count("cache.get", r.is_ok());
+            sh.outcome("cache.get", &r);
             if let Ok(r) = r {
                 sh.history.read(Read {
                     kind: ReadKind::Get,
@@ -738,7 +823,7 @@ async fn reader(
             let names: Vec<&str> = ks.iter().map(|k| sh.keys[*k as usize].as_str()).collect();
             let r = c.mget_full(&names).await;
             let comp = sh.history.now();
-            sh.count("cache.mget", r.is_ok());
+            sh.outcome("cache.mget", &r);
             if let Ok(rs) = r {
                 sh.history
                     .reads(ks.iter().zip(rs.iter()).map(|(&key, r)| Read {
@@ -946,7 +1031,7 @@ async fn sessions(
                 .session_create_raw(&format!("user{user}"), b"d".to_vec(), Default::default())
                 .await;
             let comp = sh.history.now();
-            sh.count("session.create", r.is_ok());
+            sh.outcome("session.create", &r);
             if let Ok(created) = r {
                 let id = sh.next_token.fetch_add(1, Ordering::Relaxed);
                 sh.history.session_create(SessionCreate {
@@ -972,7 +1057,7 @@ async fn sessions(
             let inv = sh.history.now();
             let r = clients[d].session_get_raw(&token, true).await;
             let comp = sh.history.now();
-            sh.count("session.get", r.is_ok());
+            sh.outcome("session.get", &r);
             if let Ok(found) = r {
                 sh.history.session_read(SessionRead {
                     token: id,
@@ -989,7 +1074,7 @@ async fn sessions(
             if p < 80 {
                 let r = clients[d].session_revoke(&l.token).await;
                 let comp = sh.history.now();
-                sh.count("session.revoke", r.is_ok());
+                sh.outcome("session.revoke", &r);
                 if r.is_ok() {
                     sh.history.revocation(Revocation {
                         target: Revoked::Token(l.id),
@@ -1001,7 +1086,7 @@ async fn sessions(
             } else if p < 90 {
                 let r = clients[d].session_rotate(&l.token).await;
                 let comp = sh.history.now();
-                sh.count("session.rotate", r.is_ok());
+                sh.outcome("session.rotate", &r);
                 if let Ok(Some(new)) = r {
                     sh.history.revocation(Revocation {
                         target: Revoked::Token(l.id),
@@ -1026,7 +1111,7 @@ async fn sessions(
                     .session_revoke_user(&format!("user{}", l.user))
                     .await;
                 let comp = sh.history.now();
-                sh.count("session.revoke_user", r.is_ok());
+                sh.outcome("session.revoke_user", &r);
                 if r.is_ok() {
                     sh.history.revocation(Revocation {
                         target: Revoked::User(l.user),

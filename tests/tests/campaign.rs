@@ -12,7 +12,14 @@ use shoal_tests::campaign::{run, CampaignConfig, FaultKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn campaign() -> Result<()> {
-    let config = CampaignConfig::new(Duration::from_secs(62));
+    // About a minute in CI; `SHOAL_CAMPAIGN_MINUTES` runs the same test longer.
+    let duration = std::env::var("SHOAL_CAMPAIGN_MINUTES")
+        .ok()
+        .and_then(|m| m.parse::<f64>().ok())
+        .map_or(Duration::from_secs(62), |m| {
+            Duration::from_secs_f64(m * 60.0)
+        });
+    let config = CampaignConfig::new(duration);
     let report = run(config).await?;
     println!("{}", report.table());
     let failures = report.failures(20);
