@@ -108,10 +108,13 @@ pub enum FaultKind {
     DaemonKill,
     /// `client-output-buffer-limit pubsub 1kb 1kb 0` under a burst, then restored.
     OutputBuffer,
+    /// A foreign publisher's message on the invalidation channel whose id lies
+    /// beyond the log's end, then the subscribers killed (so they replay).
+    ForeignPublish,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::KillPubsub,
         FaultKind::KillNormal,
         FaultKind::RedisStop,
@@ -123,6 +126,7 @@ impl FaultKind {
         FaultKind::Latency,
         FaultKind::DaemonKill,
         FaultKind::OutputBuffer,
+        FaultKind::ForeignPublish,
     ];
 
     pub fn name(self) -> &'static str {
@@ -138,6 +142,7 @@ impl FaultKind {
             FaultKind::Latency => "latency spike",
             FaultKind::DaemonKill => "daemon SIGKILL + restart",
             FaultKind::OutputBuffer => "pubsub output-buffer kill",
+            FaultKind::ForeignPublish => "foreign message beyond the log",
         }
     }
 }
@@ -630,7 +635,10 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                 "{:>7.1}s {} ({detail}): converged {:?}",
                 Duration::from_nanos(start).as_secs_f64(),
                 kind.name(),
-                converged.as_ref().map(|c| Duration::from_nanos(c - healed))
+                converged
+                    .as_ref()
+                    .map(|c| Duration::from_nanos(c - healed))
+                    .map_err(|e| format!("{e:#}"))
             );
         }
         let converged = match converged {
@@ -1141,10 +1149,37 @@ async fn admin_conn(redis: &RedisServer) -> Result<redis::aio::MultiplexedConnec
     loop {
         match tokio::time::timeout(Duration::from_secs(1), redis.conn()).await {
             Ok(Ok(c)) => return Ok(c),
-            _ if Instant::now() > deadline => bail!("cannot reach Redis"),
+            _ if Instant::now() > deadline => {
+                bail!("cannot reach Redis ({})", diagnose(redis))
+            }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+}
+
+/// What an unreachable Redis is doing: its process state and its answer to a
+/// raw `PING`.
+fn diagnose(redis: &RedisServer) -> String {
+    use std::io::{Read as _, Write as _};
+    let state = redis
+        .pid()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .and_then(|s| {
+            s.split(") ")
+                .nth(1)
+                .map(|r| r.chars().take(1).collect::<String>())
+        })
+        .unwrap_or_else(|| "no process".into());
+    let reply = std::net::TcpStream::connect(("127.0.0.1", redis.port()))
+        .and_then(|mut t| {
+            t.set_read_timeout(Some(Duration::from_secs(1)))?;
+            t.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 256];
+            let n = t.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        })
+        .unwrap_or_else(|e| e.to_string());
+    format!("process state {state}, PING -> {reply}")
 }
 
 async fn cmd<T: redis::FromRedisValue>(
@@ -1320,6 +1355,25 @@ async fn inject(
             }
             Ok(format!("{name}, down {ms} ms"))
         }
+        FaultKind::ForeignPublish => {
+            let mut c = admin_conn(redis).await?;
+            let ahead = rng.random_range(1..3600u64) * 1000;
+            let (secs, micros) = cmd::<(u64, u64)>(&mut c, &redis::cmd("TIME")).await?;
+            let id = format!("{}-0", secs * 1000 + micros / 1000 + ahead);
+            let msg = format!(r#"{{"id":"{id}","node":"foreign","keys":["burst-key-0"]}}"#);
+            let heard: u64 = cmd(
+                &mut c,
+                redis::cmd("PUBLISH").arg(format!("{PREFIX}inv")).arg(msg),
+            )
+            .await?;
+            sleep(rng.random_range(5..50)).await;
+            let n: u64 = cmd(
+                &mut c,
+                redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+            )
+            .await?;
+            Ok(format!("id {id} heard by {heard}, {n} subscribers killed"))
+        }
         FaultKind::OutputBuffer => {
             let mut c = admin_conn(redis).await?;
             let before = pubsub_ids(&mut c).await?;
@@ -1355,8 +1409,10 @@ async fn inject(
     }
 }
 
-/// Writes a fresh value of a probe key from outside and waits until every
-/// daemon serves it from L1. Returns the time all had.
+/// Convergence: a fresh value of a probe key, written from outside, served from
+/// L1 by every daemon; then a second one, which each daemon can serve from L1
+/// only after its subscriber evicted the first (so "converged" proves the
+/// subscription delivers, not just that L1 fills). Returns the time all had.
 async fn converge(
     sh: &Shared,
     redis: &RedisServer,
@@ -1366,6 +1422,19 @@ async fn converge(
 ) -> Result<Nanos> {
     let deadline = Instant::now() + within;
     let key = (sh.workload_keys() + round % PROBES) as u32;
+    for _ in 0..2 {
+        probe_once(sh, redis, probes, key, deadline).await?;
+    }
+    Ok(sh.history.now())
+}
+
+async fn probe_once(
+    sh: &Shared,
+    redis: &RedisServer,
+    probes: &[Client],
+    key: u32,
+    deadline: Instant,
+) -> Result<()> {
     let name = sh.keys[key as usize].clone();
     let version = loop {
         if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), redis.conn()).await {
@@ -1374,7 +1443,7 @@ async fn converge(
             }
         }
         if Instant::now() > deadline {
-            bail!("could not write the probe");
+            bail!("could not write the probe ({})", diagnose(redis));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -1413,5 +1482,5 @@ async fn converge(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    Ok(sh.history.now())
+    Ok(())
 }
