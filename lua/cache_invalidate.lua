@@ -19,6 +19,17 @@ end
 if #keys == 0 or #KEYS ~= 1 + 2 * #keys then
   return redis.error_reply('ERR cache_invalidate: KEYS must be the log then a value and lease key per cache key')
 end
+-- KEYS and ARGV must name the same things under one prefix (taken from the log
+-- key), so a mis-called script never changes L2 while telling no daemon.
+local prefix = string.match(KEYS[1], '^(.*)log$')
+if not prefix or ARGV[2] ~= prefix .. 'inv' then
+  return redis.error_reply('ERR cache_invalidate: KEYS[1] must be PREFIX.."log" and ARGV[2] PREFIX.."inv"')
+end
+for i, k in ipairs(keys) do
+  if KEYS[2 * i] ~= prefix .. 'c:' .. k or KEYS[2 * i + 1] ~= prefix .. 'l:' .. k then
+    return redis.error_reply('ERR cache_invalidate: KEYS[' .. (2 * i) .. '] and KEYS[' .. (2 * i + 1) .. '] must be PREFIX.."c:"..key and PREFIX.."l:"..key for ARGV[' .. (i + 3) .. ']')
+  end
+end
 for i = 2, #KEYS do
   redis.call('DEL', KEYS[i])
 end

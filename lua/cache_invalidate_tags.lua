@@ -19,6 +19,22 @@ local members = {}
 for i = 5, #ARGV do
   members[#members + 1] = ARGV[i]
 end
+-- KEYS and ARGV must name the same things under one prefix (taken from the log
+-- key), so a mis-called script never changes L2 while telling no daemon.
+local prefix = string.match(KEYS[1], '^(.*)log$')
+if not prefix or ARGV[2] ~= prefix .. 'inv' or not t or t < 1 or #KEYS ~= 1 + t + 2 * #members then
+  return redis.error_reply('ERR cache_invalidate_tags: KEYS must be PREFIX.."log", t tag sets, then a value and lease key per member; ARGV[2] PREFIX.."inv"')
+end
+for i = 2, t + 1 do
+  if string.sub(KEYS[i], 1, #prefix + 2) ~= prefix .. 't:' then
+    return redis.error_reply('ERR cache_invalidate_tags: KEYS[' .. i .. '] must be a tag set PREFIX.."t:"..tag')
+  end
+end
+for i, m in ipairs(members) do
+  if KEYS[t + 2 * i] ~= prefix .. 'c:' .. m or KEYS[t + 2 * i + 1] ~= prefix .. 'l:' .. m then
+    return redis.error_reply('ERR cache_invalidate_tags: value and lease keys must match member ARGV[' .. (i + 4) .. ']')
+  end
+end
 local current = redis.call('SUNION', unpack(KEYS, 2, t + 1))
 local given = {}
 for _, m in ipairs(members) do

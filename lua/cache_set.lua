@@ -17,6 +17,21 @@
 -- ARGV[7]  the key as the application names it
 --
 -- Returns { 1, log_id } when stored, { 0, false } when the lease was gone.
+-- KEYS and ARGV must name the same things under one prefix (taken from the log
+-- key), so a mis-called script never changes L2 while telling no daemon.
+local prefix = string.match(KEYS[3] or '', '^(.*)log$')
+if not prefix or ARGV[5] ~= prefix .. 'inv' or KEYS[1] ~= prefix .. 'c:' .. ARGV[7]
+    or KEYS[2] ~= prefix .. 'l:' .. ARGV[7] then
+  return redis.error_reply('ERR cache_set: KEYS[1..3] must be PREFIX.."c:"..key, PREFIX.."l:"..key, PREFIX.."log" for key ARGV[7], and ARGV[5] PREFIX.."inv"')
+end
+for i = 4, #KEYS do
+  if string.sub(KEYS[i], 1, #prefix + 2) ~= prefix .. 't:' then
+    return redis.error_reply('ERR cache_set: KEYS[' .. i .. '] must be a tag set PREFIX.."t:"..tag')
+  end
+end
+if not tonumber(ARGV[2]) or tonumber(ARGV[2]) <= 0 then
+  return redis.error_reply('ERR cache_set: ARGV[2] must be a positive ttl in ms')
+end
 if ARGV[3] ~= '' then
   if redis.call('GET', KEYS[2]) ~= ARGV[3] then
     return { 0, false }

@@ -6,6 +6,13 @@
 //! invalidations are applied to this daemon's L1 as soon as Redis confirms them, so
 //! the daemon that answered serves the new state at once; every other daemon hears
 //! through the invalidation channel (see `coherence.rs`).
+//!
+//! `Cache` alone changes L1's trust (ready, flush, loss of trust), because the
+//! single-flight table must change with it: a flight belongs to the generation it
+//! began in, and a caller joins it only while it has a waiter, belongs to the
+//! current generation and began less than Δ ago. So no caller receives a value
+//! read before a gap, read by an abandoned request, or read more than Δ before the
+//! caller arrived.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,24 +20,32 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt, WeakShared};
 use rand::Rng;
 use shoal_client::proto::{GetResult, Source};
 
-use crate::l1::L1;
+use crate::l1::{FlushReason, L1};
 use crate::stats::Stats;
 use crate::store::{L2Get, L2Value, LeaseRequest, SetOutcome, Store, StoreError};
 use crate::streamid::StreamId;
 
-type Flight = Shared<BoxFuture<'static, Result<L2Value, StoreError>>>;
+/// An entry of the single-flight table. It holds the flight weakly: when the last
+/// waiter is dropped (a cancelled request), the flight and its Redis read go with it.
+struct FlightEntry {
+    id: u64,
+    flight: WeakShared<BoxFuture<'static, Result<L2Value, StoreError>>>,
+    generation: u64,
+    started: Instant,
+}
 
 /// The cache service of one daemon.
 pub struct Cache {
     l1: Arc<L1>,
     store: Store,
     stats: Arc<Stats>,
-    flights: Mutex<HashMap<String, (u64, Flight)>>,
+    flights: Mutex<HashMap<String, FlightEntry>>,
     next_flight: AtomicU64,
+    max_staleness: Duration,
     default_ttl: Duration,
     lease_ttl: Duration,
     ttl_jitter: f64,
@@ -41,6 +56,19 @@ impl std::fmt::Debug for Cache {
         f.debug_struct("Cache")
             .field("l1", &self.l1)
             .finish_non_exhaustive()
+    }
+}
+
+/// Ends a flight's table entry when its caller is done or dropped.
+struct EndFlight<'a> {
+    cache: &'a Cache,
+    key: &'a str,
+    id: u64,
+}
+
+impl Drop for EndFlight<'_> {
+    fn drop(&mut self) {
+        self.cache.end_flight(self.key, Some(self.id));
     }
 }
 
@@ -78,6 +106,7 @@ impl Cache {
             stats,
             flights: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(1),
+            max_staleness: config.max_staleness,
             default_ttl: config.default_ttl,
             lease_ttl: config.lease_ttl,
             ttl_jitter: config.ttl_jitter,
@@ -86,6 +115,32 @@ impl Cache {
 
     pub fn l1(&self) -> &Arc<L1> {
         &self.l1
+    }
+
+    /// L1 can no longer be trusted (the subscriber lost its connection or its
+    /// proof): reads bypass L1 and every flight in progress is forgotten.
+    pub fn set_unready(&self) {
+        self.l1.set_unready();
+        self.forget_flights();
+    }
+
+    /// The subscriber is caught up as of `proof` (see [`L1::prove_delivery`]).
+    pub fn set_ready(&self, proof: Instant) {
+        self.l1.prove_delivery(proof);
+        self.l1.set_ready();
+    }
+
+    /// Empties L1 and forgets every flight in progress.
+    pub fn flush(&self, reason: FlushReason) {
+        self.l1.flush(reason);
+        self.forget_flights();
+    }
+
+    fn forget_flights(&self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// An L1 hit, answered without Redis; `None` means the caller must go to L2.
@@ -130,8 +185,16 @@ impl Cache {
     async fn flight(self: &Arc<Self>, key: &str) -> Result<L2Value, StoreError> {
         let (id, fut, leader) = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((id, f)) = flights.get(key) {
-                (*id, f.clone(), false)
+            let generation = self.l1.generation();
+            let joinable = flights.get(key).and_then(|e| {
+                let fresh = e.generation == generation && e.started.elapsed() < self.max_staleness;
+                fresh
+                    .then(|| e.flight.upgrade())
+                    .flatten()
+                    .map(|f| (e.id, f))
+            });
+            if let Some((id, f)) = joinable {
+                (id, f, false)
             } else {
                 let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
                 let this = Arc::clone(self);
@@ -148,7 +211,19 @@ impl Cache {
                 }
                 .boxed()
                 .shared();
-                flights.insert(key.to_string(), (id, fut.clone()));
+                let Some(weak) = fut.downgrade() else {
+                    // Only a completed Shared has no weak handle; a new one cannot be.
+                    return Err(StoreError::Redis("single flight could not start".into()));
+                };
+                flights.insert(
+                    key.to_string(),
+                    FlightEntry {
+                        id,
+                        flight: weak,
+                        generation,
+                        started: Instant::now(),
+                    },
+                );
                 (id, fut, true)
             }
         };
@@ -157,17 +232,22 @@ impl Cache {
                 .singleflight_joined
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let r = fut.await;
-        self.end_flight(key, Some(id));
-        r
+        // Removes the entry when this caller finishes or is dropped mid-read, so a
+        // cancelled read never lingers for later callers to join.
+        let _end = EndFlight {
+            cache: self,
+            key,
+            id,
+        };
+        fut.await
     }
 
     /// Forgets the flight of `key` (all flights of it when `id` is `None`), so
     /// callers that arrive after a change start a fresh read.
     fn end_flight(&self, key: &str, id: Option<u64>) {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((current, _)) = flights.get(key) {
-            if id.is_none_or(|id| id == *current) {
+        if let Some(e) = flights.get(key) {
+            if id.is_none_or(|id| id == e.id) {
                 flights.remove(key);
             }
         }

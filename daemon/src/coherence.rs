@@ -2,7 +2,7 @@
 //!
 //! One dedicated Pub/Sub connection per daemon. Pub/Sub alone is at-most-once, so
 //! every change is also in the invalidation log (a trimmed stream) and this task
-//! closes the gaps (DESIGN.md, coherence point 4):
+//! closes the gaps (ARCHITECTURE.md, "Why it is built this way"):
 //! 1. While not subscribed, L1 is untrusted (reads bypass it, fills are void).
 //! 2. After `SUBSCRIBE` is confirmed, check Redis's identity (run_id + epoch key):
 //!    changed means Redis lost data, so flush. Otherwise replay the log after the
@@ -10,7 +10,12 @@
 //! 3. Only then trust L1 again and report ready.
 //!
 //! A heartbeat published to a private channel every `cache.heartbeat` proves the
-//! subscription still delivers; three missed beats count as a dead subscriber.
+//! subscription still delivers: hearing back a beat sent at t proves every change
+//! completed before t has been applied, and L1 serves only while that proof is
+//! younger than Δ (`cache.max_staleness`). The beat also re-proves Redis's dataset
+//! (the epoch key) and that our position lies within the log, so data loss or a
+//! bogus id while subscribed is caught within Δ too. Any loss makes L1 untrusted at
+//! once, before the reconnect backoff.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -24,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::l1::FlushReason;
 use crate::stats::Stats;
-use crate::store::{Store, StoreError};
+use crate::store::{Replay, Store, StoreError};
 use crate::streamid::StreamId;
 
 /// A message on the invalidation channel (JSON, written by the Lua scripts).
@@ -107,6 +112,8 @@ pub struct Subscriber {
     pub stats: Arc<Stats>,
     pub state: Arc<CoherenceState>,
     pub heartbeat: Duration,
+    /// Δ: how old the newest delivery proof may be for L1 to serve.
+    pub max_staleness: Duration,
     /// Unique per process, so heartbeats of two daemons never mix.
     pub instance: String,
 }
@@ -116,14 +123,23 @@ enum Ended {
     Lost(String),
 }
 
+/// A heartbeat as published by `lua/heartbeat.lua`.
+#[derive(Debug, Deserialize)]
+struct Beat {
+    t: String,
+    #[serde(default)]
+    epoch: String,
+    #[serde(default)]
+    last: String,
+}
+
 impl Subscriber {
     /// Runs until `cancel` fires, reconnecting with backoff.
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(20);
         let mut first = true;
         loop {
-            self.cache.l1().set_unready();
-            self.state.set_caught_up(false);
+            self.untrust();
             if !first {
                 self.stats
                     .subscriber_reconnects
@@ -134,6 +150,8 @@ impl Subscriber {
             match self.session(&cancel).await {
                 Ended::Cancelled => return,
                 Ended::Lost(why) => {
+                    // Untrusted at once: not after the backoff below.
+                    self.untrust();
                     tracing::warn!(reason = %why, "invalidation subscriber lost; L1 bypassed until recovered");
                 }
             }
@@ -146,6 +164,11 @@ impl Subscriber {
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    fn untrust(&self) {
+        self.cache.set_unready();
+        self.state.set_caught_up(false);
     }
 
     /// One subscription, from connect to loss.
@@ -171,18 +194,26 @@ impl Subscriber {
         let mut messages = pubsub.into_on_message();
 
         // Subscribed: whatever changes from here on arrives as messages. Now close
-        // the gap behind us.
-        if let Err(e) = self.catch_up().await {
+        // the gap behind us. Every change completed before `subscribed` is either
+        // replayed from the log or flushed, so it is the first delivery proof.
+        let subscribed = Instant::now();
+        let caught_up = tokio::select! {
+            _ = cancel.cancelled() => return Ended::Cancelled,
+            r = self.catch_up() => r,
+        };
+        if let Err(e) = caught_up {
             return Ended::Lost(format!("catch-up failed: {e}"));
         }
-        self.cache.l1().set_ready();
+        self.cache.set_ready(subscribed.into_std());
         self.state.set_caught_up(true);
         tracing::info!(applied = %self.state.applied(), "invalidation subscriber caught up; L1 serving");
 
         let mut beat = tokio::time::interval(self.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deadline = self.heartbeat * 3;
-        let mut last_heard = Instant::now();
+        // L1 stops serving once the proof is older than Δ (checked on every hit);
+        // a subscription that has proved nothing for 2Δ is presumed dead.
+        let deadline = self.max_staleness * 2;
+        let mut last_proof = subscribed;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ended::Cancelled,
@@ -190,89 +221,129 @@ impl Subscriber {
                     let Some(msg) = msg else {
                         return Ended::Lost("connection closed".into());
                     };
-                    last_heard = Instant::now();
                     if msg.get_channel_name() == hb_channel {
+                        match self.on_beat(msg.get_payload_bytes(), subscribed) {
+                            Ok(sent) => last_proof = last_proof.max(sent),
+                            Err(why) => return Ended::Lost(why),
+                        }
                         continue;
                     }
-                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                    self.on_message(&payload).await;
+                    self.on_message(msg.get_payload_bytes()).await;
                 }
                 _ = beat.tick() => {
-                    if last_heard.elapsed() > deadline {
+                    if last_proof.elapsed() > deadline {
                         self.stats.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
-                        return Ended::Lost(format!("no heartbeat for {:?}", last_heard.elapsed()));
+                        return Ended::Lost(format!("no delivery proof for {:?}", last_proof.elapsed()));
                     }
                     // A failed publish means Redis is unreachable; the subscription
                     // will notice on its own, or the deadline will.
                     let store = self.store.clone();
                     let ch = hb_channel.clone();
-                    tokio::spawn(async move { let _ = store.publish(&ch, "hb").await; });
+                    let token = subscribed.elapsed().as_micros().to_string();
+                    tokio::spawn(async move { let _ = store.heartbeat(&ch, &token).await; });
                 }
             }
         }
+    }
+
+    /// A heartbeat heard back: every change published before it was sent has been
+    /// applied (messages are handled in order). Also re-proves that Redis still
+    /// holds our dataset and that our position lies within its log. Returns the
+    /// send time proven.
+    fn on_beat(&self, payload: &[u8], origin: Instant) -> Result<Instant, String> {
+        let beat: Beat =
+            serde_json::from_slice(payload).map_err(|e| format!("unreadable heartbeat: {e}"))?;
+        let sent_us: u64 = beat
+            .t
+            .parse()
+            .map_err(|_| format!("unreadable heartbeat token {:?}", beat.t))?;
+        let known_epoch = self.state.lock().identity.as_ref().map(|i| i.0.clone());
+        if known_epoch.as_deref() != Some(beat.epoch.as_str()) {
+            return Err(if beat.epoch.is_empty() {
+                "the epoch key is gone while subscribed (Redis lost data)".into()
+            } else {
+                "the epoch changed while subscribed (Redis lost or replaced data)".into()
+            });
+        }
+        let applied = self.state.applied();
+        let last = StreamId::parse(&beat.last).unwrap_or(StreamId::ZERO);
+        if applied > last {
+            return Err(format!(
+                "applied position {applied} lies beyond the log's last id {last}"
+            ));
+        }
+        let sent = origin + Duration::from_micros(sent_us);
+        self.cache.l1().prove_delivery(sent.into_std());
+        Ok(sent)
     }
 
     /// Redis identity check, then replay of the log after the applied id.
     async fn catch_up(&self) -> Result<(), StoreError> {
         self.store.load_scripts().await?;
         let identity = self.store.identity().await?;
-        let (first, last) = self.store.log_bounds().await?;
         let (known, applied) = {
             let s = self.state.lock();
             (s.identity.clone(), s.applied)
         };
-        let l1 = self.cache.l1();
         match known {
             None => {
                 // First connection: L1 is empty, nothing before now matters.
+                let (_, last) = self.store.log_bounds().await?;
                 self.state.lock().identity = Some(identity);
                 self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
                 return Ok(());
             }
             Some(known) if known != identity => {
-                tracing::warn!("redis identity changed (restart or failover); flushing L1");
-                l1.flush(FlushReason::RedisIdentity);
+                tracing::warn!(
+                    "redis identity changed (restart, failover or data loss); flushing L1"
+                );
+                let (_, last) = self.store.log_bounds().await?;
+                self.cache.flush(FlushReason::RedisIdentity);
                 self.state.lock().identity = Some(identity);
                 self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
                 return Ok(());
             }
             Some(_) => {}
         }
-        let trimmed = match first {
-            // Entries up to `applied` are still there, so nothing after it is gone.
-            Some(first) => first > applied,
-            // An empty or missing log after we applied something: we cannot tell.
-            None => applied != StreamId::ZERO,
-        };
-        if trimmed {
-            tracing::warn!(%applied, first = ?first, "invalidation log trimmed past our position; flushing L1");
-            l1.flush(FlushReason::LogTrimmed);
-            self.state.set_applied(last.unwrap_or(applied));
-            return Ok(());
-        }
+        // Each batch proves, atomically with its entries, that the log still
+        // reaches back to where we are: a trim racing the replay means a flush,
+        // never a silently skipped entry.
         let mut after = applied;
         loop {
-            let batch = self.store.log_after(after, 1000).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for (id, keys) in batch {
-                let keys: Option<Vec<String>> = keys.and_then(|k| serde_json::from_str(&k).ok());
-                match keys {
-                    Some(keys) => {
-                        for k in &keys {
-                            self.cache.apply_remote(k, id).await;
+            match self.store.log_replay(after, REPLAY_BATCH).await? {
+                Replay::Entries(batch) if batch.is_empty() => break,
+                Replay::Entries(batch) => {
+                    for (id, keys) in batch {
+                        let keys: Option<Vec<String>> =
+                            keys.and_then(|k| serde_json::from_str(&k).ok());
+                        match keys {
+                            Some(keys) => {
+                                for k in &keys {
+                                    self.cache.apply_remote(k, id).await;
+                                }
+                                self.stats
+                                    .log_entries_replayed
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => self.cache.flush(FlushReason::BadMessage),
                         }
-                        self.stats
-                            .log_entries_replayed
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    None => {
-                        l1.flush(FlushReason::BadMessage);
+                        after = id;
+                        self.state.set_applied(id);
                     }
                 }
-                after = id;
-                self.state.set_applied(id);
+                Replay::Trimmed | Replay::Empty => {
+                    tracing::warn!(%after, "invalidation log trimmed past our position; flushing L1");
+                    let (_, last) = self.store.log_bounds().await?;
+                    self.cache.flush(FlushReason::LogTrimmed);
+                    self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
+                    break;
+                }
+                Replay::Beyond(last) => {
+                    tracing::warn!(%after, %last, "applied position lies beyond the log (a bogus id was heard); flushing L1");
+                    self.cache.flush(FlushReason::BadMessage);
+                    self.state.reset_applied(last);
+                    break;
+                }
             }
         }
         Ok(())
@@ -292,7 +363,7 @@ impl Subscriber {
                 bytes = payload.len(),
                 "unreadable invalidation message; flushing L1"
             );
-            self.cache.l1().flush(FlushReason::BadMessage);
+            self.cache.flush(FlushReason::BadMessage);
             return;
         };
         for k in &keys {
@@ -311,3 +382,6 @@ impl Subscriber {
         self.state.set_applied(id);
     }
 }
+
+/// Log entries read per replay step.
+const REPLAY_BATCH: usize = 1000;

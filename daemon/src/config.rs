@@ -150,10 +150,17 @@ pub struct CacheConfig {
     /// Random extra TTL on `cache.set`, as a fraction of the TTL (0.1 = up to +10 %),
     /// so keys written together do not all expire together.
     pub ttl_jitter: f64,
-    /// Interval of the heartbeat sent through the invalidation subscriber; a
-    /// subscriber that misses three is treated as dead.
+    /// Interval of the heartbeat each daemon publishes to its own channel. A
+    /// heartbeat sent at time t and heard back proves that every change completed
+    /// before t has been applied here (Pub/Sub delivers in order).
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// Δ, the staleness bound: L1 (and the local session cache) answers only while
+    /// the newest delivery proof is younger than this; past it, reads go to Redis
+    /// and a subscriber with no proof is treated as dead. No daemon returns from L1
+    /// a value overwritten more than Δ before the read began. At least 2 × heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
 }
 
 impl Default for CacheConfig {
@@ -165,7 +172,8 @@ impl Default for CacheConfig {
             lease_ttl: Duration::from_secs(2),
             invalidation_log_len: 100_000,
             ttl_jitter: 0.0,
-            heartbeat: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(50),
+            max_staleness: Duration::from_millis(250),
         }
     }
 }
@@ -476,6 +484,12 @@ impl Config {
         }
         if self.cache.heartbeat.is_zero() {
             return bad("cache.heartbeat", "must be positive");
+        }
+        if self.cache.max_staleness < self.cache.heartbeat * 2 {
+            return bad(
+                "cache.max_staleness",
+                "must be at least twice cache.heartbeat (a proof every heartbeat, one may be late)",
+            );
         }
         if self.cache.invalidation_log_len < 100 {
             return bad("cache.invalidation_log_len", "must be at least 100");

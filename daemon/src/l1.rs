@@ -1,9 +1,14 @@
 //! The L1: a bounded in-memory cache (moka) plus the bookkeeping that keeps it
 //! coherent with L2.
 //!
-//! Three things decide whether L1 may serve or be filled:
+//! Four things decide whether L1 may serve or be filled:
 //! - `ready`: the invalidation subscriber is connected and caught up. While it is
 //!   not, L1 is bypassed (reads go to L2) and fills are dropped.
+//! - the delivery proof: the send time of the newest heartbeat the subscriber
+//!   heard back (every change completed before it has been applied). A hit is
+//!   served only while that proof is younger than Δ (`cache.max_staleness`),
+//!   checked on the hit path itself, so a subscription that died silently stops
+//!   L1 within Δ even before anyone notices the death.
 //! - `generation`: bumped whenever trust is lost (subscriber down, flush). A fill
 //!   carries the generation of the moment its read was issued ([`Ticket`]) and is
 //!   dropped if it changed, so nothing read before a gap is kept after it.
@@ -83,6 +88,12 @@ impl FlushReason {
 pub struct L1 {
     cache: Cache<Arc<str>, Entry>,
     ready: AtomicBool,
+    /// Origin of the proof clock (microseconds since this instant).
+    origin: Instant,
+    /// Send time of the newest delivery proof, µs since `origin` (0: none).
+    proof_us: AtomicU64,
+    /// Δ in µs.
+    max_staleness_us: u64,
     generation: AtomicU64,
     marks: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
@@ -105,7 +116,12 @@ fn weigh(key: &Arc<str>, e: &Entry) -> u32 {
 }
 
 impl L1 {
-    pub fn new(max_bytes: u64, max_ttl: Duration, stats: Arc<Stats>) -> L1 {
+    pub fn new(
+        max_bytes: u64,
+        max_ttl: Duration,
+        max_staleness: Duration,
+        stats: Arc<Stats>,
+    ) -> L1 {
         let evicted = stats.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
@@ -120,6 +136,9 @@ impl L1 {
         L1 {
             cache,
             ready: AtomicBool::new(false),
+            origin: Instant::now(),
+            proof_us: AtomicU64::new(0),
+            max_staleness_us: u64::try_from(max_staleness.as_micros()).unwrap_or(u64::MAX),
             generation: AtomicU64::new(1),
             marks: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
@@ -145,7 +164,43 @@ impl L1 {
     /// L1 can no longer be trusted: reads bypass it, in-flight fills are void.
     pub fn set_unready(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        self.proof_us.store(0, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn micros_at(&self, t: Instant) -> u64 {
+        // +1 so that a proof taken at `origin` is distinguishable from "none".
+        u64::try_from(t.saturating_duration_since(self.origin).as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Records a delivery proof: every change that completed before `sent` has
+    /// been applied to this L1.
+    pub fn prove_delivery(&self, sent: Instant) {
+        self.proof_us
+            .fetch_max(self.micros_at(sent), Ordering::SeqCst);
+    }
+
+    /// How old the newest delivery proof is (`None`: there is none).
+    pub fn proof_age(&self) -> Option<Duration> {
+        let p = self.proof_us.load(Ordering::SeqCst);
+        (p != 0).then(|| Duration::from_micros(self.micros_at(Instant::now()).saturating_sub(p)))
+    }
+
+    /// Ready, and the newest delivery proof is younger than Δ: a hit served now
+    /// is never older than Δ.
+    pub fn is_trusted(&self) -> bool {
+        if !self.is_ready() {
+            return false;
+        }
+        let p = self.proof_us.load(Ordering::SeqCst);
+        p != 0 && self.micros_at(Instant::now()).saturating_sub(p) <= self.max_staleness_us
+    }
+
+    /// The current generation (changes on every loss of trust and flush).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Taken before an L2 read whose result may fill L1. `None` while not ready.
@@ -160,7 +215,7 @@ impl L1 {
 
     /// An L1 hit, if L1 is trusted and holds the key.
     pub async fn get(&self, key: &str) -> Option<Entry> {
-        if !self.is_ready() {
+        if !self.is_trusted() {
             self.stats.bypassed_reads.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -268,8 +323,14 @@ mod tests {
     use super::*;
 
     fn l1() -> L1 {
-        let l1 = L1::new(1 << 20, Duration::from_secs(60), Arc::new(Stats::default()));
+        let l1 = L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Arc::new(Stats::default()),
+        );
         l1.set_ready();
+        l1.prove_delivery(Instant::now());
         l1
     }
 
@@ -317,6 +378,7 @@ mod tests {
         assert!(l1.get("a").await.is_none(), "bypassed while unready");
         assert!(l1.ticket().is_none());
         l1.set_ready();
+        l1.prove_delivery(Instant::now());
         assert!(!l1.fill("b", Bytes::from_static(b"v"), None, id(1), t).await);
         assert!(
             l1.get("a").await.is_some(),
@@ -324,5 +386,48 @@ mod tests {
         );
         l1.flush(FlushReason::LogTrimmed);
         assert!(l1.get("a").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_hit_needs_a_proof_younger_than_the_bound() {
+        let l1 = L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            Arc::new(Stats::default()),
+        );
+        l1.set_ready();
+        let t = l1.ticket();
+        assert!(l1.fill("k", Bytes::from_static(b"v"), None, id(1), t).await);
+        assert!(
+            l1.get("k").await.is_none(),
+            "ready without any proof: no hit"
+        );
+        l1.prove_delivery(Instant::now());
+        assert!(l1.get("k").await.is_some());
+        // A proof from before the bound is not enough.
+        let old = L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            Arc::new(Stats::default()),
+        );
+        old.set_ready();
+        let t = old.ticket();
+        assert!(
+            old.fill("k", Bytes::from_static(b"v"), None, id(1), t)
+                .await
+        );
+        old.prove_delivery(Instant::now());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(old.get("k").await.is_none(), "proof older than the bound");
+        old.prove_delivery(Instant::now());
+        assert!(old.get("k").await.is_some());
+        old.set_unready();
+        old.set_ready();
+        assert!(
+            old.get("k").await.is_none(),
+            "loss of trust drops the proof"
+        );
     }
 }

@@ -73,6 +73,7 @@ impl Ctx {
         let l1 = Arc::new(l1::L1::new(
             config.cache.l1_max_bytes.as_u64(),
             config.cache.l1_max_ttl,
+            config.cache.max_staleness,
             stats.clone(),
         ));
         let cache = Arc::new(cache::Cache::new(
@@ -148,6 +149,7 @@ pub async fn run_with(
         stats: ctx.stats.clone(),
         state: ctx.coherence.clone(),
         heartbeat: ctx.config.cache.heartbeat,
+        max_staleness: ctx.config.cache.max_staleness,
         instance: format!("{}:{}", ctx.config.node.id, random_token(8)),
     };
     tasks.spawn(subscriber.run(background.child_token()));

@@ -25,6 +25,8 @@ struct Scripts {
     invalidate: Script,
     invalidate_tags: Script,
     epoch: Script,
+    heartbeat: Script,
+    log_replay: Script,
 }
 
 impl Scripts {
@@ -36,8 +38,23 @@ impl Scripts {
             invalidate: Script::new(include_str!("../../lua/cache_invalidate.lua")),
             invalidate_tags: Script::new(include_str!("../../lua/cache_invalidate_tags.lua")),
             epoch: Script::new(include_str!("../../lua/epoch.lua")),
+            heartbeat: Script::new(include_str!("../../lua/heartbeat.lua")),
+            log_replay: Script::new(include_str!("../../lua/log_replay.lua")),
         }
     }
+}
+
+/// One step of a log replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// Entries after the position (empty: caught up): (id, keys JSON).
+    Entries(Vec<(StreamId, Option<String>)>),
+    /// The log no longer reaches back to the position.
+    Trimmed,
+    /// The position lies beyond the log's last id (given).
+    Beyond(StreamId),
+    /// There is no log although the position is not zero.
+    Empty,
 }
 
 /// Why a Redis call failed.
@@ -441,6 +458,8 @@ impl Store {
             &s.invalidate,
             &s.invalidate_tags,
             &s.epoch,
+            &s.heartbeat,
+            &s.log_replay,
         ] {
             let mut conn = self.conn.clone();
             self.call(script.load_async(&mut conn)).await?;
@@ -494,39 +513,60 @@ impl Store {
         Ok((p(&first), p(&last)))
     }
 
-    /// Log entries after `after` (exclusive), at most `count`: (id, keys JSON).
-    pub async fn log_after(
-        &self,
-        after: StreamId,
-        count: usize,
-    ) -> Result<Vec<(StreamId, Option<String>)>, StoreError> {
-        let v: Vec<Value> = self
-            .cmd(
-                redis::cmd("XRANGE")
-                    .arg(self.keys.log())
-                    .arg(format!("({after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count),
-            )
-            .await?;
-        let mut out = Vec::with_capacity(v.len());
-        for (id, fields) in entries_ids(v) {
-            let Some(id) = StreamId::parse(&id) else {
-                continue;
-            };
-            let mut keys = None;
-            if let Value::Array(f) = fields {
-                let mut it = f.into_iter();
-                while let (Some(k), Some(val)) = (it.next(), it.next()) {
-                    if as_string(&k).as_deref() == Some("keys") {
-                        keys = as_string(&val);
-                    }
-                }
+    /// One batch of log entries after `after` (exclusive), at most `count`, read
+    /// atomically with the proof that the log still reaches back to `after`.
+    pub async fn log_replay(&self, after: StreamId, count: usize) -> Result<Replay, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.log_replay.prepare_invoke();
+        inv.key(self.keys.log()).arg(after.to_string()).arg(count);
+        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        let mut it = v.into_iter();
+        let tag = it.next().as_ref().and_then(as_string).unwrap_or_default();
+        match tag.as_str() {
+            "trimmed" => Ok(Replay::Trimmed),
+            "empty" => Ok(Replay::Empty),
+            "beyond" => {
+                let last = it.next().map(|v| parse_pos(&v)).transpose()?;
+                Ok(Replay::Beyond(last.unwrap_or(StreamId::ZERO)))
             }
-            out.push((id, keys));
+            "ok" => {
+                let entries = match it.next() {
+                    Some(Value::Array(a)) => a,
+                    _ => Vec::new(),
+                };
+                let mut out = Vec::with_capacity(entries.len());
+                for (id, fields) in entries_ids(entries) {
+                    let Some(id) = StreamId::parse(&id) else {
+                        return Err(StoreError::Redis(format!("log entry with a bad id {id:?}")));
+                    };
+                    let mut keys = None;
+                    if let Value::Array(f) = fields {
+                        let mut it = f.into_iter();
+                        while let (Some(k), Some(val)) = (it.next(), it.next()) {
+                            if as_string(&k).as_deref() == Some("keys") {
+                                keys = as_string(&val);
+                            }
+                        }
+                    }
+                    out.push((id, keys));
+                }
+                Ok(Replay::Entries(out))
+            }
+            other => Err(StoreError::Redis(format!(
+                "log_replay returned an unexpected tag {other:?}"
+            ))),
         }
-        Ok(out)
+    }
+
+    /// Publishes this daemon's heartbeat (see `lua/heartbeat.lua`).
+    pub async fn heartbeat(&self, channel: &str, token: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.log())
+            .arg(channel)
+            .arg(token);
+        self.call(inv.invoke_async(&mut conn)).await
     }
 
     /// Publishes on a channel through the command connection.

@@ -161,6 +161,7 @@ async fn concurrent_misses_of_one_key_make_one_redis_call() -> Result<()> {
     config.redis.url = proxy.url();
     config.redis.timeout = Duration::from_secs(5);
     config.cache.heartbeat = Duration::from_secs(2);
+    config.cache.max_staleness = Duration::from_secs(10);
     let d = Daemon::start_ready(config).await?;
     let mut conn = redis.conn().await?;
     redis::cmd("SET")

@@ -425,9 +425,9 @@ async fn randomized_checker_with_subscribers_killed_finds_no_stale_read() -> Res
         daemons.push(d);
     }
     const KEYS: usize = 12;
-    // A read may be older than the newest write by at most this (delivery plus a
-    // reconnect after CLIENT KILL); anything older is a stale read.
-    let bound = Duration::from_millis(1500);
+    // The guarantee, no looser: a read may miss a write that completed less than
+    // Δ (`cache.max_staleness`) before it began; anything older is a stale read.
+    let bound = daemons[0].ctx.config.cache.max_staleness;
     let history: Arc<Mutex<HashMap<usize, Vec<Written>>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();
 

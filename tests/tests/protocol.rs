@@ -438,6 +438,7 @@ async fn a_slow_redis_call_does_not_block_an_l1_hit_on_the_same_connection() -> 
     config.redis.url = proxy.url();
     config.redis.timeout = Duration::from_secs(5);
     config.cache.heartbeat = Duration::from_secs(2);
+    config.cache.max_staleness = Duration::from_secs(10);
     let daemon = Daemon::start_ready(config).await?;
     let mut c = RawConn::greeted(&daemon.socket).await?;
     // "hot" is in this daemon's L1 after its own set; "cold" only in Redis.

@@ -2,8 +2,8 @@
 //! daemon's own cursor (not a consumer group: every daemon must see every entry)
 //! and evicts what it names from the local session cache.
 //!
-//! It follows the gap rules of the invalidation subscriber (DESIGN.md, coherence
-//! point 4), on a dedicated connection (a blocking read would stall the shared
+//! It follows the gap rules of the invalidation subscriber (`coherence.rs`;
+//! ARCHITECTURE.md, "Why it is built this way"), on a dedicated connection (a blocking read would stall the shared
 //! multiplexed one):
 //! 1. While not connected and caught up, the local cache is not trusted.
 //! 2. After connecting, check Redis's identity (run_id + epoch key): changed means
