@@ -697,6 +697,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
 /// Settings of an in-process daemon.
 fn apply_config(config: &CampaignConfig, c: &mut shoald::Config) {
     c.cache.heartbeat = config.heartbeat;
+    c.cache.max_staleness = config.max_staleness;
     c.redis.timeout = Duration::from_millis(300);
     c.session.token_hash_key = shoald::config::Secret(TOKEN_HASH_KEY.into());
     c.shutdown.grace = Duration::from_secs(2);
@@ -706,10 +707,11 @@ fn apply_config(config: &CampaignConfig, c: &mut shoald::Config) {
 fn process_toml(config: &CampaignConfig, dir: &Path, node: &str, url: &str) -> String {
     format!(
         "[node]\nid = \"{node}\"\n[socket]\npath = \"{}\"\n[redis]\nurl = \"{url}\"\ntimeout = \"300ms\"\n\
-         [admin]\nlisten = \"\"\n[cache]\nheartbeat = \"{}ms\"\n\
+         [admin]\nlisten = \"\"\n[cache]\nheartbeat = \"{}ms\"\nmax_staleness = \"{}ms\"\n\
          [session]\ntoken_hash_key = \"{TOKEN_HASH_KEY}\"\n[shutdown]\ngrace = \"2s\"\n",
         dir.join(format!("{node}.sock")).display(),
         config.heartbeat.as_millis(),
+        config.max_staleness.as_millis(),
     )
 }
 
