@@ -165,6 +165,8 @@ pub struct OpCount {
     pub err: u64,
     /// Errors by code (or client error kind).
     pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each error kind.
+    pub examples: BTreeMap<String, String>,
 }
 
 /// A short class for an error: the protocol code, or the client error's kind.
@@ -300,6 +302,15 @@ impl Report {
             let kinds: Vec<String> = c.errors.iter().map(|(e, n)| format!("{e} {n}")).collect();
             let _ = writeln!(s, "| {k} | {} | {} | {} |", c.ok, c.err, kinds.join(", "));
         }
+        let mut internal: BTreeMap<&str, &str> = BTreeMap::new();
+        for (op, c) in &self.ops {
+            if let Some(m) = c.examples.get("Internal") {
+                internal.insert(op, m);
+            }
+        }
+        for (op, m) in internal {
+            let _ = writeln!(s, "\nfirst `internal` error of {op}: {m}");
+        }
         let _ = writeln!(
             s,
             "\n| fault | count | convergence p50 ms | max ms | not converged |\n|---|---:|---:|---:|---:|"
@@ -423,22 +434,23 @@ impl Shared {
             .collect()
     }
     fn count(&self, op: &'static str, ok: bool) {
-        self.count_err(op, (!ok).then(|| "error".to_string()));
+        self.count_err(op, (!ok).then(|| ("error".to_string(), String::new())));
     }
-    fn count_err(&self, op: &'static str, err: Option<String>) {
+    fn count_err(&self, op: &'static str, err: Option<(String, String)>) {
         let mut m = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let c = m.entry(op).or_default();
         match err {
             None => c.ok += 1,
-            Some(e) => {
+            Some((class, message)) => {
                 c.err += 1;
-                *c.errors.entry(e).or_default() += 1;
+                *c.errors.entry(class.clone()).or_default() += 1;
+                c.examples.entry(class).or_insert(message);
             }
         }
     }
     /// Counts a daemon call's outcome, errors by code.
     fn outcome<T>(&self, op: &'static str, r: &Result<T, shoal_client::Error>) {
-        self.count_err(op, r.as_ref().err().map(err_class));
+        self.count_err(op, r.as_ref().err().map(|e| (err_class(e), e.to_string())));
     }
     /// The bytes stored for `version` of `key` (a MessagePack string, so typed
     /// reads such as `get_or_load::<String>` decode it).
@@ -525,6 +537,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         let runs = if i % 3 == 2 {
             let toml = process_toml(&config, dir.path(), &name, &url);
             let mut p = DaemonProcess::spawn(dir.path(), &name, &toml)?;
+            p.drain_stderr_to(&dir.path().join(format!("{name}.log")))?;
             p.wait_ready(Duration::from_secs(30)).await?;
             Runs::Process {
                 proc: Some(p),
@@ -645,8 +658,9 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
             Ok(c) => Some(c),
             Err(e) => {
                 convergence_failures.push(format!(
-                    "NOT CONVERGED within {bound:?} after {} ({detail}): {e:#}",
-                    kind.name()
+                    "NOT CONVERGED within {bound:?} after {} ({detail}): {e:#}; process logs: {}",
+                    kind.name(),
+                    log_tails(&nodes, dir.path())
                 ));
                 None
             }
@@ -692,6 +706,22 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         l1_hits,
         convergence_failures,
     })
+}
+
+/// The last lines each `shoald` process logged (warnings and worse).
+fn log_tails(nodes: &[Node], dir: &Path) -> String {
+    nodes
+        .iter()
+        .filter(|n| matches!(n.runs, Runs::Process { .. }))
+        .map(|n| {
+            let log =
+                std::fs::read_to_string(dir.join(format!("{}.log", n.name))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
+            format!("{}: [{tail}]", n.name)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Settings of an in-process daemon.
@@ -1353,7 +1383,9 @@ async fn inject(
                     p.wait_exit(Duration::from_secs(5)).await?;
                 }
                 sleep(ms).await;
-                *proc = Some(DaemonProcess::spawn(dir, &name, toml)?);
+                let mut p = DaemonProcess::spawn(dir, &name, toml)?;
+                p.drain_stderr_to(&dir.join(format!("{name}.log")))?;
+                *proc = Some(p);
             }
             Ok(format!("{name}, down {ms} ms"))
         }
@@ -1424,8 +1456,15 @@ async fn converge(
 ) -> Result<Nanos> {
     let deadline = Instant::now() + within;
     let key = (sh.workload_keys() + round % PROBES) as u32;
+    let mut slow = Vec::new();
     for _ in 0..2 {
-        probe_once(sh, redis, probes, key, deadline).await?;
+        probe_once(sh, redis, probes, key, deadline, &mut slow).await?;
+    }
+    if !slow.is_empty() {
+        tracing::info!(slow = ?slow, "slow convergence");
+        if std::env::var_os("SHOAL_CAMPAIGN_VERBOSE").is_some() {
+            println!("          slow: {}", slow.join("; "));
+        }
     }
     Ok(sh.history.now())
 }
@@ -1436,6 +1475,7 @@ async fn probe_once(
     probes: &[Client],
     key: u32,
     deadline: Instant,
+    slow: &mut Vec<String>,
 ) -> Result<()> {
     let name = sh.keys[key as usize].clone();
     let version = loop {
@@ -1451,6 +1491,7 @@ async fn probe_once(
     };
     let mut last = Vec::new();
     for (d, c) in probes.iter().enumerate() {
+        let began = Instant::now();
         loop {
             let inv = sh.history.now();
             let r = c.get_full(&name, false).await;
@@ -1469,6 +1510,13 @@ async fn probe_once(
                         from_l1,
                     });
                     if from_l1 && got.is_some_and(|g| g.version == version) {
+                        if began.elapsed() > Duration::from_millis(500) {
+                            slow.push(format!(
+                                "n{d} {:?} (last before: {:?})",
+                                began.elapsed(),
+                                last.last()
+                            ));
+                        }
                         break;
                     }
                     last.push(format!("n{d}: {:?} from {:?}", got, r.from));

@@ -378,6 +378,22 @@ impl DaemonProcess {
         })
     }
 
+    /// Copies the process's stderr (its log) into `file` from a background
+    /// thread. A test that does not read stderr itself and makes the daemon log a
+    /// lot must call this: a full pipe would block the daemon's logging thread.
+    pub fn drain_stderr_to(&mut self, file: &Path) -> Result<()> {
+        if let Some(mut err) = self.child.stderr.take() {
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)?;
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut err, &mut out);
+            });
+        }
+        Ok(())
+    }
+
     /// The TOML a test daemon process needs.
     pub fn config_toml(redis: &RedisServer, dir: &Path, node: &str) -> String {
         format!(
