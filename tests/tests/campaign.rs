@@ -53,3 +53,43 @@ async fn campaign() -> Result<()> {
     );
     Ok(())
 }
+
+/// Convergence does not depend on Redis being close: a daemon 25 ms (each way)
+/// from Redis proves delivery every heartbeat well within Δ (a round trip is
+/// 50 ms), so it must become ready, stay ready and serve from L1 — even though
+/// its catch-up after subscribing takes a dozen round trips, longer than 2Δ.
+#[tokio::test]
+async fn a_daemon_25ms_from_redis_converges_and_serves_from_l1() -> Result<()> {
+    use shoal_tests::proxy::FaultProxy;
+    use shoal_tests::{test_config, Daemon, RedisServer};
+    let redis = RedisServer::start().await?;
+    let proxy = FaultProxy::start(redis.port()).await?;
+    proxy.set_delay(Duration::from_millis(25));
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "far");
+    c.redis.url = proxy.url();
+    c.redis.timeout = Duration::from_secs(2);
+    c.cache.heartbeat = Duration::from_millis(50);
+    c.cache.max_staleness = Duration::from_millis(250);
+    let d = Daemon::start(c).await?;
+    d.wait_ready(Duration::from_secs(10)).await?;
+    let client = d.client().await?;
+    client
+        .set_raw("far", bytes::Bytes::from_static(b"v"), None)
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client.get_full("far", false).await?;
+        if r.from == Some(shoal_client::Source::L1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a daemon 25 ms from Redis never served from L1 in 5 s (subscriber reconnects: {}, heartbeat timeouts: {})",
+            d.stat("subscriber_reconnects"),
+            d.stat("heartbeat_timeouts")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
