@@ -267,11 +267,14 @@ impl Report {
         }
         for a in self.verdict.accepted_revoked.iter().take(max) {
             out.push(format!(
-                "REVOKED SESSION accepted: token #{} daemon n{} at {:.1} ms, {:?} after its revocation completed; {}",
+                "REVOKED SESSION accepted: token #{} daemon n{} at {:.1} ms, {:?} after its {} on n{} completed (invoked at {:.1} ms); {}",
                 a.read.token,
                 a.read.daemon,
                 ms(a.read.inv),
                 a.after,
+                a.revocation.op,
+                a.revocation.daemon,
+                ms(a.revocation.inv),
                 self.fault_at(a.read.inv)
             ));
         }
@@ -1120,6 +1123,8 @@ async fn sessions(
                         target: Revoked::Token(l.id),
                         inv,
                         comp,
+                        op: "session.revoke",
+                        daemon: d as u8,
                     });
                 }
                 revoked.push_back((l.token, l.id));
@@ -1132,6 +1137,8 @@ async fn sessions(
                         target: Revoked::Token(l.id),
                         inv,
                         comp,
+                        op: "session.rotate",
+                        daemon: d as u8,
                     });
                     let id = sh.next_token.fetch_add(1, Ordering::Relaxed);
                     sh.history.session_create(SessionCreate {
@@ -1157,6 +1164,8 @@ async fn sessions(
                         target: Revoked::User(l.user),
                         inv,
                         comp,
+                        op: "session.revoke_user",
+                        daemon: d as u8,
                     });
                 }
                 let (gone, keep): (Vec<Live>, Vec<Live>) =

@@ -114,6 +114,10 @@ pub struct Revocation {
     pub target: Revoked,
     pub inv: Nanos,
     pub comp: Nanos,
+    /// The op (`session.revoke`, `session.rotate`, `session.revoke_user`), for reports.
+    pub op: &'static str,
+    /// The daemon that answered it.
+    pub daemon: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +169,8 @@ pub struct Phantom {
 pub struct AcceptedRevoked {
     pub read: SessionRead,
     pub after: Duration,
+    /// The earliest revocation that surely covered the token.
+    pub revocation: Revocation,
 }
 
 /// The oracle's answer.
@@ -322,22 +328,18 @@ pub fn check(h: &Recorded, delta: Duration) -> Verdict {
     }
 
     // Sessions: the earliest completed revocation that surely covers each token.
-    let mut revoked_at: HashMap<u32, Nanos> = HashMap::new();
+    let mut revoked_at: HashMap<u32, &Revocation> = HashMap::new();
     let mut by_user: HashMap<u32, Vec<&Revocation>> = HashMap::new();
     for rv in &h.revocations {
         match rv.target {
-            Revoked::Token(t) => {
-                let e = revoked_at.entry(t).or_insert(rv.comp);
-                *e = (*e).min(rv.comp);
-            }
+            Revoked::Token(t) => earliest(&mut revoked_at, t, rv),
             Revoked::User(u) => by_user.entry(u).or_default().push(rv),
         }
     }
     for c in &h.creates {
         for rv in by_user.get(&c.user).into_iter().flatten() {
             if c.comp < rv.inv {
-                let e = revoked_at.entry(c.token).or_insert(rv.comp);
-                *e = (*e).min(rv.comp);
+                earliest(&mut revoked_at, c.token, rv);
             }
         }
     }
@@ -346,9 +348,10 @@ pub fn check(h: &Recorded, delta: Duration) -> Verdict {
         if !s.accepted {
             continue;
         }
-        let Some(&at) = revoked_at.get(&s.token) else {
+        let Some(&rv) = revoked_at.get(&s.token) else {
             continue;
         };
+        let at = rv.comp;
         if at >= s.inv {
             continue;
         }
@@ -358,10 +361,19 @@ pub fn check(h: &Recorded, delta: Duration) -> Verdict {
             v.accepted_revoked.push(AcceptedRevoked {
                 read: s.clone(),
                 after: Duration::from_nanos(lag),
+                revocation: rv.clone(),
             });
         }
     }
     v
+}
+
+/// Keeps, per token, the revocation that completed first.
+fn earliest<'a>(at: &mut HashMap<u32, &'a Revocation>, token: u32, rv: &'a Revocation) {
+    let e = at.entry(token).or_insert(rv);
+    if rv.comp < e.comp {
+        *e = rv;
+    }
 }
 
 /// The recorder the campaign's tasks share: one clock, unique versions.
@@ -642,11 +654,15 @@ mod tests {
                     target: Revoked::Token(1),
                     inv: 10 * MS,
                     comp: 20 * MS,
+                    op: "session.revoke",
+                    daemon: 0,
                 },
                 Revocation {
                     target: Revoked::User(7),
                     inv: 100 * MS,
                     comp: 110 * MS,
+                    op: "session.revoke_user",
+                    daemon: 2,
                 },
             ],
             session_reads: vec![
@@ -662,6 +678,7 @@ mod tests {
         assert_eq!(v.accepted_revoked.len(), 2, "{v:?}");
         assert_eq!(v.accepted_revoked[0].read.token, 1);
         assert_eq!(v.accepted_revoked[1].read.token, 2);
+        assert_eq!(v.accepted_revoked[1].revocation.op, "session.revoke_user");
         assert_eq!(v.max_session_lag, Duration::from_millis(251));
         assert!(!v.ok());
     }
