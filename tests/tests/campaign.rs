@@ -93,3 +93,47 @@ async fn a_daemon_25ms_from_redis_converges_and_serves_from_l1() -> Result<()> {
     }
     Ok(())
 }
+
+/// The session half of the bound, without waiting for luck: a daemon whose link
+/// to Redis is black-holed (no RST, so nothing tells it) must not accept a
+/// session more than Δ after its revocation returned elsewhere — its local
+/// session cache needs a revocation proof younger than Δ, like L1.
+#[tokio::test]
+async fn a_partitioned_daemon_refuses_a_revoked_session_after_delta() -> Result<()> {
+    use shoal_tests::proxy::FaultProxy;
+    use shoal_tests::{test_config, Daemon, RedisServer};
+    let redis = RedisServer::start().await?;
+    let proxy = FaultProxy::start(redis.port()).await?;
+    let dir = tempfile::tempdir()?;
+    let delta = Duration::from_millis(250);
+    let config = |name: &str, url: String| {
+        let mut c = test_config(&redis, dir.path(), name);
+        c.redis.url = url;
+        c.cache.heartbeat = Duration::from_millis(50);
+        c.cache.max_staleness = delta;
+        c
+    };
+    let near = Daemon::start_ready(config("near", redis.url())).await?;
+    let far = Daemon::start_ready(config("far", proxy.url())).await?;
+    let (cn, cf) = (near.client().await?, far.client().await?);
+    let created = cn
+        .session_create_raw("u1", b"d".to_vec(), Default::default())
+        .await?;
+    // The far daemon validates it (and keeps it in its local cache).
+    for _ in 0..3 {
+        assert!(cf.session_get_raw(&created.token, false).await?.is_some());
+    }
+    proxy.blackhole();
+    assert!(cn.session_revoke(&created.token).await?);
+    let revoked = std::time::Instant::now();
+    tokio::time::sleep(delta + Duration::from_millis(20)).await;
+    // Any answer but "valid" is fine (unavailable, timeout, not found).
+    let late = cf.session_get_raw(&created.token, false).await;
+    let began_after = revoked.elapsed();
+    proxy.heal();
+    assert!(
+        !matches!(late, Ok(Some(_))),
+        "the partitioned daemon accepted a session {began_after:?} after its revocation returned (Δ {delta:?})"
+    );
+    Ok(())
+}
