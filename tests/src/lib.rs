@@ -5,6 +5,8 @@
 //! Nothing here mocks Redis. Every Redis is private to its test (a temp dir and a
 //! free port; the machine's own 6379 is never touched) and dies with its handle.
 
+pub mod campaign;
+pub mod history;
 pub mod proxy;
 pub mod raw;
 pub mod vectors;
@@ -152,9 +154,37 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty (no persistence).
+    /// Starts it again on the same port: empty without persistence, with its
+    /// data when started with `--appendonly yes` (see [`RedisServer::restart_empty`]).
     pub async fn restart(&mut self) -> Result<()> {
         self.stop();
+        self.spawn().await
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` to the server (SIGSTOP / SIGCONT to stall it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.pid().context("redis-server is not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)?;
+        Ok(())
+    }
+
+    /// Kills the server and starts it again on the same port with its data
+    /// directory emptied: whatever persistence it had, it comes back empty.
+    pub async fn restart_empty(&mut self) -> Result<()> {
+        self.stop();
+        for entry in std::fs::read_dir(self.dir.path())? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
         self.spawn().await
     }
 
@@ -346,6 +376,22 @@ impl DaemonProcess {
             child,
             socket: dir.join(format!("{node}.sock")),
         })
+    }
+
+    /// Copies the process's stderr (its log) into `file` from a background
+    /// thread. A test that does not read stderr itself and makes the daemon log a
+    /// lot must call this: a full pipe would block the daemon's logging thread.
+    pub fn drain_stderr_to(&mut self, file: &Path) -> Result<()> {
+        if let Some(mut err) = self.child.stderr.take() {
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)?;
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut err, &mut out);
+            });
+        }
+        Ok(())
     }
 
     /// The TOML a test daemon process needs.

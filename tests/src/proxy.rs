@@ -21,6 +21,9 @@ struct Controls {
     delay: Duration,
     /// Refuse new connections (Redis "unreachable" for this proxy's users).
     blocked: bool,
+    /// Hold every byte in both directions, and accept new connections without
+    /// forwarding anything: a partition with no RST, until healed.
+    blackhole: bool,
 }
 
 #[derive(Debug)]
@@ -44,6 +47,7 @@ impl FaultProxy {
                 hold_matching: None,
                 delay: Duration::ZERO,
                 blocked: false,
+                blackhole: false,
             })
             .0,
         );
@@ -133,6 +137,19 @@ impl FaultProxy {
         self.controls.send_modify(|c| c.blocked = false);
     }
 
+    /// Partitions this proxy's users from Redis without closing anything: every
+    /// byte either way is held (TCP keeps the connections open, no RST), new
+    /// connections are accepted and held too. [`FaultProxy::heal`] delivers
+    /// everything held, as a healed network would.
+    pub fn blackhole(&self) {
+        self.controls.send_modify(|c| c.blackhole = true);
+    }
+
+    /// Ends a [`FaultProxy::blackhole`].
+    pub fn heal(&self) {
+        self.controls.send_modify(|c| c.blackhole = false);
+    }
+
     /// Adds `d` of latency to each chunk, each way.
     pub fn set_delay(&self, d: Duration) {
         self.controls.send_modify(|c| c.delay = d);
@@ -170,6 +187,15 @@ async fn pipe(
                 Ok(n) => n,
             },
         };
+        if controls.borrow_and_update().blackhole {
+            let closed = tokio::select! {
+                _ = cut.cancelled() => return,
+                r = controls.wait_for(|c| !c.blackhole) => r.is_err(),
+            };
+            if closed {
+                return;
+            }
+        }
         let c = *controls.borrow_and_update();
         if !c.delay.is_zero() {
             tokio::time::sleep(c.delay).await;

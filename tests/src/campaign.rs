@@ -1,0 +1,1545 @@
+//! The fault campaign (issue 12): several daemons on one private Redis, clients
+//! on every daemon and external writers issuing every kind of cache change and
+//! read, sessions created, read and revoked, while faults are injected one after
+//! another at random. Every operation goes into a [`History`]; the oracle in
+//! [`crate::history`] then decides, with exactly the configured Δ as tolerance,
+//! whether any daemon served an overwritten value or a revoked session. After
+//! each fault every daemon must converge again (serve a fresh probe value from
+//! L1) within a bound, and the time it took is reported per fault kind.
+//!
+//! `tests/tests/campaign.rs` runs it in CI for about a minute with a logged seed
+//! (`SHOAL_CAMPAIGN_SEED` replays one); `cargo bench -p shoal-tests --bench
+//! campaign -- --minutes N` runs it long.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use shoal_client::{Client, SetOptions, Source};
+use tokio_util::sync::CancellationToken;
+
+use crate::history::{
+    Got, History, Nanos, Read, ReadKind, Revocation, Revoked, SessionCreate, SessionRead, Target,
+    Verdict, Write, WriteKind,
+};
+use crate::proxy::FaultProxy;
+use crate::{test_config, Daemon, DaemonProcess, RedisServer};
+
+/// Redis key prefix the daemons use (the default).
+const PREFIX: &str = "shoal:";
+/// TTL of every value the campaign writes: nothing expires during a run.
+const TTL: Duration = Duration::from_secs(3600);
+/// The session keyed-hash secret every daemon shares (configured, not `skey`).
+const TOKEN_HASH_KEY: &str = "campaign-token-hash-key-0123456789abcdef";
+
+const CACHE_SET_LUA: &str = include_str!("../../lua/cache_set.lua");
+const CACHE_INVALIDATE_LUA: &str = include_str!("../../lua/cache_invalidate.lua");
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct CampaignConfig {
+    /// How long faults keep coming (the run ends with a final convergence check).
+    pub duration: Duration,
+    pub seed: u64,
+    /// Number of daemons (at least 3): `n0` in-process direct, `n1` in-process
+    /// behind a fault proxy, `n2` a `shoald` process behind a fault proxy, then
+    /// the same pattern again.
+    pub daemons: usize,
+    /// `cache.heartbeat` given to every daemon.
+    pub heartbeat: Duration,
+    /// `cache.max_staleness` (Δ) given to every daemon; the oracle's tolerance.
+    pub max_staleness: Duration,
+    /// Cache keys the workload uses (plus a few probe keys).
+    pub keys: usize,
+    /// Bound on convergence after a fault.
+    pub converge_within: Duration,
+    /// Print each fault as it happens.
+    pub verbose: bool,
+}
+
+impl CampaignConfig {
+    /// `duration`, with the seed from `SHOAL_CAMPAIGN_SEED` or a fresh one.
+    pub fn new(duration: Duration) -> CampaignConfig {
+        let seed = std::env::var("SHOAL_CAMPAIGN_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| rand::rng().random());
+        CampaignConfig {
+            duration,
+            seed,
+            daemons: 3,
+            heartbeat: Duration::from_millis(50),
+            max_staleness: Duration::from_millis(250),
+            keys: 40,
+            converge_within: Duration::from_secs(10),
+            verbose: std::env::var_os("SHOAL_CAMPAIGN_VERBOSE").is_some(),
+        }
+    }
+}
+
+/// The faults, each injected several times per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// `CLIENT KILL TYPE pubsub`.
+    KillPubsub,
+    /// `CLIENT KILL TYPE normal` (the daemons' command connections).
+    KillNormal,
+    /// Redis `SIGSTOP`, then `SIGCONT`.
+    RedisStop,
+    /// Redis SIGKILLed and restarted with its data (AOF, `appendfsync always`).
+    RestartPersistent,
+    /// Redis SIGKILLed and restarted empty.
+    RestartEmpty,
+    /// `FLUSHALL`.
+    FlushAll,
+    /// Subscribers killed, then the log trimmed to 2 entries while they replay.
+    TrimDuringReplay,
+    /// One daemon's link to Redis black-holed (no RST), then healed.
+    Partition,
+    /// Latency added to every proxied link, then removed.
+    Latency,
+    /// A `shoald` process SIGKILLed and restarted.
+    DaemonKill,
+    /// `client-output-buffer-limit pubsub 1kb 1kb 0` under a burst, then restored.
+    OutputBuffer,
+    /// A foreign publisher's message on the invalidation channel whose id lies
+    /// beyond the log's end, then the subscribers killed (so they replay).
+    ForeignPublish,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 12] = [
+        FaultKind::KillPubsub,
+        FaultKind::KillNormal,
+        FaultKind::RedisStop,
+        FaultKind::RestartPersistent,
+        FaultKind::RestartEmpty,
+        FaultKind::FlushAll,
+        FaultKind::TrimDuringReplay,
+        FaultKind::Partition,
+        FaultKind::Latency,
+        FaultKind::DaemonKill,
+        FaultKind::OutputBuffer,
+        FaultKind::ForeignPublish,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillPubsub => "CLIENT KILL TYPE pubsub",
+            FaultKind::KillNormal => "CLIENT KILL TYPE normal",
+            FaultKind::RedisStop => "Redis SIGSTOP/SIGCONT",
+            FaultKind::RestartPersistent => "Redis restart, AOF kept",
+            FaultKind::RestartEmpty => "Redis restart, empty",
+            FaultKind::FlushAll => "FLUSHALL",
+            FaultKind::TrimDuringReplay => "log trimmed during replay",
+            FaultKind::Partition => "black-hole partition",
+            FaultKind::Latency => "latency spike",
+            FaultKind::DaemonKill => "daemon SIGKILL + restart",
+            FaultKind::OutputBuffer => "pubsub output-buffer kill",
+            FaultKind::ForeignPublish => "foreign message beyond the log",
+        }
+    }
+}
+
+/// One injected fault and how the fleet recovered.
+#[derive(Debug, Clone)]
+pub struct FaultEvent {
+    pub kind: FaultKind,
+    pub detail: String,
+    pub start: Nanos,
+    pub healed: Nanos,
+    /// When every daemon served the probe from L1 again (`None`: not within the bound).
+    pub converged: Option<Nanos>,
+}
+
+/// Counters of one op kind.
+#[derive(Debug, Default, Clone)]
+pub struct OpCount {
+    pub ok: u64,
+    pub err: u64,
+    /// Errors by code (or client error kind).
+    pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each error kind.
+    pub examples: BTreeMap<String, String>,
+}
+
+/// A short class for an error: the protocol code, or the client error's kind.
+fn err_class(e: &shoal_client::Error) -> String {
+    match e.code() {
+        Some(c) => format!("{c:?}"),
+        None => {
+            let d = format!("{e:?}");
+            d.split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("error")
+                .to_string()
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct Report {
+    pub config: CampaignConfig,
+    pub elapsed: Duration,
+    pub ops: BTreeMap<&'static str, OpCount>,
+    pub faults: Vec<FaultEvent>,
+    pub verdict: Verdict,
+    /// Reads served from L1 (of all successful reads).
+    pub l1_hits: u64,
+    pub convergence_failures: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.verdict.ok() && self.convergence_failures.is_empty()
+    }
+
+    fn key_name(&self, key: u32) -> String {
+        if key as usize >= self.config.keys {
+            format!("probe{}", key as usize - self.config.keys)
+        } else {
+            format!("k{key}")
+        }
+    }
+
+    /// The kind of the last fault injected before `t`.
+    fn fault_kind_at(&self, t: Nanos) -> String {
+        self.faults
+            .iter()
+            .rev()
+            .find(|f| f.start <= t)
+            .map_or_else(|| "no fault yet".into(), |f| f.kind.name().to_string())
+    }
+
+    /// The fault active (or last recovered from) at `t`, for failure reports.
+    fn fault_at(&self, t: Nanos) -> String {
+        match self.faults.iter().rev().find(|f| f.start <= t) {
+            None => "before any fault".into(),
+            Some(f) => {
+                let since = Duration::from_nanos(t - f.start);
+                let state = match f.converged {
+                    Some(c) if t > c => "after convergence",
+                    _ if t <= f.healed => "during",
+                    _ => "recovering from",
+                };
+                format!("{state} {} ({}) +{since:?}", f.kind.name(), f.detail)
+            }
+        }
+    }
+
+    /// Every failure, one line each (at most `max` per class).
+    pub fn failures(&self, max: usize) -> Vec<String> {
+        let ms = |n: Nanos| n as f64 / 1e6;
+        let mut out = Vec::new();
+        for s in self.verdict.stale.iter().take(max) {
+            out.push(format!(
+                "STALE read: {} daemon n{} {:?} from {} began at {:.1} ms returned version {} \
+                 overwritten by a {:?} {:?} before it began (Δ {:?}); {}",
+                self.key_name(s.read.key),
+                s.read.daemon,
+                s.read.kind,
+                if s.read.from_l1 { "L1" } else { "L2/unknown" },
+                ms(s.read.inv),
+                s.read.got.map_or(0, |g| g.version),
+                s.overwritten_by,
+                s.staleness,
+                self.config.max_staleness,
+                self.fault_at(s.read.inv)
+            ));
+        }
+        for p in self.verdict.phantoms.iter().take(max) {
+            out.push(format!(
+                "PHANTOM read: key {} daemon n{} at {:.1} ms: {} ({:?}); {}",
+                p.read.key,
+                p.read.daemon,
+                ms(p.read.inv),
+                p.why,
+                p.read.got,
+                self.fault_at(p.read.inv)
+            ));
+        }
+        for a in self.verdict.accepted_revoked.iter().take(max) {
+            out.push(format!(
+                "REVOKED SESSION accepted: token #{} daemon n{} at {:.1} ms, {:?} after its {} on n{} completed (invoked at {:.1} ms); {}",
+                a.read.token,
+                a.read.daemon,
+                ms(a.read.inv),
+                a.after,
+                a.revocation.op,
+                a.revocation.daemon,
+                ms(a.revocation.inv),
+                self.fault_at(a.read.inv)
+            ));
+        }
+        out.extend(self.convergence_failures.iter().take(max).cloned());
+        out
+    }
+
+    /// The report table (Markdown).
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let v = &self.verdict;
+        let _ = writeln!(
+            s,
+            "campaign: seed {} ({} daemons, {} keys, heartbeat {:?}, Δ = max_staleness {:?}), {:.1} s",
+            self.config.seed,
+            self.config.daemons,
+            self.config.keys,
+            self.config.heartbeat,
+            self.config.max_staleness,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            s,
+            "\n| operation | ok | errors | errors by kind |\n|---|---:|---:|---|"
+        );
+        for (k, c) in &self.ops {
+            let kinds: Vec<String> = c.errors.iter().map(|(e, n)| format!("{e} {n}")).collect();
+            let _ = writeln!(s, "| {k} | {} | {} | {} |", c.ok, c.err, kinds.join(", "));
+        }
+        let mut internal: BTreeMap<&str, &str> = BTreeMap::new();
+        for (op, c) in &self.ops {
+            if let Some(m) = c.examples.get("Internal") {
+                internal.insert(op, m);
+            }
+        }
+        for (op, m) in internal {
+            let _ = writeln!(s, "\nfirst `internal` error of {op}: {m}");
+        }
+        let _ = writeln!(
+            s,
+            "\n| fault | count | convergence p50 ms | max ms | not converged |\n|---|---:|---:|---:|---:|"
+        );
+        for kind in FaultKind::ALL {
+            let evs: Vec<&FaultEvent> = self.faults.iter().filter(|f| f.kind == kind).collect();
+            let mut conv: Vec<u64> = evs
+                .iter()
+                .filter_map(|f| f.converged.map(|c| c.saturating_sub(f.healed)))
+                .collect();
+            conv.sort_unstable();
+            let p = |q: usize| {
+                if conv.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.0}", conv[(conv.len() - 1) * q / 100] as f64 / 1e6)
+                }
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                kind.name(),
+                evs.len(),
+                p(50),
+                p(100),
+                evs.len() - conv.len()
+            );
+        }
+        if !v.stale.is_empty() || !v.accepted_revoked.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n| failures attributed to the last fault before the read | stale reads (from L1) | worst staleness | example | revoked sessions accepted |\n|---|---:|---:|---|---:|"
+            );
+            let mut by: BTreeMap<String, (u64, Duration, String, u64, u64)> = BTreeMap::new();
+            for st in &v.stale {
+                let e = by.entry(self.fault_kind_at(st.read.inv)).or_default();
+                e.0 += 1;
+                e.4 += u64::from(st.read.from_l1);
+                if st.staleness > e.1 {
+                    e.1 = st.staleness;
+                    e.2 = format!(
+                        "{} on n{} ({:?}, {}), overwritten by {:?}",
+                        self.key_name(st.read.key),
+                        st.read.daemon,
+                        st.read.kind,
+                        if st.read.from_l1 { "L1" } else { "L2/unknown" },
+                        st.overwritten_by
+                    );
+                }
+            }
+            for a in &v.accepted_revoked {
+                by.entry(self.fault_kind_at(a.read.inv)).or_default().3 += 1;
+            }
+            for (f, (n, worst, ex, sess, l1)) in by {
+                let _ = writeln!(
+                    s,
+                    "| {f} | {n} ({l1}) | {:.0} ms | {ex} | {sess} |",
+                    worst.as_secs_f64() * 1e3
+                );
+            }
+        }
+        let reads_ok = v.reads_checked;
+        let _ = writeln!(
+            s,
+            "\n| check | value |\n|---|---:|\n\
+             | cache reads checked (L1 hits) | {} ({}) |\n\
+             | reads returning an overwritten value (any lag) | {} |\n\
+             | stale reads (overwritten more than Δ before the read began) | **{}** |\n\
+             | phantom reads | **{}** |\n\
+             | largest staleness observed vs Δ | {:.1} ms vs {} ms |\n\
+             | session reads checked | {} |\n\
+             | revoked sessions accepted more than Δ after revocation | **{}** |\n\
+             | largest revoked-session acceptance lag vs Δ | {:.1} ms vs {} ms |\n\
+             | convergence failures | **{}** |",
+            reads_ok,
+            self.l1_hits,
+            v.reads_of_overwritten,
+            v.stale.len(),
+            v.phantoms.len(),
+            v.max_staleness.as_secs_f64() * 1e3,
+            self.config.max_staleness.as_millis(),
+            v.session_reads_checked,
+            v.accepted_revoked.len(),
+            v.max_session_lag.as_secs_f64() * 1e3,
+            self.config.max_staleness.as_millis(),
+            self.convergence_failures.len()
+        );
+        s
+    }
+}
+
+/// State every workload task shares.
+struct Shared {
+    history: History,
+    /// Key names; index = the oracle's key id. The last `PROBES` are probe keys.
+    keys: Vec<String>,
+    key_ids: HashMap<String, u32>,
+    tags: usize,
+    ops: Mutex<BTreeMap<&'static str, OpCount>>,
+    next_token: AtomicU32,
+}
+
+const PROBES: usize = 4;
+const TAGS: usize = 5;
+const USERS: u32 = 8;
+
+impl Shared {
+    fn workload_keys(&self) -> usize {
+        self.keys.len() - PROBES
+    }
+    fn tag_of(&self, key: u32) -> String {
+        if key as usize >= self.workload_keys() {
+            "probe".into()
+        } else {
+            format!("g{}", key as usize % self.tags)
+        }
+    }
+    fn keys_of_tag(&self, tag: usize) -> Vec<u32> {
+        (0..self.workload_keys() as u32)
+            .filter(|k| *k as usize % self.tags == tag)
+            .collect()
+    }
+    fn count(&self, op: &'static str, ok: bool) {
+        self.count_err(op, (!ok).then(|| ("error".to_string(), String::new())));
+    }
+    fn count_err(&self, op: &'static str, err: Option<(String, String)>) {
+        let mut m = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let c = m.entry(op).or_default();
+        match err {
+            None => c.ok += 1,
+            Some((class, message)) => {
+                c.err += 1;
+                *c.errors.entry(class.clone()).or_default() += 1;
+                c.examples.entry(class).or_insert(message);
+            }
+        }
+    }
+    /// Counts a daemon call's outcome, errors by code.
+    fn outcome<T>(&self, op: &'static str, r: &Result<T, shoal_client::Error>) {
+        self.count_err(op, r.as_ref().err().map(|e| (err_class(e), e.to_string())));
+    }
+    /// The bytes stored for `version` of `key` (a MessagePack string, so typed
+    /// reads such as `get_or_load::<String>` decode it).
+    fn value(&self, key: u32, version: u64) -> Result<Vec<u8>> {
+        Ok(shoal_client::proto::to_value(
+            &self.value_str(key, version),
+        )?)
+    }
+    fn value_str(&self, key: u32, version: u64) -> String {
+        format!("{}#{version}", self.keys[key as usize])
+    }
+    /// Parses a returned value; anything unparsable becomes a version nobody wrote.
+    fn parse(&self, bytes: &[u8]) -> Got {
+        shoal_client::proto::from_value::<String>(bytes)
+            .ok()
+            .and_then(|s| self.parse_str(&s))
+            .unwrap_or(Got {
+                version: u64::MAX,
+                written_for: u32::MAX,
+            })
+    }
+    fn parse_str(&self, s: &str) -> Option<Got> {
+        let (key, v) = s.rsplit_once('#')?;
+        Some(Got {
+            version: v.parse().ok()?,
+            written_for: *self.key_ids.get(key)?,
+        })
+    }
+}
+
+/// Where a daemon runs.
+enum Runs {
+    InProcess(Option<Daemon>),
+    Process {
+        proc: Option<DaemonProcess>,
+        toml: String,
+    },
+}
+
+struct Node {
+    name: String,
+    socket: PathBuf,
+    proxy: Option<FaultProxy>,
+    runs: Runs,
+}
+
+async fn client(socket: &Path) -> Result<Client> {
+    Ok(Client::builder(socket)
+        .timeout(Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(100))
+        .connect()
+        .await?)
+}
+
+/// Runs one campaign.
+pub async fn run(config: CampaignConfig) -> Result<Report> {
+    if config.daemons < 3 {
+        bail!("the campaign needs at least 3 daemons");
+    }
+    // Faults make daemons warn all the time; only errors by default.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    println!(
+        "campaign seed {} (replay with SHOAL_CAMPAIGN_SEED={}), {:?}, Δ {:?}",
+        config.seed, config.seed, config.duration, config.max_staleness
+    );
+    let mut redis =
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await?;
+    let dir = tempfile::tempdir()?;
+
+    let mut nodes = Vec::new();
+    for i in 0..config.daemons {
+        let name = format!("n{i}");
+        let proxy = if i % 3 == 0 {
+            None
+        } else {
+            Some(FaultProxy::start(redis.port()).await?)
+        };
+        let url = proxy.as_ref().map_or_else(|| redis.url(), FaultProxy::url);
+        let runs = if i % 3 == 2 {
+            let toml = process_toml(&config, dir.path(), &name, &url);
+            let mut p = DaemonProcess::spawn(dir.path(), &name, &toml)?;
+            p.drain_stderr_to(&dir.path().join(format!("{name}.log")))?;
+            p.wait_ready(Duration::from_secs(30)).await?;
+            Runs::Process {
+                proc: Some(p),
+                toml,
+            }
+        } else {
+            let mut c = test_config(&redis, dir.path(), &name);
+            c.redis.url = url;
+            apply_config(&config, &mut c);
+            Runs::InProcess(Some(Daemon::start_ready(c).await?))
+        };
+        nodes.push(Node {
+            socket: dir.path().join(format!("{name}.sock")),
+            name,
+            proxy,
+            runs,
+        });
+    }
+
+    let mut keys: Vec<String> = (0..config.keys).map(|i| format!("k{i}")).collect();
+    keys.extend((0..PROBES).map(|i| format!("probe{i}")));
+    let shared = Arc::new(Shared {
+        history: History::default(),
+        key_ids: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i as u32))
+            .collect(),
+        keys,
+        tags: TAGS,
+        ops: Mutex::default(),
+        next_token: AtomicU32::new(1),
+    });
+
+    // The workload.
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let sockets: Vec<PathBuf> = nodes.iter().map(|n| n.socket.clone()).collect();
+    for (i, socket) in sockets.iter().enumerate() {
+        let d = i as u8;
+        let seed = config.seed.wrapping_add(1000 * (i as u64 + 1));
+        tasks.push(tokio::spawn(writer(
+            shared.clone(),
+            client(socket).await?,
+            d,
+            StdRng::seed_from_u64(seed),
+            stop.clone(),
+        )));
+        for r in 0..2 {
+            tasks.push(tokio::spawn(reader(
+                shared.clone(),
+                client(socket).await?,
+                d,
+                StdRng::seed_from_u64(seed + 1 + r),
+                stop.clone(),
+            )));
+        }
+        let mut all = Vec::new();
+        for s in &sockets {
+            all.push(client(s).await?);
+        }
+        tasks.push(tokio::spawn(sessions(
+            shared.clone(),
+            all,
+            i,
+            StdRng::seed_from_u64(seed + 10),
+            stop.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(external_writer(
+        shared.clone(),
+        redis.url(),
+        StdRng::seed_from_u64(config.seed.wrapping_add(7)),
+        stop.clone(),
+    )));
+    let mut probes = Vec::new();
+    for s in &sockets {
+        probes.push(client(s).await?);
+    }
+
+    // The faults.
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut faults = Vec::new();
+    let mut convergence_failures = Vec::new();
+    let mut deck: Vec<FaultKind> = Vec::new();
+    let mut round = 0usize;
+    while started.elapsed() < config.duration {
+        if deck.is_empty() {
+            deck = FaultKind::ALL.to_vec();
+            deck.shuffle(&mut rng);
+        }
+        let Some(kind) = deck.pop() else { break };
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        let start = shared.history.now();
+        let detail = inject(kind, &mut redis, &mut nodes, &shared, &mut rng, dir.path())
+            .await
+            .with_context(|| format!("injecting {}", kind.name()))?;
+        let healed = shared.history.now();
+        let bound = if kind == FaultKind::DaemonKill {
+            config.converge_within * 3
+        } else {
+            config.converge_within
+        };
+        let converged = converge(&shared, &redis, &probes, round, bound).await;
+        if config.verbose {
+            println!(
+                "{:>7.1}s {} ({detail}): converged {:?}",
+                Duration::from_nanos(start).as_secs_f64(),
+                kind.name(),
+                converged
+                    .as_ref()
+                    .map(|c| Duration::from_nanos(c - healed))
+                    .map_err(|e| format!("{e:#}"))
+            );
+        }
+        let converged = match converged {
+            Ok(c) => Some(c),
+            Err(e) => {
+                convergence_failures.push(format!(
+                    "NOT CONVERGED within {bound:?} after {} ({detail}): {e:#}; process logs: {}",
+                    kind.name(),
+                    log_tails(&nodes, dir.path())
+                ));
+                None
+            }
+        };
+        faults.push(FaultEvent {
+            kind,
+            detail,
+            start,
+            healed,
+            converged,
+        });
+        round += 1;
+    }
+    stop.cancel();
+    for t in tasks {
+        t.await??;
+    }
+    // Every daemon agrees once more at the end.
+    if let Err(e) = converge(&shared, &redis, &probes, round, config.converge_within).await {
+        convergence_failures.push(format!("NOT CONVERGED at the end: {e:#}"));
+    }
+    let elapsed = started.elapsed();
+    let recorded = shared.history.snapshot();
+    let l1_hits = recorded.reads.iter().filter(|r| r.from_l1).count() as u64;
+    let verdict = crate::history::check(&recorded, config.max_staleness);
+    let ops = shared.ops.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for n in &mut nodes {
+        match &mut n.runs {
+            Runs::InProcess(d) => {
+                if let Some(d) = d.take() {
+                    d.stop().await?;
+                }
+            }
+            Runs::Process { proc, .. } => drop(proc.take()),
+        }
+    }
+    Ok(Report {
+        config,
+        elapsed,
+        ops,
+        faults,
+        verdict,
+        l1_hits,
+        convergence_failures,
+    })
+}
+
+/// The last lines each `shoald` process logged (warnings and worse).
+fn log_tails(nodes: &[Node], dir: &Path) -> String {
+    nodes
+        .iter()
+        .filter(|n| matches!(n.runs, Runs::Process { .. }))
+        .map(|n| {
+            let log =
+                std::fs::read_to_string(dir.join(format!("{}.log", n.name))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
+            format!("{}: [{tail}]", n.name)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Settings of an in-process daemon.
+fn apply_config(config: &CampaignConfig, c: &mut shoald::Config) {
+    c.cache.heartbeat = config.heartbeat;
+    c.cache.max_staleness = config.max_staleness;
+    c.redis.timeout = Duration::from_millis(300);
+    c.session.token_hash_key = shoald::config::Secret(TOKEN_HASH_KEY.into());
+    c.shutdown.grace = Duration::from_secs(2);
+}
+
+/// The configuration of a `shoald` process (the same settings).
+fn process_toml(config: &CampaignConfig, dir: &Path, node: &str, url: &str) -> String {
+    format!(
+        "[node]\nid = \"{node}\"\n[socket]\npath = \"{}\"\n[redis]\nurl = \"{url}\"\ntimeout = \"300ms\"\n\
+         [admin]\nlisten = \"\"\n[cache]\nheartbeat = \"{}ms\"\nmax_staleness = \"{}ms\"\n\
+         [session]\ntoken_hash_key = \"{TOKEN_HASH_KEY}\"\n[shutdown]\ngrace = \"2s\"\n",
+        dir.join(format!("{node}.sock")).display(),
+        config.heartbeat.as_millis(),
+        config.max_staleness.as_millis(),
+    )
+}
+
+/// `cache.set` / `cache.invalidate` / `cache.invalidate_tags` through one daemon.
+async fn writer(
+    sh: Arc<Shared>,
+    c: Client,
+    _daemon: u8,
+    mut rng: StdRng,
+    stop: CancellationToken,
+) -> Result<()> {
+    let n = sh.workload_keys() as u32;
+    while !stop.is_cancelled() {
+        let key = rng.random_range(0..n);
+        let p = rng.random_range(0..100);
+        let inv = sh.history.now();
+        if p < 65 {
+            let version = sh.history.new_version();
+            let opts = SetOptions {
+                ttl: Some(TTL),
+                tags: vec![sh.tag_of(key)],
+                ..SetOptions::default()
+            };
+            let r = c
+                .set_with(&sh.keys[key as usize], sh.value(key, version)?, opts)
+                .await;
+            let comp = sh.history.now();
+            sh.outcome("cache.set", &r);
+            sh.history.write(Write {
+                kind: WriteKind::Set,
+                target: Target::Keys(vec![key]),
+                version: Some(version),
+                inv,
+                comp: matches!(r, Ok(true)).then_some(comp),
+            });
+        } else if p < 90 {
+            let mut ks = vec![key];
+            for _ in 0..rng.random_range(0..3) {
+                let k = rng.random_range(0..n);
+                if !ks.contains(&k) {
+                    ks.push(k);
+                }
+            }
+            let names: Vec<&str> = ks.iter().map(|k| sh.keys[*k as usize].as_str()).collect();
+            let r = c.invalidate(&names).await;
+            let comp = sh.history.now();
+            sh.outcome("cache.invalidate", &r);
+            sh.history.write(Write {
+                kind: WriteKind::Invalidate,
+                target: Target::Keys(ks),
+                version: None,
+                inv,
+                comp: r.is_ok().then_some(comp),
+            });
+        } else {
+            let tag = key as usize % sh.tags;
+            let r = c.invalidate_tags([format!("g{tag}")]).await;
+            let comp = sh.history.now();
+            sh.outcome("cache.invalidate_tags", &r);
+            sh.history.write(Write {
+                kind: WriteKind::InvalidateTags,
+                target: Target::Keys(sh.keys_of_tag(tag)),
+                version: None,
+                inv,
+                comp: r.is_ok().then_some(comp),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(4..14))).await;
+    }
+    Ok(())
+}
+
+fn got_of(sh: &Shared, r: &shoal_client::GetResult) -> Option<Got> {
+    r.hit
+        .then(|| sh.parse(r.value.as_deref().unwrap_or_default()))
+}
+
+/// `cache.get` / `cache.mget` / `get_or_load` through one daemon.
+async fn reader(
+    sh: Arc<Shared>,
+    c: Client,
+    daemon: u8,
+    mut rng: StdRng,
+    stop: CancellationToken,
+) -> Result<()> {
+    let n = sh.workload_keys() as u32;
+    while !stop.is_cancelled() {
+        // Mostly a hot subset, so L1 serves most reads.
+        let key = if rng.random_bool(0.7) {
+            rng.random_range(0..n.min(10))
+        } else {
+            rng.random_range(0..n)
+        };
+        let p = rng.random_range(0..100);
+        let inv = sh.history.now();
+        if p < 70 {
+            let r = c.get_full(&sh.keys[key as usize], false).await;
+            let comp = sh.history.now();
+            sh.outcome("cache.get", &r);
+            if let Ok(r) = r {
+                sh.history.read(Read {
+                    kind: ReadKind::Get,
+                    key,
+                    inv,
+                    comp,
+                    got: got_of(&sh, &r),
+                    daemon,
+                    from_l1: r.from == Some(Source::L1),
+                });
+            }
+        } else if p < 90 {
+            let mut ks = vec![key];
+            for _ in 0..rng.random_range(1..5) {
+                let k = rng.random_range(0..n);
+                if !ks.contains(&k) {
+                    ks.push(k);
+                }
+            }
+            let names: Vec<&str> = ks.iter().map(|k| sh.keys[*k as usize].as_str()).collect();
+            let r = c.mget_full(&names).await;
+            let comp = sh.history.now();
+            sh.outcome("cache.mget", &r);
+            if let Ok(rs) = r {
+                sh.history
+                    .reads(ks.iter().zip(rs.iter()).map(|(&key, r)| Read {
+                        kind: ReadKind::Mget,
+                        key,
+                        inv,
+                        comp,
+                        got: got_of(&sh, r),
+                        daemon,
+                        from_l1: r.from == Some(Source::L1),
+                    }));
+            }
+        } else {
+            let version = sh.history.new_version();
+            let own = sh.value_str(key, version);
+            let opts = SetOptions {
+                ttl: Some(TTL),
+                tags: vec![sh.tag_of(key)],
+                ..SetOptions::default()
+            };
+            let loaded = own.clone();
+            let sh2 = sh.clone();
+            let r = c
+                .get_or_load_with::<String, std::convert::Infallible, _, _>(
+                    &sh.keys[key as usize],
+                    opts,
+                    move || async move {
+                        // The fill's outcome is never seen: an unfinished write.
+                        sh2.history.write(Write {
+                            kind: WriteKind::Fill,
+                            target: Target::Keys(vec![key]),
+                            version: Some(version),
+                            inv: sh2.history.now(),
+                            comp: None,
+                        });
+                        Ok(loaded)
+                    },
+                )
+                .await;
+            let comp = sh.history.now();
+            sh.count("get_or_load", r.is_ok());
+            if let Ok(s) = r {
+                if s != own {
+                    sh.history.read(Read {
+                        kind: ReadKind::GetOrLoad,
+                        key,
+                        inv,
+                        comp,
+                        got: Some(sh.parse_str(&s).unwrap_or(Got {
+                            version: u64::MAX,
+                            written_for: u32::MAX,
+                        })),
+                        daemon,
+                        from_l1: false,
+                    });
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_micros(rng.random_range(200..1500))).await;
+    }
+    Ok(())
+}
+
+/// An external writer (redis-rs, no daemon): the documented scripts.
+async fn external_writer(
+    sh: Arc<Shared>,
+    url: String,
+    mut rng: StdRng,
+    stop: CancellationToken,
+) -> Result<()> {
+    let client = redis::Client::open(url)?;
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(500)));
+    let mut conn = loop {
+        match client.get_connection_manager_with_config(cfg.clone()).await {
+            Ok(c) => break c,
+            Err(e) if stop.is_cancelled() => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let n = sh.workload_keys() as u32;
+    while !stop.is_cancelled() {
+        let key = rng.random_range(0..n);
+        if rng.random_bool(0.7) {
+            ext_set(&sh, &mut conn, key).await;
+        } else {
+            ext_invalidate(&sh, &mut conn, &[key]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..30))).await;
+    }
+    Ok(())
+}
+
+/// `lua/cache_set.lua` as the README tells an outside writer to call it.
+/// Returns the version when the write surely completed.
+async fn ext_set<C: redis::aio::ConnectionLike + Send>(
+    sh: &Shared,
+    conn: &mut C,
+    key: u32,
+) -> Option<u64> {
+    let version = sh.history.new_version();
+    let name = &sh.keys[key as usize];
+    let Ok(value) = sh.value(key, version) else {
+        return None;
+    };
+    let inv = sh.history.now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        redis::Script::new(CACHE_SET_LUA)
+            .key(format!("{PREFIX}c:{name}"))
+            .key(format!("{PREFIX}l:{name}"))
+            .key(format!("{PREFIX}log"))
+            .key(format!("{PREFIX}t:{}", sh.tag_of(key)))
+            .arg(value)
+            .arg(TTL.as_millis() as u64)
+            .arg("")
+            .arg(100_000)
+            .arg(format!("{PREFIX}inv"))
+            .arg("external")
+            .arg(name)
+            .invoke_async::<redis::Value>(conn),
+    )
+    .await;
+    let comp = sh.history.now();
+    let ok = matches!(r, Ok(Ok(_)));
+    sh.count("external cache_set.lua", ok);
+    sh.history.write(Write {
+        kind: WriteKind::ExternalSet,
+        target: Target::Keys(vec![key]),
+        version: Some(version),
+        inv,
+        comp: ok.then_some(comp),
+    });
+    ok.then_some(version)
+}
+
+/// `lua/cache_invalidate.lua` as the README shows.
+async fn ext_invalidate<C: redis::aio::ConnectionLike + Send>(
+    sh: &Shared,
+    conn: &mut C,
+    keys: &[u32],
+) -> bool {
+    let names: Vec<&str> = keys.iter().map(|k| sh.keys[*k as usize].as_str()).collect();
+    let inv = sh.history.now();
+    let ok = invalidate_names(conn, &names).await.is_ok();
+    let comp = sh.history.now();
+    sh.count("external cache_invalidate.lua", ok);
+    sh.history.write(Write {
+        kind: WriteKind::ExternalInvalidate,
+        target: Target::Keys(keys.to_vec()),
+        version: None,
+        inv,
+        comp: ok.then_some(comp),
+    });
+    ok
+}
+
+async fn invalidate_names<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    names: &[&str],
+) -> Result<()> {
+    let script = redis::Script::new(CACHE_INVALIDATE_LUA);
+    let mut inv = script.key(format!("{PREFIX}log"));
+    for k in names {
+        inv.key(format!("{PREFIX}c:{k}"))
+            .key(format!("{PREFIX}l:{k}"));
+    }
+    inv.arg(100_000).arg(format!("{PREFIX}inv")).arg("external");
+    for k in names {
+        inv.arg(*k);
+    }
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        inv.invoke_async::<redis::Value>(conn),
+    )
+    .await
+    .context("timed out")??;
+    Ok(())
+}
+
+/// A live session the workload knows the token of.
+struct Live {
+    token: String,
+    id: u32,
+    user: u32,
+}
+
+/// Sessions created on daemon `home`, read everywhere, revoked, rotated.
+async fn sessions(
+    sh: Arc<Shared>,
+    clients: Vec<Client>,
+    home: usize,
+    mut rng: StdRng,
+    stop: CancellationToken,
+) -> Result<()> {
+    let mut live: Vec<Live> = Vec::new();
+    let mut revoked: VecDeque<(String, u32)> = VecDeque::new();
+    let pick = |rng: &mut StdRng| rng.random_range(0..clients.len());
+    while !stop.is_cancelled() {
+        let p = rng.random_range(0..100);
+        if live.len() < 3 || p < 20 {
+            let user = rng.random_range(0..USERS);
+            let r = clients[home]
+                .session_create_raw(&format!("user{user}"), b"d".to_vec(), Default::default())
+                .await;
+            let comp = sh.history.now();
+            sh.outcome("session.create", &r);
+            if let Ok(created) = r {
+                let id = sh.next_token.fetch_add(1, Ordering::Relaxed);
+                sh.history.session_create(SessionCreate {
+                    token: id,
+                    user,
+                    comp,
+                });
+                live.push(Live {
+                    token: created.token,
+                    id,
+                    user,
+                });
+            }
+        } else if p < 70 {
+            // Read a live token, or one revoked a while ago, on any daemon.
+            let (token, id) = if p < 45 || revoked.is_empty() {
+                let l = &live[rng.random_range(0..live.len())];
+                (l.token.clone(), l.id)
+            } else {
+                revoked[rng.random_range(0..revoked.len())].clone()
+            };
+            let d = pick(&mut rng);
+            let inv = sh.history.now();
+            let r = clients[d].session_get_raw(&token, true).await;
+            let comp = sh.history.now();
+            sh.outcome("session.get", &r);
+            if let Ok(found) = r {
+                sh.history.session_read(SessionRead {
+                    token: id,
+                    inv,
+                    comp,
+                    accepted: found.is_some(),
+                    daemon: d as u8,
+                });
+            }
+        } else {
+            let l = live.swap_remove(rng.random_range(0..live.len()));
+            let d = pick(&mut rng);
+            let inv = sh.history.now();
+            if p < 80 {
+                let r = clients[d].session_revoke(&l.token).await;
+                let comp = sh.history.now();
+                sh.outcome("session.revoke", &r);
+                if r.is_ok() {
+                    sh.history.revocation(Revocation {
+                        target: Revoked::Token(l.id),
+                        inv,
+                        comp,
+                        op: "session.revoke",
+                        daemon: d as u8,
+                    });
+                }
+                revoked.push_back((l.token, l.id));
+            } else if p < 90 {
+                let r = clients[d].session_rotate(&l.token).await;
+                let comp = sh.history.now();
+                sh.outcome("session.rotate", &r);
+                if let Ok(Some(new)) = r {
+                    sh.history.revocation(Revocation {
+                        target: Revoked::Token(l.id),
+                        inv,
+                        comp,
+                        op: "session.rotate",
+                        daemon: d as u8,
+                    });
+                    let id = sh.next_token.fetch_add(1, Ordering::Relaxed);
+                    sh.history.session_create(SessionCreate {
+                        token: id,
+                        user: l.user,
+                        comp,
+                    });
+                    live.push(Live {
+                        token: new,
+                        id,
+                        user: l.user,
+                    });
+                }
+                revoked.push_back((l.token, l.id));
+            } else {
+                let r = clients[d]
+                    .session_revoke_user(&format!("user{}", l.user))
+                    .await;
+                let comp = sh.history.now();
+                sh.outcome("session.revoke_user", &r);
+                if r.is_ok() {
+                    sh.history.revocation(Revocation {
+                        target: Revoked::User(l.user),
+                        inv,
+                        comp,
+                        op: "session.revoke_user",
+                        daemon: d as u8,
+                    });
+                }
+                let (gone, keep): (Vec<Live>, Vec<Live>) =
+                    live.drain(..).partition(|x| x.user == l.user);
+                live = keep;
+                for x in gone.into_iter().chain([l]) {
+                    revoked.push_back((x.token, x.id));
+                }
+            }
+            while revoked.len() > 64 {
+                revoked.pop_front();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2..8))).await;
+    }
+    Ok(())
+}
+
+/// A fresh connection for one fault action, retried while Redis restarts.
+async fn admin_conn(redis: &RedisServer) -> Result<redis::aio::MultiplexedConnection> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), redis.conn()).await {
+            Ok(Ok(c)) => return Ok(c),
+            _ if Instant::now() > deadline => {
+                bail!("cannot reach Redis ({})", diagnose(redis))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// What an unreachable Redis is doing: its process state and its answer to a
+/// raw `PING`.
+fn diagnose(redis: &RedisServer) -> String {
+    use std::io::{Read as _, Write as _};
+    let state = redis
+        .pid()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .and_then(|s| {
+            s.split(") ")
+                .nth(1)
+                .map(|r| r.chars().take(1).collect::<String>())
+        })
+        .unwrap_or_else(|| "no process".into());
+    let reply = std::net::TcpStream::connect(("127.0.0.1", redis.port()))
+        .and_then(|mut t| {
+            t.set_read_timeout(Some(Duration::from_secs(1)))?;
+            t.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 256];
+            let n = t.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        })
+        .unwrap_or_else(|e| e.to_string());
+    format!("process state {state}, PING -> {reply}")
+}
+
+async fn cmd<T: redis::FromRedisValue>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    c: &redis::Cmd,
+) -> Result<T> {
+    Ok(
+        tokio::time::timeout(Duration::from_secs(5), c.query_async::<T>(conn))
+            .await
+            .context("Redis did not answer")??,
+    )
+}
+
+async fn pubsub_ids(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec<String>> {
+    let list: String = cmd(
+        conn,
+        redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"),
+    )
+    .await?;
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Injects one fault and heals it; returns a short description.
+async fn inject(
+    kind: FaultKind,
+    redis: &mut RedisServer,
+    nodes: &mut [Node],
+    sh: &Shared,
+    rng: &mut StdRng,
+    dir: &Path,
+) -> Result<String> {
+    let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    match kind {
+        FaultKind::KillPubsub => {
+            let mut c = admin_conn(redis).await?;
+            let n: u64 = cmd(
+                &mut c,
+                redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+            )
+            .await?;
+            Ok(format!("{n} killed"))
+        }
+        FaultKind::KillNormal => {
+            let mut c = admin_conn(redis).await?;
+            let n: u64 = cmd(
+                &mut c,
+                redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"),
+            )
+            .await?;
+            Ok(format!("{n} killed"))
+        }
+        FaultKind::RedisStop => {
+            let ms = rng.random_range(300..1500);
+            redis.signal(nix::sys::signal::Signal::SIGSTOP)?;
+            sleep(ms).await;
+            redis.signal(nix::sys::signal::Signal::SIGCONT)?;
+            Ok(format!("{ms} ms"))
+        }
+        FaultKind::RestartPersistent => {
+            let ms = rng.random_range(50..500);
+            redis.stop();
+            sleep(ms).await;
+            redis.restart().await?;
+            Ok(format!("down {ms} ms"))
+        }
+        FaultKind::RestartEmpty => {
+            let ms = rng.random_range(50..500);
+            let inv = sh.history.now();
+            redis.stop();
+            sleep(ms).await;
+            redis.restart_empty().await?;
+            sh.history.write(Write {
+                kind: WriteKind::DataLoss,
+                target: Target::All,
+                version: None,
+                inv,
+                comp: Some(sh.history.now()),
+            });
+            Ok(format!("down {ms} ms"))
+        }
+        FaultKind::FlushAll => {
+            let mut c = admin_conn(redis).await?;
+            let inv = sh.history.now();
+            let r = cmd::<()>(&mut c, &redis::cmd("FLUSHALL")).await;
+            sh.history.write(Write {
+                kind: WriteKind::DataLoss,
+                target: Target::All,
+                version: None,
+                inv,
+                comp: r.is_ok().then(|| sh.history.now()),
+            });
+            r?;
+            Ok(String::new())
+        }
+        FaultKind::TrimDuringReplay => {
+            let mut c = admin_conn(redis).await?;
+            let n: u64 = cmd(
+                &mut c,
+                redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+            )
+            .await?;
+            let n_keys = sh.workload_keys() as u32;
+            let rounds = rng.random_range(2..6);
+            for _ in 0..rounds {
+                // Changes the reconnecting subscribers must find in the log...
+                for _ in 0..3 {
+                    let k = rng.random_range(0..n_keys);
+                    if rng.random_bool(0.5) {
+                        ext_set(sh, &mut c, k).await;
+                    } else {
+                        ext_invalidate(sh, &mut c, &[k]).await;
+                    }
+                }
+                // ...which is cut to two entries under their replay.
+                let _: u64 = cmd(
+                    &mut c,
+                    redis::cmd("XTRIM")
+                        .arg(format!("{PREFIX}log"))
+                        .arg("MAXLEN")
+                        .arg(2),
+                )
+                .await?;
+                sleep(rng.random_range(0..20)).await;
+            }
+            Ok(format!("{n} subscribers killed, {rounds} trims"))
+        }
+        FaultKind::Partition => {
+            let proxied: Vec<usize> = (0..nodes.len())
+                .filter(|i| nodes[*i].proxy.is_some())
+                .collect();
+            let i = proxied[rng.random_range(0..proxied.len())];
+            let ms = rng.random_range(400..2000);
+            let proxy = nodes[i].proxy.as_ref().context("proxied")?;
+            proxy.blackhole();
+            sleep(ms).await;
+            proxy.heal();
+            Ok(format!("{} for {ms} ms", nodes[i].name))
+        }
+        FaultKind::Latency => {
+            let delay = rng.random_range(30..250);
+            let ms = rng.random_range(500..2000);
+            for n in nodes.iter() {
+                if let Some(p) = &n.proxy {
+                    p.set_delay(Duration::from_millis(delay));
+                }
+            }
+            sleep(ms).await;
+            for n in nodes.iter() {
+                if let Some(p) = &n.proxy {
+                    p.set_delay(Duration::ZERO);
+                }
+            }
+            Ok(format!("+{delay} ms per hop for {ms} ms"))
+        }
+        FaultKind::DaemonKill => {
+            let procs: Vec<usize> = (0..nodes.len())
+                .filter(|i| matches!(nodes[*i].runs, Runs::Process { .. }))
+                .collect();
+            let i = procs[rng.random_range(0..procs.len())];
+            let ms = rng.random_range(100..600);
+            let name = nodes[i].name.clone();
+            if let Runs::Process { proc, toml } = &mut nodes[i].runs {
+                if let Some(mut p) = proc.take() {
+                    p.signal(nix::sys::signal::Signal::SIGKILL)?;
+                    p.wait_exit(Duration::from_secs(5)).await?;
+                }
+                sleep(ms).await;
+                let mut p = DaemonProcess::spawn(dir, &name, toml)?;
+                p.drain_stderr_to(&dir.join(format!("{name}.log")))?;
+                *proc = Some(p);
+            }
+            Ok(format!("{name}, down {ms} ms"))
+        }
+        FaultKind::ForeignPublish => {
+            let mut c = admin_conn(redis).await?;
+            let ahead = rng.random_range(1..3600u64) * 1000;
+            let (secs, micros) = cmd::<(u64, u64)>(&mut c, &redis::cmd("TIME")).await?;
+            let id = format!("{}-0", secs * 1000 + micros / 1000 + ahead);
+            let msg = format!(r#"{{"id":"{id}","node":"foreign","keys":["burst-key-0"]}}"#);
+            let heard: u64 = cmd(
+                &mut c,
+                redis::cmd("PUBLISH").arg(format!("{PREFIX}inv")).arg(msg),
+            )
+            .await?;
+            sleep(rng.random_range(5..50)).await;
+            let n: u64 = cmd(
+                &mut c,
+                redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+            )
+            .await?;
+            Ok(format!("id {id} heard by {heard}, {n} subscribers killed"))
+        }
+        FaultKind::OutputBuffer => {
+            let mut c = admin_conn(redis).await?;
+            let before = pubsub_ids(&mut c).await?;
+            cmd::<()>(
+                &mut c,
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("client-output-buffer-limit")
+                    .arg("pubsub 1kb 1kb 0"),
+            )
+            .await?;
+            // A burst of large invalidation messages (keys outside the workload).
+            let burst: Vec<String> = (0..1200)
+                .map(|j| format!("burst-key-{:05}", rng.random_range(0..100_000) + j))
+                .collect();
+            let names: Vec<&str> = burst.iter().map(String::as_str).collect();
+            for _ in 0..3 {
+                let _ = invalidate_names(&mut c, &names).await;
+            }
+            sleep(50).await;
+            let after = pubsub_ids(&mut c).await?;
+            cmd::<()>(
+                &mut c,
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("client-output-buffer-limit")
+                    .arg("pubsub 32mb 8mb 60"),
+            )
+            .await?;
+            let killed = before.iter().filter(|id| !after.contains(id)).count();
+            Ok(format!("{killed} of {} subscribers dropped", before.len()))
+        }
+    }
+}
+
+/// Convergence: a fresh value of a probe key, written from outside, served from
+/// L1 by every daemon; then a second one, which each daemon can serve from L1
+/// only after its subscriber evicted the first (so "converged" proves the
+/// subscription delivers, not just that L1 fills). Returns the time all had.
+async fn converge(
+    sh: &Shared,
+    redis: &RedisServer,
+    probes: &[Client],
+    round: usize,
+    within: Duration,
+) -> Result<Nanos> {
+    let deadline = Instant::now() + within;
+    let key = (sh.workload_keys() + round % PROBES) as u32;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        probe_once(sh, redis, probes, key, deadline, &mut slow).await?;
+    }
+    if !slow.is_empty() {
+        tracing::info!(slow = ?slow, "slow convergence");
+        if std::env::var_os("SHOAL_CAMPAIGN_VERBOSE").is_some() {
+            println!("          slow: {}", slow.join("; "));
+        }
+    }
+    Ok(sh.history.now())
+}
+
+async fn probe_once(
+    sh: &Shared,
+    redis: &RedisServer,
+    probes: &[Client],
+    key: u32,
+    deadline: Instant,
+    slow: &mut Vec<String>,
+) -> Result<()> {
+    let name = sh.keys[key as usize].clone();
+    let version = loop {
+        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), redis.conn()).await {
+            if let Some(v) = ext_set(sh, &mut c, key).await {
+                break v;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("could not write the probe ({})", diagnose(redis));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut last = Vec::new();
+    for (d, c) in probes.iter().enumerate() {
+        let began = Instant::now();
+        loop {
+            let inv = sh.history.now();
+            let r = c.get_full(&name, false).await;
+            let comp = sh.history.now();
+            match r {
+                Ok(r) => {
+                    let got = got_of(sh, &r);
+                    let from_l1 = r.from == Some(Source::L1);
+                    sh.history.read(Read {
+                        kind: ReadKind::Probe,
+                        key,
+                        inv,
+                        comp,
+                        got,
+                        daemon: d as u8,
+                        from_l1,
+                    });
+                    if from_l1 && got.is_some_and(|g| g.version == version) {
+                        if began.elapsed() > Duration::from_millis(500) {
+                            slow.push(format!(
+                                "n{d} {:?} (last before: {:?})",
+                                began.elapsed(),
+                                last.last()
+                            ));
+                        }
+                        break;
+                    }
+                    last.push(format!("n{d}: {:?} from {:?}", got, r.from));
+                }
+                Err(e) => last.push(format!("n{d}: {e}")),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "n{d} never served {name} version {version} from L1 (last: {:?})",
+                    last.last()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}

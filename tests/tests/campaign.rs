@@ -1,0 +1,139 @@
+//! The fault campaign in CI (issue 12): three daemons, every kind of cache change
+//! and read, sessions, and every fault kind injected at random for a minute. The
+//! oracle (`shoal_tests::history`) allows exactly Δ = `cache.max_staleness` of
+//! staleness; any stale read, revoked session accepted past Δ, or daemon that does
+//! not converge after a fault fails the test. The seed is printed;
+//! `SHOAL_CAMPAIGN_SEED=<seed>` replays a run's fault schedule.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use shoal_tests::campaign::{run, CampaignConfig, FaultKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign() -> Result<()> {
+    // About a minute in CI; `SHOAL_CAMPAIGN_MINUTES` runs the same test longer.
+    let duration = std::env::var("SHOAL_CAMPAIGN_MINUTES")
+        .ok()
+        .and_then(|m| m.parse::<f64>().ok())
+        .map_or(Duration::from_secs(62), |m| {
+            Duration::from_secs_f64(m * 60.0)
+        });
+    let config = CampaignConfig::new(duration);
+    let report = run(config).await?;
+    println!("{}", report.table());
+    let failures = report.failures(20);
+    for f in &failures {
+        println!("{f}");
+    }
+    // Every fault kind ran, and the workload really ran through them.
+    for kind in FaultKind::ALL {
+        assert!(
+            report.faults.iter().any(|f| f.kind == kind),
+            "{} never injected",
+            kind.name()
+        );
+    }
+    assert!(
+        report.verdict.reads_checked > 10_000,
+        "too few reads checked"
+    );
+    assert!(
+        report.l1_hits > 1_000,
+        "too few L1 hits: the oracle saw no cache"
+    );
+    assert!(report.verdict.session_reads_checked > 500);
+    assert!(
+        report.ok(),
+        "seed {} (SHOAL_CAMPAIGN_SEED={} to replay): {} failures, first: {:#?}",
+        report.config.seed,
+        report.config.seed,
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Convergence does not depend on Redis being close: a daemon 25 ms (each way)
+/// from Redis proves delivery every heartbeat well within Δ (a round trip is
+/// 50 ms), so it must become ready, stay ready and serve from L1 — even though
+/// its catch-up after subscribing takes a dozen round trips, longer than 2Δ.
+#[tokio::test]
+async fn a_daemon_25ms_from_redis_converges_and_serves_from_l1() -> Result<()> {
+    use shoal_tests::proxy::FaultProxy;
+    use shoal_tests::{test_config, Daemon, RedisServer};
+    let redis = RedisServer::start().await?;
+    let proxy = FaultProxy::start(redis.port()).await?;
+    proxy.set_delay(Duration::from_millis(25));
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "far");
+    c.redis.url = proxy.url();
+    c.redis.timeout = Duration::from_secs(2);
+    c.cache.heartbeat = Duration::from_millis(50);
+    c.cache.max_staleness = Duration::from_millis(250);
+    let d = Daemon::start(c).await?;
+    d.wait_ready(Duration::from_secs(10)).await?;
+    let client = d.client().await?;
+    client
+        .set_raw("far", bytes::Bytes::from_static(b"v"), None)
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client.get_full("far", false).await?;
+        if r.from == Some(shoal_client::Source::L1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a daemon 25 ms from Redis never served from L1 in 5 s (subscriber reconnects: {}, heartbeat timeouts: {})",
+            d.stat("subscriber_reconnects"),
+            d.stat("heartbeat_timeouts")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The session half of the bound, without waiting for luck: a daemon whose link
+/// to Redis is black-holed (no RST, so nothing tells it) must not accept a
+/// session more than Δ after its revocation returned elsewhere — its local
+/// session cache needs a revocation proof younger than Δ, like L1.
+#[tokio::test]
+async fn a_partitioned_daemon_refuses_a_revoked_session_after_delta() -> Result<()> {
+    use shoal_tests::proxy::FaultProxy;
+    use shoal_tests::{test_config, Daemon, RedisServer};
+    let redis = RedisServer::start().await?;
+    let proxy = FaultProxy::start(redis.port()).await?;
+    let dir = tempfile::tempdir()?;
+    let delta = Duration::from_millis(250);
+    let config = |name: &str, url: String| {
+        let mut c = test_config(&redis, dir.path(), name);
+        c.redis.url = url;
+        c.cache.heartbeat = Duration::from_millis(50);
+        c.cache.max_staleness = delta;
+        c
+    };
+    let near = Daemon::start_ready(config("near", redis.url())).await?;
+    let far = Daemon::start_ready(config("far", proxy.url())).await?;
+    let (cn, cf) = (near.client().await?, far.client().await?);
+    let created = cn
+        .session_create_raw("u1", b"d".to_vec(), Default::default())
+        .await?;
+    // The far daemon validates it (and keeps it in its local cache).
+    for _ in 0..3 {
+        assert!(cf.session_get_raw(&created.token, false).await?.is_some());
+    }
+    proxy.blackhole();
+    assert!(cn.session_revoke(&created.token).await?);
+    let revoked = std::time::Instant::now();
+    tokio::time::sleep(delta + Duration::from_millis(20)).await;
+    // Any answer but "valid" is fine (unavailable, timeout, not found).
+    let late = cf.session_get_raw(&created.token, false).await;
+    let began_after = revoked.elapsed();
+    proxy.heal();
+    assert!(
+        !matches!(late, Ok(Some(_))),
+        "the partitioned daemon accepted a session {began_after:?} after its revocation returned (Δ {delta:?})"
+    );
+    Ok(())
+}
