@@ -212,8 +212,12 @@ impl Subscriber {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // L1 stops serving once the proof is older than Δ (checked on every hit);
         // a subscription that has proved nothing for 2Δ is presumed dead.
+        // The deadline counts from the end of the catch-up, not the subscribe: a
+        // daemon far from Redis (a catch-up of many round trips) must not be
+        // presumed dead before its first heartbeat could come back. Trust does
+        // not depend on this: it comes from the proofs themselves.
         let deadline = self.max_staleness * 2;
-        let mut last_proof = subscribed;
+        let mut last_proof = Instant::now();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ended::Cancelled,
