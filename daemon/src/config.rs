@@ -154,6 +154,11 @@ pub struct CacheConfig {
     /// subscriber that misses three is treated as dead.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// Δ, the staleness bound: a daemon that cannot prove it has seen every
+    /// change (and every session revocation) made more than this long ago does not
+    /// answer from its local caches. Must exceed twice `heartbeat`.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
 }
 
 impl Default for CacheConfig {
@@ -165,7 +170,8 @@ impl Default for CacheConfig {
             lease_ttl: Duration::from_secs(2),
             invalidation_log_len: 100_000,
             ttl_jitter: 0.0,
-            heartbeat: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(50),
+            max_staleness: Duration::from_millis(250),
         }
     }
 }
@@ -477,6 +483,15 @@ impl Config {
         if self.cache.heartbeat.is_zero() {
             return bad("cache.heartbeat", "must be positive");
         }
+        if self.cache.max_staleness <= self.cache.heartbeat * 2 {
+            return bad(
+                "cache.max_staleness",
+                format!(
+                    "must be more than twice cache.heartbeat ({:?}): a daemon proves it is caught up once per heartbeat",
+                    self.cache.heartbeat
+                ),
+            );
+        }
         if self.cache.invalidation_log_len < 100 {
             return bad("cache.invalidation_log_len", "must be at least 100");
         }
@@ -581,6 +596,16 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn max_staleness_must_exceed_two_heartbeats() {
+        let err = load_toml("[cache]\nheartbeat = \"200ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.max_staleness"), "{err}");
+        let c = load_toml("[cache]\nheartbeat = \"200ms\"\nmax_staleness = \"401ms\"\n").unwrap();
+        assert_eq!(c.cache.max_staleness, Duration::from_millis(401));
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub fn test_config(redis: &RedisServer, dir: &Path, node: &str) -> shoald::Confi
     c.redis.timeout = Duration::from_millis(300);
     c.admin.listen = String::new();
     c.cache.heartbeat = Duration::from_millis(200);
+    c.cache.max_staleness = Duration::from_secs(1);
     c.shutdown.grace = Duration::from_secs(5);
     c
 }
@@ -351,7 +352,7 @@ impl DaemonProcess {
     /// The TOML a test daemon process needs.
     pub fn config_toml(redis: &RedisServer, dir: &Path, node: &str) -> String {
         format!(
-            "[node]\nid = \"{node}\"\n[socket]\npath = \"{}\"\n[redis]\nurl = \"{}\"\ntimeout = \"300ms\"\n[admin]\nlisten = \"\"\n[cache]\nheartbeat = \"200ms\"\n[shutdown]\ngrace = \"5s\"\n",
+            "[node]\nid = \"{node}\"\n[socket]\npath = \"{}\"\n[redis]\nurl = \"{}\"\ntimeout = \"300ms\"\n[admin]\nlisten = \"\"\n[cache]\nheartbeat = \"200ms\"\nmax_staleness = \"1s\"\n[shutdown]\ngrace = \"5s\"\n",
             dir.join(format!("{node}.sock")).display(),
             redis.url()
         )
