@@ -1386,13 +1386,39 @@ async fn fleet_hash_key_deleted_or_replaced_converges_within_the_bound() -> Resu
 
     // Replaced by another value (what a daemon that found no key would create):
     // every daemon adopts the fleet's key and flushes what it hashed with its own.
+    let flushes: Vec<u64> =
+        f.d.iter()
+            .map(|d| stat(d, "session_flushes_hash_key"))
+            .collect();
     let () = redis::cmd("SET")
         .arg("shoal:skey")
         .arg(shoald::random_token(32))
         .query_async(&mut conn)
         .await?;
-    let took = converges(&f.c, bound).await?;
-    println!("skey replaced: the fleet agreed after {took:?} (bound {bound:?})");
+    let replaced = Instant::now();
+    // Until every daemon has noticed, they may all still agree on the old key:
+    // wait for each to adopt the new one (a flush of what it hashed with the old).
+    loop {
+        let adopted =
+            f.d.iter()
+                .zip(&flushes)
+                .all(|(d, n)| stat(d, "session_flushes_hash_key") > *n);
+        if adopted {
+            break;
+        }
+        if replaced.elapsed() > bound {
+            bail!("not every daemon adopted the replaced key within {bound:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = replaced.elapsed();
+    for _ in 0..5 {
+        assert!(
+            fleet_agrees(&f.c).await?,
+            "the fleet disagrees after adopting"
+        );
+    }
+    println!("skey replaced: every daemon adopted it after {took:?} (bound {bound:?})");
     Ok(())
 }
 
