@@ -5,7 +5,8 @@
 --
 -- KEYS[1]  session hash        prefix .. "s:" .. session_hash
 -- KEYS[2]  user index (zset)   prefix .. "su:" .. user   (member: session_hash, score: absolute expiry)
--- KEYS[3]  user epoch          prefix .. "se:" .. user
+-- KEYS[3]  user epoch          prefix .. "se:" .. user   (created at 0 if missing, and
+--          kept alive at least until this session's absolute expiry)
 -- KEYS[4]  revocation stream   prefix .. "srev"
 -- ARGV[1]  user
 -- ARGV[2]  data (opaque bytes)
@@ -47,8 +48,12 @@ redis.call('PEXPIREAT', KEYS[1], ms(expires))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now))
 redis.call('ZADD', KEYS[2], ms(abs_at), ARGV[5])
 extend(KEYS[2], abs_at)
--- The epoch must outlive every session that recorded it (see session_revoke_user).
-if epoch > 0 then
+-- The epoch key must outlive every session of the user, so that a later
+-- session_revoke_user (which keeps it at least as long as it already lives)
+-- covers sessions with any absolute lifetime, listed in the index or not.
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[3], ms(epoch), 'PXAT', ms(abs_at))
+else
   extend(KEYS[3], abs_at)
 end
 return { 1, last_id(KEYS[4]), now, ARGV[1], ARGV[2], now, now, idle, abs_at, epoch, 0 }

@@ -485,10 +485,13 @@ impl Config {
         if self.cache.heartbeat.is_zero() {
             return bad("cache.heartbeat", "must be positive");
         }
-        if self.cache.max_staleness < self.cache.heartbeat * 2 {
+        if self.cache.max_staleness <= self.cache.heartbeat * 2 {
             return bad(
                 "cache.max_staleness",
-                "must be at least twice cache.heartbeat (a proof every heartbeat, one may be late)",
+                format!(
+                    "must be more than twice cache.heartbeat ({:?}): a daemon proves it is caught up once per heartbeat",
+                    self.cache.heartbeat
+                ),
             );
         }
         if self.cache.invalidation_log_len < 100 {
@@ -595,6 +598,16 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn max_staleness_must_exceed_two_heartbeats() {
+        let err = load_toml("[cache]\nheartbeat = \"200ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.max_staleness"), "{err}");
+        let c = load_toml("[cache]\nheartbeat = \"200ms\"\nmax_staleness = \"401ms\"\n").unwrap();
+        assert_eq!(c.cache.max_staleness, Duration::from_millis(401));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub const NEEDED_COMMANDS: &[&str] = &[
     // Its scripts.
     "EXISTS", "GET", "SET", "HDEL", "HEXISTS", "HINCRBY", "HMGET", "HSET", "PEXPIRE",
     "PEXPIREAT", "PEXPIRETIME", "PTTL", "SADD", "TIME", "XADD", "ZADD", "ZCARD", "ZCOUNT",
-    "ZRANGEBYSCORE", "ZREMRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZSCORE",
+    "ZRANGEBYSCORE", "ZREMRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZSCORE", "XINFO",
 ];
 
 /// Pub/Sub hard limit below which a burst of invalidations is likely to

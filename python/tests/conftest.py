@@ -114,7 +114,7 @@ class Daemon:
             f'[node]\nid = "{self.node}"\n'
             f'[socket]\npath = "{self.socket}"\nmax_frame = {MAX_FRAME}\n'
             f'[redis]\nurl = "{self.redis.url}"\ntimeout = "300ms"\n'
-            '[admin]\nlisten = ""\n[cache]\nheartbeat = "200ms"\nlease_ttl = "10s"\n'
+            '[admin]\nlisten = ""\n[cache]\nlease_ttl = "10s"\n'
             '[shutdown]\ngrace = "2s"\n[ratelimit]\noverride_refresh = "100ms"\n' + POLICIES
         )
 

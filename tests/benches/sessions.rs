@@ -135,7 +135,9 @@ async fn bench() -> Result<()> {
     }
 
     // Cold: sessions created on another daemon, each validated once here, so
-    // every get is a miss that reads Redis (one script call).
+    // every get is a miss that reads Redis: two script calls, since this daemon
+    // does not know the session's user, whose revocation epoch must be named in
+    // KEYS (a later miss of a session it held needs one).
     let mut tokens = Vec::with_capacity(n);
     for _ in 0..n {
         tokens.push(

@@ -1102,3 +1102,488 @@ async fn a_revocation_racing_a_cold_read_is_not_undone_by_its_fill() -> Result<(
     assert!(!valid(&ca, &token).await?, "the late fill was kept");
     Ok(())
 }
+
+// ---- Issue 12: the staleness bound Δ and the session holes (9, 10, 11). ----
+
+/// Δ of the bound tests: 50 ms heartbeat (the longest `XREAD BLOCK`), Δ = 150 ms,
+/// and a long Redis deadline (600 ms), so that only the reader's proof of
+/// delivery — not a timeout — can stop a stalled daemon from answering from its
+/// local cache within Δ.
+const DELTA: Duration = Duration::from_millis(150);
+
+fn delta_config(c: &mut shoald::Config) {
+    c.cache.heartbeat = Duration::from_millis(50);
+    c.cache.max_staleness = DELTA;
+    c.redis.timeout = Duration::from_millis(600);
+}
+
+/// What one `session.get` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Accepted,
+    NotFound,
+    Failed,
+}
+
+async fn outcome(c: &Client, token: &str) -> Outcome {
+    match c.session_get_raw(token, false).await {
+        Ok(Some(_)) => Outcome::Accepted,
+        Ok(None) => Outcome::NotFound,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+/// Asks every client for `token` every 10 ms until `until`, each request on its
+/// own (a request that hangs does not delay the next); each sample is
+/// (sent, outcome), per client.
+async fn poll_all(
+    clients: &[Client],
+    token: &str,
+    until: Instant,
+) -> Result<Vec<Vec<(Instant, Outcome)>>> {
+    let mut tasks: Vec<Vec<tokio::task::JoinHandle<(Instant, Outcome)>>> =
+        clients.iter().map(|_| Vec::new()).collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        let sent = Instant::now();
+        if sent > until {
+            break;
+        }
+        for (i, c) in clients.iter().enumerate() {
+            let (c, token) = (c.clone(), token.to_string());
+            tasks[i].push(tokio::spawn(
+                async move { (sent, outcome(&c, &token).await) },
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for per_client in tasks {
+        let mut samples = Vec::new();
+        for t in per_client {
+            samples.push(t.await?);
+        }
+        out.push(samples);
+    }
+    Ok(out)
+}
+
+/// Every sample sent at or after `bound` must refuse; at least one was sent then.
+fn assert_refused_after(
+    samples: &[Vec<(Instant, Outcome)>],
+    bound: Instant,
+    what: &str,
+) -> Result<()> {
+    for (i, s) in samples.iter().enumerate() {
+        let returned = bound.checked_sub(DELTA).unwrap_or(bound);
+        let last_accepted = s
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Accepted)
+            .map(|(sent, _)| sent.saturating_duration_since(returned))
+            .max();
+        println!(
+            "{what}: n{i}: {} requests, last accepted when asked {last_accepted:?} after the revocation returned (Δ = {DELTA:?})",
+            s.len()
+        );
+        let late: Vec<_> = s.iter().filter(|(sent, _)| *sent >= bound).collect();
+        if late.is_empty() {
+            bail!("{what}: n{i} was never asked after the bound");
+        }
+        for (sent, o) in late {
+            if *o == Outcome::Accepted {
+                bail!(
+                    "{what}: n{i} accepted the session when asked {:?} after the revocation returned (Δ = {DELTA:?})",
+                    sent.duration_since(bound) + DELTA
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `d` answers `token` from its local cache (its proof is fresh).
+async fn wait_local_hit(d: &Daemon, c: &Client, token: &str) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let hits = stat(d, "session_local_hits");
+        if !valid(c, token).await? {
+            bail!("session not valid");
+        }
+        if stat(d, "session_local_hits") > hits {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the local session cache never answered");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn leak(s: &str) -> &'static [u8] {
+    Box::leak(s.as_bytes().to_vec().into_boxed_slice())
+}
+
+#[tokio::test]
+async fn no_daemon_accepts_a_session_more_than_delta_after_its_revocation() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    // n0 reaches Redis through p0, which will black-hole every reply (reader and
+    // data path); n1 through p1, which will hold only the reply carrying the
+    // revocation (its reader stalls, its data path works); n2 directly.
+    let p0 = FaultProxy::start(redis.port()).await?;
+    let p1 = FaultProxy::start(redis.port()).await?;
+    let dir = tempfile::tempdir()?;
+    let mut d = Vec::new();
+    let mut c = Vec::new();
+    for (i, url) in [p0.url(), p1.url(), redis.url()].into_iter().enumerate() {
+        let mut config = test_config(&redis, dir.path(), &format!("n{i}"));
+        delta_config(&mut config);
+        config.redis.url = url;
+        let daemon = Daemon::start_ready(config).await?;
+        wait_sessions_ready(&daemon).await?;
+        c.push(daemon.client().await?);
+        d.push(daemon);
+    }
+    for kind in ["revoke", "revoke_user", "rotate"] {
+        let user = format!("delta-{kind}-user");
+        let token = c[2]
+            .session_create_raw(&user, b"d".to_vec(), SessionOptions::default())
+            .await?
+            .token;
+        // Every daemon answers it from its local cache (trusted: a fresh proof)
+        // when the stall begins.
+        for (dm, cl) in d.iter().zip(&c) {
+            wait_local_hit(dm, cl, &token).await?;
+        }
+        let listed = c[2].session_list(&user).await?;
+        let id = listed.first().context("listed")?.session_id.clone();
+        // The stream entry names the session (revoke, rotate) or the user.
+        p1.hold_replies_matching(leak(if kind == "revoke_user" { &user } else { &id }));
+        p0.hold_replies();
+        let before = d[1].ctx.sessions.cursor();
+        match kind {
+            "revoke" => assert!(c[2].session_revoke(&token).await?),
+            "revoke_user" => assert_eq!(c[2].session_revoke_user(&user).await?, 1),
+            _ => assert!(c[2].session_rotate(&token).await?.is_some()),
+        }
+        let returned = Instant::now();
+        let samples = poll_all(&c, &token, returned + DELTA + Duration::from_millis(400)).await?;
+        assert_eq!(
+            d[1].ctx.sessions.cursor(),
+            before,
+            "{kind}: n1's reader was stalled"
+        );
+        assert_refused_after(&samples, returned + DELTA, kind)?;
+        p0.release();
+        p1.release();
+        let last = last_revocation(&redis).await?;
+        for dm in &d {
+            wait_sessions_ready(dm).await?;
+            wait_cursor(dm, last).await?;
+        }
+        for (i, cl) in c.iter().enumerate() {
+            assert!(
+                !valid(cl, &token).await?,
+                "{kind}: honoured on n{i} after recovery"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn flushall_while_the_reader_is_connected_is_noticed_within_delta() -> Result<()> {
+    let f = fleet_with(3, |_, c| delta_config(c)).await?;
+    let token = f.c[0]
+        .session_create_raw("flo", b"f".to_vec(), SessionOptions::default())
+        .await?
+        .token;
+    for c in &f.c {
+        assert!(valid(c, &token).await?);
+    }
+    let mut conn = f.redis.conn().await?;
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+    let returned = Instant::now();
+    let samples = poll_all(&f.c, &token, returned + DELTA + Duration::from_millis(300)).await?;
+    assert_refused_after(&samples, returned + DELTA, "FLUSHALL")?;
+    for (i, d) in f.d.iter().enumerate() {
+        assert!(
+            stat(d, "session_flushes_redis_identity") >= 1,
+            "n{i} did not flush"
+        );
+    }
+    // The fleet still shares one hash key: a new session works everywhere.
+    let fresh = f.c[1]
+        .session_create_raw("flo", b"f".to_vec(), SessionOptions::default())
+        .await?
+        .token;
+    for (i, c) in f.c.iter().enumerate() {
+        assert!(valid(c, &fresh).await?, "new session unknown on n{i}");
+    }
+    Ok(())
+}
+
+/// Creates a session on every daemon and reads each on every daemon; true when
+/// all of them are valid everywhere.
+async fn fleet_agrees(clients: &[Client]) -> Result<bool> {
+    for (i, origin) in clients.iter().enumerate() {
+        let t = origin
+            .session_create_raw(&format!("agree-{i}"), Vec::new(), SessionOptions::default())
+            .await?
+            .token;
+        for c in clients {
+            if !valid(c, &t).await? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Polls until the fleet agrees, returning how long that took; then checks it
+/// keeps agreeing.
+async fn converges(clients: &[Client], within: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if fleet_agrees(clients).await? {
+            break;
+        }
+        if start.elapsed() > within {
+            bail!("sessions created on one daemon still unknown on another after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = start.elapsed();
+    for _ in 0..5 {
+        assert!(fleet_agrees(clients).await?, "the fleet agreed, then not");
+    }
+    Ok(took)
+}
+
+#[tokio::test]
+async fn fleet_hash_key_deleted_or_replaced_converges_within_the_bound() -> Result<()> {
+    let mut f = fleet(3).await?;
+    let bound = f.d[0].ctx.config.cache.max_staleness;
+    assert!(fleet_agrees(&f.c).await?);
+    let mut conn = f.redis.conn().await?;
+
+    // Deleted (evicted, an operator) while three daemons run, then one of them
+    // restarts: it must not make a key of its own that the others never see.
+    let _: i64 = redis::cmd("DEL")
+        .arg("shoal:skey")
+        .query_async(&mut conn)
+        .await?;
+    let config = f.d[2].ctx.config.clone();
+    if let Some(old) = f.d.pop() {
+        old.stop().await?;
+    }
+    f.c.pop();
+    let restarted = Daemon::start_ready(config).await?;
+    wait_sessions_ready(&restarted).await?;
+    f.c.push(restarted.client().await?);
+    f.d.push(restarted);
+    let took = converges(&f.c, bound).await?;
+    println!("skey deleted + restart: the fleet agreed after {took:?} (bound {bound:?})");
+
+    // Replaced by another value (what a daemon that found no key would create):
+    // every daemon adopts the fleet's key and flushes what it hashed with its own.
+    let flushes: Vec<u64> =
+        f.d.iter()
+            .map(|d| stat(d, "session_flushes_hash_key"))
+            .collect();
+    let () = redis::cmd("SET")
+        .arg("shoal:skey")
+        .arg(shoald::random_token(32))
+        .query_async(&mut conn)
+        .await?;
+    let replaced = Instant::now();
+    // Until every daemon has noticed, they may all still agree on the old key:
+    // wait for each to adopt the new one (a flush of what it hashed with the old).
+    loop {
+        let adopted =
+            f.d.iter()
+                .zip(&flushes)
+                .all(|(d, n)| stat(d, "session_flushes_hash_key") > *n);
+        if adopted {
+            break;
+        }
+        if replaced.elapsed() > bound {
+            bail!("not every daemon adopted the replaced key within {bound:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = replaced.elapsed();
+    for _ in 0..5 {
+        assert!(
+            fleet_agrees(&f.c).await?,
+            "the fleet disagrees after adopting"
+        );
+    }
+    println!("skey replaced: every daemon adopted it after {took:?} (bound {bound:?})");
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoke_user_refuses_a_session_missing_from_the_user_index() -> Result<()> {
+    let f = fleet(3).await?;
+    // Three sessions of ivy, cached on n0 (creation) and n1; n2 never saw them.
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let t = f.c[0]
+            .session_create_raw("ivy", b"i".to_vec(), SessionOptions::default())
+            .await?
+            .token;
+        assert!(valid(&f.c[1], &t).await?);
+        tokens.push(t);
+    }
+    // Each goes missing from the user index (an eviction, a stray ZREM).
+    let ids: Vec<String> = f.c[0]
+        .session_list("ivy")
+        .await?
+        .into_iter()
+        .map(|e| e.session_id)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let mut conn = f.redis.conn().await?;
+    for id in &ids {
+        let removed: i64 = redis::cmd("ZREM")
+            .arg("shoal:su:ivy")
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        assert_eq!(removed, 1);
+    }
+    f.c[1].session_revoke_user("ivy").await?;
+    all_caught_up(&f).await?;
+    // On n2 every op is cold: Redis itself must refuse them.
+    assert!(!f.c[2].session_update_raw(&tokens[0], b"x".to_vec()).await?);
+    assert_eq!(f.c[2].session_rotate(&tokens[1]).await?, None);
+    assert!(
+        !valid(&f.c[2], &tokens[2]).await?,
+        "cold read on another daemon"
+    );
+    for t in &tokens {
+        for (i, c) in f.c.iter().enumerate() {
+            assert!(!valid(c, t).await?, "revoked session honoured on n{i}");
+        }
+    }
+    for id in &ids {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("shoal:s:{id}"))
+            .query_async(&mut conn)
+            .await?;
+        assert!(!exists, "a session refused by its epoch is deleted");
+    }
+    // Sessions created after the revocation are fine.
+    let fresh = f.c[2]
+        .session_create_raw("ivy", b"i".to_vec(), SessionOptions::default())
+        .await?
+        .token;
+    for c in &f.c {
+        assert!(valid(c, &fresh).await?);
+    }
+    assert!(f.c[0].session_update_raw(&fresh, b"y".to_vec()).await?);
+    assert!(f.c[1].session_rotate(&fresh).await?.is_some());
+
+    // The user's epoch outlives every session that recorded it, even one whose
+    // absolute lifetime is longer than the configured one.
+    let long = f.c[0]
+        .session_create_raw(
+            "ivo",
+            Vec::new(),
+            SessionOptions {
+                idle_ttl: None,
+                absolute_ttl: Some(Duration::from_secs(3 * 24 * 3600)),
+            },
+        )
+        .await?;
+    let expire_at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("shoal:se:ivo")
+        .query_async(&mut conn)
+        .await?;
+    assert!(
+        expire_at >= long.absolute_expires_at_ms as i64,
+        "the epoch key expires at {expire_at}, the session at {}",
+        long.absolute_expires_at_ms
+    );
+    let ivo_id = f.c[0].session_list("ivo").await?[0].session_id.clone();
+    let _: i64 = redis::cmd("DEL")
+        .arg("shoal:su:ivo")
+        .query_async(&mut conn)
+        .await?;
+    f.c[0].session_revoke_user("ivo").await?;
+    let expire_at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("shoal:se:ivo")
+        .query_async(&mut conn)
+        .await?;
+    assert!(expire_at >= long.absolute_expires_at_ms as i64);
+    all_caught_up(&f).await?;
+    assert!(!valid(&f.c[2], &long.token).await?);
+    assert!(
+        !f.c[2].session_revoke_id(&ivo_id).await?,
+        "deleted by the refused read"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dropped_get_releases_the_sliding_touch_flag() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let proxy = FaultProxy::start(redis.port()).await?;
+    let dir = tempfile::tempdir()?;
+    let mut config = test_config(&redis, dir.path(), "n0");
+    config.redis.url = proxy.url();
+    config.session.touch_fraction = 0.2;
+    let d = Daemon::start_ready(config).await?;
+    wait_sessions_ready(&d).await?;
+    let c = d.client().await?;
+    const MARKER: &[u8] = b"touch-marker-7f3a";
+    let idle = Duration::from_secs(2);
+    let created = c
+        .session_create_raw(
+            "tom",
+            MARKER.to_vec(),
+            SessionOptions {
+                idle_ttl: Some(idle),
+                absolute_ttl: Some(Duration::from_secs(60)),
+            },
+        )
+        .await?;
+    let idle_ms = idle.as_millis() as u64;
+    let window = idle_ms / 5;
+    // Let a fifth of the idle window pass: the next touching read refreshes it.
+    until_redis_time(&redis, created.expires_at_ms - idle_ms + window + 10).await?;
+    // That refresh hangs (its reply held), and the request is dropped mid-flight.
+    proxy.hold_replies_matching(MARKER);
+    let sessions = d.ctx.sessions.clone();
+    let token = created.token.clone();
+    let max_frame = d.ctx.max_frame;
+    let request = tokio::spawn(async move {
+        sessions
+            .handle(
+                1,
+                shoal_client::Op::SessionGet { token, touch: true },
+                max_frame,
+            )
+            .await
+    });
+    proxy.wait_held(1, WAIT).await?;
+    let dropped_at = redis_now_ms(&redis).await?;
+    request.abort();
+    assert!(request.await.is_err_and(|e| e.is_cancelled()));
+    proxy.release();
+    // A window later, a touching read must refresh again: the idle deadline slides.
+    until_redis_time(&redis, dropped_at + window + 10).await?;
+    let touches = stat(&d, "session_touches");
+    let asked = redis_now_ms(&redis).await?;
+    let s = c
+        .session_get_raw(&created.token, true)
+        .await?
+        .context("valid")?;
+    assert!(
+        s.expires_at_ms >= asked + idle_ms,
+        "the idle deadline did not slide: expires at {}, asked at {asked}",
+        s.expires_at_ms
+    );
+    assert_eq!(stat(&d, "session_touches"), touches + 1);
+    Ok(())
+}

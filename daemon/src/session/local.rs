@@ -9,16 +9,21 @@
 //!   kept only if no revocation of its stripe later than P was applied, checked
 //!   before and after the insert, so a revocation racing a read is never undone by
 //!   the read's fill. Striping may refuse a good fill, never admit a bad one.
-//! - `confirmed`: the last moment the reader knew it had seen every revocation.
+//! - `proof`: the newest moment as of which the reader proved it had seen every
+//!   revocation (the send time of an `XREAD` that returned not full, followed by
+//!   a passing identity and trim check). The cache answers only while that proof
+//!   is younger than Δ (`cache.max_staleness`), checked on every hit: so a
+//!   session revoked more than Δ ago is never answered from here, whatever
+//!   happened to Redis or to the reader's connection.
 //!   In `on_unavailable = "cached"` mode, entries may be served for `max_stale`
-//!   after it, never later, and never one a revocation already evicted.
+//!   after the proof, never later, and never one a revocation already evicted.
 //!
 //! Deadlines are kept on the monotonic clock, computed from the remaining time
 //! Redis reported, so no wall clock is compared with Redis's.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -101,6 +106,8 @@ pub enum FlushReason {
     Identity,
     /// A stream entry could not be understood: it may have revoked anything.
     BadEntry,
+    /// The fleet's token hash key changed: sessions are named differently now.
+    HashKey,
 }
 
 impl FlushReason {
@@ -109,6 +116,7 @@ impl FlushReason {
             FlushReason::Trimmed => "stream_trimmed",
             FlushReason::Identity => "redis_identity",
             FlushReason::BadEntry => "bad_entry",
+            FlushReason::HashKey => "hash_key",
         }
     }
 }
@@ -124,7 +132,11 @@ pub struct LocalCache {
     generation: AtomicU64,
     marks: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
-    confirmed: Mutex<Option<Instant>>,
+    /// Nanoseconds after `base` (plus one; 0: never) of the newest proof.
+    proof: AtomicU64,
+    base: Instant,
+    /// Δ: hits are answered only while the proof is younger than this.
+    max_staleness: Duration,
 }
 
 impl std::fmt::Debug for LocalCache {
@@ -137,7 +149,7 @@ impl std::fmt::Debug for LocalCache {
 }
 
 impl LocalCache {
-    pub fn new(max_entries: u64) -> LocalCache {
+    pub fn new(max_entries: u64, max_staleness: Duration) -> LocalCache {
         let cache = Cache::builder()
             .max_capacity(max_entries.max(1))
             .expire_after(CachedExpiry)
@@ -149,7 +161,12 @@ impl LocalCache {
             generation: AtomicU64::new(1),
             marks: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
-            confirmed: Mutex::new(None),
+            proof: AtomicU64::new(0),
+            // Early enough that no proof predates it.
+            base: Instant::now()
+                .checked_sub(Duration::from_secs(3600))
+                .unwrap_or_else(Instant::now),
+            max_staleness,
         }
     }
 
@@ -179,10 +196,24 @@ impl LocalCache {
 
     /// The reader has seen every revocation issued before `at`.
     pub fn confirm(&self, at: Instant) {
-        let mut c = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        if c.is_none_or(|prev| prev < at) {
-            *c = Some(at);
+        let n = u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            + 1;
+        self.proof.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// How old the newest proof is at `now` (`None`: never proved).
+    pub fn proof_age(&self, now: Instant) -> Option<Duration> {
+        match self.proof.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(now.saturating_duration_since(self.base + Duration::from_nanos(n - 1))),
         }
+    }
+
+    /// Whether the cache may answer at `now`: the reader is caught up and its
+    /// newest proof is younger than Δ.
+    pub fn trusted(&self, now: Instant) -> bool {
+        self.is_ready() && self.proof_age(now).is_some_and(|a| a < self.max_staleness)
     }
 
     /// Taken before a Redis read whose result may fill the cache.
@@ -195,31 +226,35 @@ impl LocalCache {
         self.is_ready() && self.generation.load(Ordering::SeqCst) == t.0
     }
 
-    /// A validated session, if the cache is trusted and holds it.
+    /// A validated session, if the cache is trusted now and holds it.
     pub fn get(&self, hash: &str) -> Option<Arc<Cached>> {
-        if !self.is_ready() {
+        let now = Instant::now();
+        if !self.trusted(now) {
             return None;
         }
-        self.get_unchecked(hash)
+        self.get_unchecked(hash, now)
     }
 
-    fn get_unchecked(&self, hash: &str) -> Option<Arc<Cached>> {
+    fn get_unchecked(&self, hash: &str, now: Instant) -> Option<Arc<Cached>> {
         let e = self.cache.get(hash)?;
         // moka expires on its own clock and lazily; never serve past the deadline.
-        (e.deadline > Instant::now()).then_some(e)
+        (e.deadline > now).then_some(e)
+    }
+
+    /// The user of a session this daemon holds, trusted or not: only a hint
+    /// (saves a round trip; the scripts check it).
+    pub fn peek_user(&self, hash: &str) -> Option<String> {
+        self.cache.get(hash).map(|e| e.user.clone())
     }
 
     /// For `on_unavailable = "cached"`: a session this daemon validated, if the
-    /// last moment it knew of every revocation is at most `max_stale` ago.
+    /// newest proof that it knew of every revocation is at most `max_stale` old.
     pub fn get_stale(&self, hash: &str, max_stale: Duration) -> Option<Arc<Cached>> {
-        if !self.is_ready() {
-            let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh_enough = confirmed.is_some_and(|c| c.elapsed() <= max_stale);
-            if !fresh_enough {
-                return None;
-            }
+        let now = Instant::now();
+        if self.proof_age(now).is_none_or(|a| a > max_stale) {
+            return None;
         }
-        self.get_unchecked(hash)
+        self.get_unchecked(hash, now)
     }
 
     /// Keeps a session read at stream position `entry.pos`, if the rules allow.
@@ -339,7 +374,7 @@ mod tests {
     }
 
     fn ready() -> LocalCache {
-        let c = LocalCache::new(100);
+        let c = LocalCache::new(100, Duration::from_secs(60));
         c.set_ready(Instant::now());
         c
     }
@@ -391,6 +426,32 @@ mod tests {
         assert!(c.get("a").is_some(), "a gap alone does not flush");
         c.flush();
         assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn hits_only_while_the_proof_is_younger_than_delta() {
+        let c = LocalCache::new(100, Duration::from_millis(100));
+        let t0 = Instant::now();
+        c.set_ready(t0);
+        let t = c.ticket();
+        assert!(c.fill("a", entry("u", 0, id(1)), t));
+        assert!(c.trusted(t0 + Duration::from_millis(99)));
+        assert!(!c.trusted(t0 + Duration::from_millis(100)));
+        // An old proof does not move the newest one back.
+        c.confirm(t0 - Duration::from_millis(200));
+        assert_eq!(c.proof_age(t0), Some(Duration::ZERO));
+        // Once the proof is older than Δ, the cache does not answer.
+        let stale = LocalCache::new(100, Duration::from_millis(100));
+        stale.set_ready(Instant::now() - Duration::from_millis(150));
+        let t = stale.ticket();
+        assert!(stale.fill("a", entry("u", 0, id(1)), t));
+        assert!(stale.get("a").is_none());
+        assert_eq!(stale.peek_user("a").as_deref(), Some("u"));
+        stale.confirm(Instant::now());
+        assert!(stale.get("a").is_some());
+        assert!(LocalCache::new(1, Duration::from_secs(1))
+            .proof_age(Instant::now())
+            .is_none());
     }
 
     #[test]

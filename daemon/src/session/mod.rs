@@ -13,6 +13,13 @@
 //! is down the local cache is not trusted; a trimmed cursor or a changed Redis
 //! identity flushes it.
 //!
+//! The bound: the local cache answers only while the reader's newest proof of
+//! delivery is younger than Δ (`cache.max_staleness`), so no daemon accepts a
+//! session more than Δ after its revocation returned (except in the opt-in
+//! `on_unavailable = "cached"` mode, which trades that for availability).
+//! A session created before its user's last `revoke_user` is refused by Redis
+//! itself (its epoch), whether or not the user index listed it.
+//!
 //! Tokens are never logged, traced, counted or put in error messages: the code
 //! below only ever passes them to the hasher.
 
@@ -43,7 +50,7 @@ use crate::streamid::StreamId;
 pub use keys::{plausible_session_id, plausible_token, SessionKeys, TokenHasher};
 pub use local::FlushReason;
 use local::{Cached, LocalCache};
-use scripts::{Context, Record, Rotated, Scripts};
+use scripts::{Context, Got, Record, Rotated, Scripts, Updated};
 
 /// Random bytes in a token: 256 bits.
 pub const TOKEN_BYTES: usize = 32;
@@ -79,6 +86,13 @@ struct Counters {
     fills_rejected: AtomicU64,
     served_stale: AtomicU64,
     denied_unavailable: AtomicU64,
+    /// Reads that skipped the local cache because it was not trusted (reader
+    /// behind, or its newest proof older than Δ).
+    local_untrusted: AtomicU64,
+    /// Extra script calls because the session's user was not known here (a
+    /// truly cold read: the user's epoch key must be named in KEYS).
+    user_lookups: AtomicU64,
+    flushes_hash_key: AtomicU64,
     reader_reconnects: AtomicU64,
     flushes_trimmed: AtomicU64,
     flushes_identity: AtomicU64,
@@ -100,6 +114,41 @@ struct ReaderState {
     identity: Mutex<Option<(String, String)>>,
 }
 
+/// The token hash key in use and its hasher. `Debug` shows neither.
+#[derive(Clone)]
+struct FleetKey {
+    raw: Arc<str>,
+    hasher: Arc<TokenHasher>,
+}
+
+impl std::fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetKey(..)")
+    }
+}
+
+impl FleetKey {
+    fn new(raw: &str) -> Option<FleetKey> {
+        Some(FleetKey {
+            raw: Arc::from(raw),
+            hasher: Arc::new(TokenHasher::new(raw.as_bytes())?),
+        })
+    }
+}
+
+/// Clears the sliding-touch flag of a cached session when the request that set
+/// it ends, however it ends (answered, failed, or dropped mid-flight).
+struct Touching<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Touching<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Attempts of a script that may ask for the session's user first.
+const USER_ROUNDS: usize = 3;
+
 /// The session service of one daemon.
 #[derive(Debug)]
 pub struct Sessions {
@@ -107,8 +156,8 @@ pub struct Sessions {
     scripts: Scripts,
     cx: Context,
     settings: Settings,
-    /// The token hasher: from `session.token_hash_key`, or loaded from Redis.
-    hasher: RwLock<Option<Arc<TokenHasher>>>,
+    /// The token hash key: from `session.token_hash_key`, or the fleet's in Redis.
+    hasher: RwLock<Option<FleetKey>>,
     key_configured: bool,
     local: LocalCache,
     counters: Counters,
@@ -165,9 +214,8 @@ impl Sessions {
     pub fn new(config: &Config, store: Store, _stats: Arc<Stats>) -> Sessions {
         let s = &config.session;
         let configured = (!s.token_hash_key.is_empty())
-            .then(|| TokenHasher::new(s.token_hash_key.expose().as_bytes()))
-            .flatten()
-            .map(Arc::new);
+            .then(|| FleetKey::new(s.token_hash_key.expose()))
+            .flatten();
         let node: String = config
             .node
             .id
@@ -196,7 +244,7 @@ impl Sessions {
             },
             key_configured: configured.is_some(),
             hasher: RwLock::new(configured),
-            local: LocalCache::new(s.local_max_entries),
+            local: LocalCache::new(s.local_max_entries, config.cache.max_staleness),
             counters: Counters::default(),
             reader: ReaderState {
                 ready_tx: watch::channel(false).0,
@@ -208,6 +256,14 @@ impl Sessions {
 
     /// Background work (the revocation reader); returns when `cancel` fires.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        if !self.key_configured {
+            tracing::warn!(
+                key = %self.cx.keys.hash_key(),
+                "session.token_hash_key is not set: sessions are named with a random key kept in Redis \
+                 (checked on every reader loop; if it changes, sessions hashed with the old one are lost). \
+                 Set it in production"
+            );
+        }
         self.follow(cancel).await;
     }
 
@@ -257,6 +313,9 @@ impl Sessions {
         put("fills_rejected", &c.fills_rejected);
         put("served_stale", &c.served_stale);
         put("denied_unavailable", &c.denied_unavailable);
+        put("local_untrusted", &c.local_untrusted);
+        put("user_lookups", &c.user_lookups);
+        put("flushes_hash_key", &c.flushes_hash_key);
         put("reader_reconnects", &c.reader_reconnects);
         put("flushes_trimmed", &c.flushes_trimmed);
         put("flushes_redis_identity", &c.flushes_identity);
@@ -266,6 +325,12 @@ impl Sessions {
         let cursor = self.cursor();
         m.insert("session_local_entries".into(), self.local.entry_count());
         m.insert("session_reader_ready".into(), u64::from(self.ready()));
+        m.insert(
+            "session_proof_age_ms".into(),
+            self.local.proof_age(Instant::now()).map_or(u64::MAX, |a| {
+                u64::try_from(a.as_millis()).unwrap_or(u64::MAX)
+            }),
+        );
         m.insert("session_cursor_ms".into(), cursor.ms);
         m.insert("session_cursor_seq".into(), cursor.seq);
     }
@@ -332,44 +397,107 @@ impl Sessions {
             .hasher
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .as_ref()
+            .map(|k| k.hasher.clone());
         match cached {
             Some(h) => Ok(h),
             None => self.load_hash_key().await,
         }
     }
 
+    /// Reads (or creates) the fleet key in Redis and adopts it.
     async fn load_hash_key(&self) -> Result<Arc<TokenHasher>, StoreError> {
         let key = self.scripts.hash_key(&self.store, &self.cx).await?;
-        let h = TokenHasher::new(key.as_bytes())
-            .map(Arc::new)
-            .ok_or_else(|| StoreError::Redis("the session hash key in Redis is unusable".into()))?;
-        *self.hasher.write().unwrap_or_else(|p| p.into_inner()) = Some(h.clone());
-        Ok(h)
+        self.adopt_hash_key(&key)
+            .ok_or_else(|| StoreError::Redis("the session hash key in Redis is unusable".into()))
+    }
+
+    /// The fleet key this daemon uses, if it manages one through Redis (`""`
+    /// when it has none yet); `None` when the key is configured locally.
+    fn fleet_key_proposal(&self) -> Option<String> {
+        if self.key_configured {
+            return None;
+        }
+        let guard = self.hasher.read().unwrap_or_else(|p| p.into_inner());
+        Some(
+            guard
+                .as_ref()
+                .map(|k| k.raw.to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Uses `key` (the fleet's, as Redis holds it) from now on. When it replaces
+    /// another key, every session this daemon cached is named differently now:
+    /// flush. `None` if the key is unusable.
+    fn adopt_hash_key(&self, key: &str) -> Option<Arc<TokenHasher>> {
+        if self.key_configured {
+            return self
+                .hasher
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|k| k.hasher.clone());
+        }
+        let mut guard = self.hasher.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = guard.as_ref().filter(|k| &*k.raw == key) {
+            return Some(k.hasher.clone());
+        }
+        let new = FleetKey::new(key)?;
+        let hasher = new.hasher.clone();
+        let replaced = guard.replace(new).is_some();
+        drop(guard);
+        if replaced {
+            tracing::warn!(key = %self.cx.keys.hash_key(), "the fleet's session hash key changed; adopting it");
+            self.flush(FlushReason::HashKey);
+        }
+        Some(hasher)
     }
 
     fn cached_mode(&self) -> bool {
         self.settings.on_unavailable == SessionUnavailable::Cached
     }
 
-    /// Reads a session from Redis and keeps it locally if the coherence rules allow.
-    async fn read(&self, hash: &str, touch: bool) -> Result<Option<Arc<Cached>>, StoreError> {
-        let ticket = self.local.ticket();
-        let sent = Instant::now();
-        let record = self.scripts.get(&self.store, &self.cx, hash, touch).await?;
+    /// Reads a session from Redis and keeps it locally if the coherence rules
+    /// allow. `user`: who owns it, if this daemon knows (saves a round trip).
+    async fn read(
+        &self,
+        hash: &str,
+        touch: bool,
+        mut user: Option<String>,
+    ) -> Result<Option<Arc<Cached>>, StoreError> {
         bump(&self.counters.redis_reads);
-        let Some(record) = record else {
-            self.local.evict(hash);
-            return Ok(None);
-        };
-        if record.touched {
-            bump(&self.counters.touches);
+        for _ in 0..USER_ROUNDS {
+            let ticket = self.local.ticket();
+            let sent = Instant::now();
+            let got = self
+                .scripts
+                .get(&self.store, &self.cx, hash, touch, user.as_deref())
+                .await?;
+            let record = match got {
+                Got::Missing => {
+                    self.local.evict(hash);
+                    return Ok(None);
+                }
+                Got::AskUser(u) => {
+                    bump(&self.counters.user_lookups);
+                    user = Some(u);
+                    continue;
+                }
+                Got::Found(record) => record,
+            };
+            if record.touched {
+                bump(&self.counters.touches);
+            }
+            let entry = Arc::new(cached_from(record, sent));
+            if ticket.is_some() && !self.local.fill(hash, entry.clone(), ticket) {
+                bump(&self.counters.fills_rejected);
+            }
+            return Ok(Some(entry));
         }
-        let entry = Arc::new(cached_from(record, sent));
-        if ticket.is_some() && !self.local.fill(hash, entry.clone(), ticket) {
-            bump(&self.counters.fills_rejected);
-        }
-        Ok(Some(entry))
+        Err(StoreError::Redis(
+            "session_get kept naming another user".into(),
+        ))
     }
 
     async fn create(
@@ -427,8 +555,11 @@ impl Sessions {
                     .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
             {
-                let fresh = self.read(&hash, true).await;
-                entry.touching.store(false, Ordering::SeqCst);
+                let fresh = {
+                    // Released however this ends, including a dropped request.
+                    let _touching = Touching(&entry.touching);
+                    self.read(&hash, true, Some(entry.user.clone())).await
+                };
                 match fresh {
                     Ok(Some(fresh)) => return Ok(info(&fresh)),
                     Ok(None) => return Err(not_found()),
@@ -440,6 +571,9 @@ impl Sessions {
             return Ok(info(&entry));
         }
         bump(&self.counters.local_misses);
+        if !self.local.trusted(Instant::now()) {
+            bump(&self.counters.local_untrusted);
+        }
         if self.cached_mode() && !self.local.is_ready() && self.store.is_down() {
             // Known outage: do not wait for a deadline before the fallback.
             if let Some(entry) = self.local.get_stale(&hash, self.settings.max_stale) {
@@ -447,7 +581,7 @@ impl Sessions {
                 return Ok(info(&entry));
             }
         }
-        match self.read(&hash, touch).await {
+        match self.read(&hash, touch, self.local.peek_user(&hash)).await {
             Ok(Some(entry)) => Ok(info(&entry)),
             Ok(None) => Err(not_found()),
             Err(e) if e.is_retryable() => {
@@ -480,22 +614,30 @@ impl Sessions {
             return Ok(false);
         }
         let hash = self.hasher().await?.session_hash(token);
-        match self
-            .scripts
-            .update(&self.store, &self.cx, &hash, data)
-            .await?
-        {
-            Some(id) => {
-                bump(&self.counters.updates);
-                // This daemon serves the new data at once; others on the event.
-                self.local.apply_session(&hash, id);
-                Ok(true)
-            }
-            None => {
-                self.local.evict(&hash);
-                Ok(false)
+        let mut user = self.local.peek_user(&hash);
+        for _ in 0..USER_ROUNDS {
+            match self
+                .scripts
+                .update(&self.store, &self.cx, &hash, data, user.as_deref())
+                .await?
+            {
+                Updated::Done(id) => {
+                    bump(&self.counters.updates);
+                    // This daemon serves the new data at once; others on the event.
+                    self.local.apply_session(&hash, id);
+                    return Ok(true);
+                }
+                Updated::Missing => {
+                    self.local.evict(&hash);
+                    return Ok(false);
+                }
+                Updated::AskUser(u) => {
+                    bump(&self.counters.user_lookups);
+                    user = Some(u);
+                }
             }
         }
+        Err(StoreError::Redis("session_update kept naming another user".into()).into())
     }
 
     async fn rotate(&self, token: &str) -> Result<String, OpError> {
@@ -504,7 +646,7 @@ impl Sessions {
         }
         let hasher = self.hasher().await?;
         let old = hasher.session_hash(token);
-        let mut user = self.local.get(&old).map(|e| e.user.clone());
+        let mut user = self.local.peek_user(&old);
         for _ in 0..4 {
             let u = match user.take() {
                 Some(u) => u,
@@ -634,6 +776,7 @@ impl Sessions {
             FlushReason::Trimmed => &self.counters.flushes_trimmed,
             FlushReason::Identity => &self.counters.flushes_identity,
             FlushReason::BadEntry => &self.counters.flushes_bad_entry,
+            FlushReason::HashKey => &self.counters.flushes_hash_key,
         };
         bump(c);
         tracing::warn!(reason = reason.as_str(), "local session cache flushed");

@@ -1,21 +1,26 @@
-//! The revocation reader: tails the revocation stream with `XREAD BLOCK` from this
-//! daemon's own cursor (not a consumer group: every daemon must see every entry)
-//! and evicts what it names from the local session cache.
+//! The revocation reader: tails the revocation stream with `XREAD BLOCK` from
+//! this daemon's own cursor and applies each entry to the local session cache,
+//! and proves, read after read, that nothing was missed.
 //!
-//! It follows the gap rules of the invalidation subscriber (`coherence.rs`;
-//! ARCHITECTURE.md, "Why it is built this way"), on a dedicated connection (a blocking read would stall the shared
-//! multiplexed one):
-//! 1. While not connected and caught up, the local cache is not trusted.
-//! 2. After connecting, check Redis's identity (run_id + epoch key): changed means
-//!    Redis lost data, so flush. Otherwise, if the stream's first entry is past the
-//!    cursor (or the stream is gone), entries we never saw may have been trimmed:
-//!    flush. Then read everything after the cursor.
-//! 3. Only then trust the cache again and report ready.
+//! Rules, as for the invalidation subscriber:
+//! 1. While not connected and caught up, the local cache is not trusted; loss of
+//!    the connection makes it untrusted at once, before any reconnect backoff.
+//! 2. On connecting, Redis's identity (run_id + epoch key) is checked: changed
+//!    means Redis lost data or was replaced, so flush.
+//! 3. After every `XREAD` (catching up or blocking), one script on the same
+//!    connection (`session_check.lua`) proves that the dataset is the same (the
+//!    epoch key: a `FLUSHALL` while connected is noticed here), that no entry
+//!    after the read's starting cursor was removed unseen (trimmed or deleted),
+//!    and which fleet token hash key is in force (put back if it vanished,
+//!    adopted if another replaced it). A failed proof flushes.
+//! 4. An `XREAD` sent at local time t that returns not full (entries, or empty
+//!    after its `BLOCK`), with its check passed, proves every revocation appended
+//!    before t has been applied: t becomes the cache's newest proof, and the
+//!    cache answers only while that proof is younger than Δ (`cache.max_staleness`).
 //!
 //! Each `XREAD` blocks for at most `cache.heartbeat` and must answer within that
-//! plus `redis.timeout`, so a silently dead connection is noticed like a missed
-//! heartbeat. A batch that comes back full means the reader is behind; the stream
-//! is then checked for a trim past the cursor as well.
+//! plus `redis.timeout`, so a silently dead connection is noticed; the cache stops
+//! answering long before, once its proof is older than Δ.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,13 +31,13 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::scripts::{Check, StreamInfo};
 use super::{bump, FlushReason, Sessions};
 use crate::streamid::StreamId;
 
-/// Entries read per `XREAD`: no more than the smallest allowed stream length
-/// (100). `MAXLEN ~` keeps at least that many, so if entries after our cursor were
-/// trimmed, at least a full batch is still after it: a batch that is not full
-/// proves no gap, and a full one is checked against the stream's first entry.
+/// Entries read per `XREAD`. A batch that comes back full proves nothing about
+/// what follows it: the reader reads on, without blocking, before it records a
+/// proof.
 const BATCH: usize = 100;
 
 enum Ended {
@@ -108,6 +113,27 @@ fn field(fields: &[Value], name: &str) -> Option<String> {
         .chunks_exact(2)
         .find(|kv| as_string(&kv[0]).as_deref() == Some(name))
         .and_then(|kv| as_string(&kv[1]))
+}
+
+/// Whether entries after `from` may have been removed before this daemon read
+/// them. Trimming removes the oldest entries and `XDEL` records the largest id it
+/// deleted, so: a deleted id past `from`; or the oldest surviving entry past a
+/// cursor that had seen something (the entry at the cursor is gone, and maybe
+/// others after it: we cannot tell); or, reading from the very start, fewer
+/// entries left than were ever added; or every entry gone after some past `from`
+/// were added; or the stream gone after we had read from it.
+pub(super) fn gap_after(from: StreamId, stream: Option<&StreamInfo>) -> bool {
+    let Some(s) = stream else {
+        return from != StreamId::ZERO;
+    };
+    if s.max_deleted > from {
+        return true;
+    }
+    match s.first {
+        None => s.last_generated > from,
+        Some(_) if from == StreamId::ZERO => s.entries_added > s.length,
+        Some(first) => first > from,
+    }
 }
 
 fn now_ms() -> u64 {
@@ -190,33 +216,51 @@ impl Sessions {
                 Err(_) => return Ended::Lost("connect timed out".into()),
             },
         };
-        let caught_up_at = tokio::select! {
+        tokio::select! {
             _ = cancel.cancelled() => return Ended::Cancelled,
-            r = self.catch_up(&mut conn) => match r {
-                Ok(at) => at,
-                Err(e) => return Ended::Lost(format!("catch-up failed: {e}")),
+            r = self.on_connect(&mut conn) => if let Err(e) = r {
+                return Ended::Lost(format!("identity check failed: {e}"));
             },
-        };
-        self.local.set_ready(caught_up_at.into_std());
-        self.reader.ready_tx.send_replace(true);
-        tracing::info!(cursor = %self.cursor(), "revocation reader caught up; local session cache serving");
+        }
+        let mut ready = false;
         loop {
             let issued = Instant::now();
-            let read = tokio::select! {
-                _ = cancel.cancelled() => return Ended::Cancelled,
-                r = self.read_batch(&mut conn, Some(self.settings.block)) => r,
+            let from = self.cursor();
+            // Catching up reads without blocking; caught up, it waits for news.
+            let block = ready.then_some(self.settings.block);
+            let step = async {
+                let n = self.read_batch(&mut conn, block).await?;
+                self.verify(&mut conn, from).await?;
+                Ok::<_, String>(n)
             };
-            if let Err(e) = read {
-                return Ended::Lost(e);
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Ended::Cancelled,
+                r = step => match r {
+                    Ok(n) => n,
+                    Err(e) => return Ended::Lost(e),
+                },
+            };
+            if n >= BATCH {
+                // Behind: more to read before anything is proven.
+                continue;
             }
-            // Every revocation issued before `issued` has now been applied.
-            self.local.confirm(issued.into_std());
+            // Every revocation appended before `issued` has now been applied (or
+            // a flush covered it).
+            if ready {
+                self.local.confirm(issued.into_std());
+            } else {
+                self.local.set_ready(issued.into_std());
+                self.reader.ready_tx.send_replace(true);
+                ready = true;
+                tracing::info!(cursor = %self.cursor(), "revocation reader caught up; local session cache serving");
+            }
         }
     }
 
-    /// Identity check, trim check, then replay after the cursor. Returns the
-    /// moment as of which the reader has seen everything.
-    async fn catch_up(&self, conn: &mut MultiplexedConnection) -> Result<Instant, String> {
+    /// On (re)connecting: Redis's identity. A change means Redis lost data or
+    /// was replaced: flush and start after the stream's current end. On the
+    /// first connection nothing is cached yet: start at the end too.
+    async fn on_connect(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
         let identity = self.store.identity().await.map_err(|e| e.to_string())?;
         let known = self
             .reader
@@ -225,73 +269,85 @@ impl Sessions {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let changed = known.as_ref().is_some_and(|k| *k != identity);
-        if !self.key_configured && (known.is_none() || changed) {
-            // Redis may have lost the fleet key with everything else.
-            self.load_hash_key().await.map_err(|e| e.to_string())?;
-        }
-        let stream = self.cx.keys.stream();
-        let first = self.first_id(conn).await?;
-        let last = self
-            .bounded(
-                conn,
-                redis::cmd("XREVRANGE")
-                    .arg(&stream)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await
-            .and_then(entries)?
-            .first()
-            .map(|(id, _)| *id);
-        let cursor = self.cursor();
-        match known {
-            None => {
-                // First connection: nothing is cached yet, nothing before now matters.
-                self.set_cursor(last.unwrap_or(StreamId::ZERO));
-            }
-            Some(_) if changed => {
+        if known.is_none() || changed {
+            if changed {
                 tracing::warn!("redis identity changed (restart or failover); flushing the local session cache");
                 self.flush(FlushReason::Identity);
-                self.set_cursor(last.unwrap_or(StreamId::ZERO));
             }
-            Some(_) => {
-                let trimmed = match first {
-                    // Entries up to the cursor are still there: nothing after it is gone.
-                    Some(first) => first > cursor,
-                    // An empty or missing stream after we applied something: we cannot tell.
-                    None => cursor != StreamId::ZERO,
-                };
-                if trimmed {
-                    tracing::warn!(%cursor, first = ?first, "revocation stream trimmed past our cursor; flushing the local session cache");
-                    self.flush(FlushReason::Trimmed);
-                    self.set_cursor(last.unwrap_or(StreamId::ZERO));
-                }
-            }
+            let check = self.check(conn).await?;
+            self.adopt_checked_key(&check);
+            self.set_cursor(check.stream.map_or(StreamId::ZERO, |s| s.last_generated));
         }
         *self
             .reader
             .identity
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(identity);
-        loop {
-            let at = Instant::now();
-            if self.read_batch(conn, None).await? < BATCH {
-                return Ok(at);
+        Ok(())
+    }
+
+    /// Runs `session_check.lua` on the reader connection.
+    async fn check(&self, conn: &mut MultiplexedConnection) -> Result<Check, String> {
+        let fleet_key = self.fleet_key_proposal();
+        self.scripts
+            .check(
+                conn,
+                &self.cx,
+                &self.store.keys().epoch(),
+                fleet_key.as_deref(),
+                self.settings.timeout,
+            )
+            .await
+    }
+
+    /// Adopts the fleet key the check saw, if this daemon manages one via Redis.
+    fn adopt_checked_key(&self, check: &Check) {
+        if let Some(key) = &check.hash_key {
+            if self.adopt_hash_key(key).is_none() {
+                tracing::warn!(key = %self.cx.keys.hash_key(), "the session hash key in Redis is unusable");
             }
         }
     }
 
-    /// Runs one command on the reader connection within the deadline.
-    async fn bounded(
-        &self,
-        conn: &mut MultiplexedConnection,
-        cmd: &redis::Cmd,
-    ) -> Result<Value, String> {
-        self.bounded_for(conn, cmd, self.settings.timeout).await
+    /// The proof after a read that started at cursor `from`: same dataset, no
+    /// entry after `from` removed unseen, the fleet's hash key. Flushes (and
+    /// moves the cursor to the stream's end) when it cannot prove continuity.
+    async fn verify(&self, conn: &mut MultiplexedConnection, from: StreamId) -> Result<(), String> {
+        let check = self.check(conn).await?;
+        self.adopt_checked_key(&check);
+        let end = check
+            .stream
+            .as_ref()
+            .map_or(StreamId::ZERO, |s| s.last_generated);
+        let epoch_changed = {
+            let mut known = self
+                .reader
+                .identity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match known.as_mut() {
+                Some((epoch, _)) if *epoch != check.epoch => {
+                    *epoch = check.epoch.clone();
+                    true
+                }
+                _ => false,
+            }
+        };
+        // After a flush the cursor moves to the stream's end (zero when it is
+        // gone): what lies before it is covered by the flush.
+        if epoch_changed {
+            tracing::warn!("redis lost data while the reader was connected (epoch changed); flushing the local session cache");
+            self.flush(FlushReason::Identity);
+            self.set_cursor(end);
+        } else if gap_after(from, check.stream.as_ref()) {
+            tracing::warn!(cursor = %from, "revocation stream entries after our cursor were removed unseen; flushing the local session cache");
+            self.flush(FlushReason::Trimmed);
+            self.set_cursor(end);
+        }
+        Ok(())
     }
 
+    /// Runs one command on the reader connection within `limit`.
     async fn bounded_for(
         &self,
         conn: &mut MultiplexedConnection,
@@ -303,21 +359,6 @@ impl Sessions {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {limit:?}")),
         }
-    }
-
-    async fn first_id(&self, conn: &mut MultiplexedConnection) -> Result<Option<StreamId>, String> {
-        let v = self
-            .bounded(
-                conn,
-                redis::cmd("XRANGE")
-                    .arg(self.cx.keys.stream())
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        Ok(entries(v)?.first().map(|(id, _)| *id))
     }
 
     /// Reads and applies the entries after the cursor (blocking up to `block`).
@@ -347,15 +388,6 @@ impl Sessions {
             // Let moka run the invalidation predicates now rather than on some
             // later request (correctness does not depend on it: reads check them).
             self.local.run_pending_tasks();
-        }
-        if n >= BATCH {
-            // Behind: entries after our old cursor may have been trimmed before we
-            // read them. If the stream no longer starts at or before it, flush.
-            let first = self.first_id(conn).await?;
-            if first.is_none_or(|f| f > before) {
-                tracing::warn!(cursor = %before, "revocation reader fell behind a trim; flushing the local session cache");
-                self.flush(FlushReason::Trimmed);
-            }
         }
         Ok(n)
     }
@@ -399,5 +431,50 @@ impl Sessions {
         bump(&self.counters.lag_count);
         self.set_cursor(id);
         user_revoked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    fn stream(length: u64, first: Option<u64>, last: u64, deleted: u64, added: u64) -> StreamInfo {
+        StreamInfo {
+            length,
+            first: first.map(id),
+            last_generated: id(last),
+            max_deleted: id(deleted),
+            entries_added: added,
+        }
+    }
+
+    #[test]
+    fn gaps_are_found_and_only_real_ones() {
+        // Everything after the cursor is still there (old entries trimmed).
+        assert!(!gap_after(id(50), Some(&stream(60, Some(41), 100, 0, 100))));
+        // The cursor's entry and maybe more after it were trimmed.
+        assert!(gap_after(id(50), Some(&stream(40, Some(61), 100, 0, 100))));
+        // XDEL past the cursor; XDEL before it does not matter.
+        assert!(gap_after(id(50), Some(&stream(98, Some(1), 100, 70, 100))));
+        assert!(!gap_after(id(50), Some(&stream(98, Some(1), 100, 30, 100))));
+        // Emptied (XTRIM MAXLEN 0) after we had seen everything, or not.
+        assert!(!gap_after(id(100), Some(&stream(0, None, 100, 0, 100))));
+        assert!(gap_after(id(50), Some(&stream(0, None, 100, 0, 100))));
+        // Reading from the very start: was anything ever removed?
+        assert!(!gap_after(
+            StreamId::ZERO,
+            Some(&stream(3, Some(1), 3, 0, 3))
+        ));
+        assert!(gap_after(
+            StreamId::ZERO,
+            Some(&stream(3, Some(5), 7, 0, 7))
+        ));
+        // The stream is gone: fine only if we never read from it.
+        assert!(!gap_after(StreamId::ZERO, None));
+        assert!(gap_after(id(1), None));
     }
 }

@@ -45,6 +45,43 @@ pub enum Rotated {
     HashTaken,
 }
 
+/// What `session_get.lua` answered.
+#[derive(Debug)]
+pub enum Got {
+    /// No such session (unknown, expired, revoked, or refused by its user's epoch).
+    Missing,
+    /// The session belongs to this user: call again naming it.
+    AskUser(String),
+    Found(Record),
+}
+
+/// What `session_update.lua` answered.
+#[derive(Debug)]
+pub enum Updated {
+    Missing,
+    AskUser(String),
+    Done(StreamId),
+}
+
+/// The revocation stream as `XINFO STREAM` describes it (`None` when missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub length: u64,
+    pub first: Option<StreamId>,
+    pub last_generated: StreamId,
+    pub max_deleted: StreamId,
+    pub entries_added: u64,
+}
+
+/// What `session_check.lua` answered.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub epoch: String,
+    /// The fleet hash key in Redis (`None`: absent, or configured locally).
+    pub hash_key: Option<String>,
+    pub stream: Option<StreamInfo>,
+}
+
 /// Values that several calls pass along.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -65,6 +102,7 @@ pub struct Scripts {
     revoke_user: Script,
     list: Script,
     hash_key: Script,
+    check: Script,
 }
 
 fn bad_shape(script: &str) -> StoreError {
@@ -127,6 +165,34 @@ fn status(v: &[Value]) -> Option<i64> {
     }
 }
 
+fn parse_check(v: Vec<Value>) -> Option<Check> {
+    let [epoch, key, exists, length, first, last_gen, max_del, added] =
+        <[Value; 8]>::try_from(v).ok()?;
+    let key = as_string(&key)?;
+    let stream = match as_u64(&exists)? {
+        0 => None,
+        _ => {
+            let first = as_string(&first)?;
+            Some(StreamInfo {
+                length: as_u64(&length)?,
+                first: if first.is_empty() {
+                    None
+                } else {
+                    Some(StreamId::parse(&first)?)
+                },
+                last_generated: as_pos(&last_gen)?,
+                max_deleted: as_pos(&max_del)?,
+                entries_added: as_u64(&added)?,
+            })
+        }
+    };
+    Some(Check {
+        epoch: as_string(&epoch)?,
+        hash_key: (!key.is_empty()).then_some(key),
+        stream,
+    })
+}
+
 impl Scripts {
     pub fn load() -> Scripts {
         Scripts {
@@ -138,6 +204,7 @@ impl Scripts {
             revoke_user: Script::new(include_str!("../../../lua/session_revoke_user.lua")),
             list: Script::new(include_str!("../../../lua/session_list.lua")),
             hash_key: Script::new(include_str!("../../../lua/session_hash_key.lua")),
+            check: Script::new(include_str!("../../../lua/session_check.lua")),
         }
     }
 
@@ -172,47 +239,67 @@ impl Scripts {
     }
 
     /// Reads a session (refreshing its idle expiry when `touch` and due), with
-    /// the stream position the read saw (in the record); `None` if it is gone.
+    /// the stream position the read saw (in the record). `user` is who the
+    /// caller believes owns it: without it (or with the wrong one) the script
+    /// answers [`Got::AskUser`] and changes nothing.
     pub async fn get(
         &self,
         store: &Store,
         cx: &Context,
         hash: &str,
         touch: bool,
-    ) -> Result<Option<Record>, StoreError> {
+        user: Option<&str>,
+    ) -> Result<Got, StoreError> {
         let mut inv = self.get.prepare_invoke();
-        inv.key(cx.keys.session(hash))
-            .key(cx.keys.stream())
-            .arg(if touch { "1" } else { "0" })
+        inv.key(cx.keys.session(hash)).key(cx.keys.stream());
+        if let Some(u) = user {
+            inv.key(cx.keys.epoch(u));
+        }
+        inv.arg(if touch { "1" } else { "0" })
             .arg(&cx.touch_fraction);
+        if let Some(u) = user {
+            inv.arg(u);
+        }
         let v: Vec<Value> = store.invoke_script(&inv).await?;
         match status(&v) {
-            Some(0) => Ok(None),
-            Some(1) => record(v, "session_get").map(Some),
+            Some(0) => Ok(Got::Missing),
+            Some(-1) => v
+                .get(2)
+                .and_then(as_string)
+                .map(Got::AskUser)
+                .ok_or_else(|| bad_shape("session_get")),
+            Some(1) => record(v, "session_get").map(Got::Found),
             _ => Err(bad_shape("session_get")),
         }
     }
 
     /// Replaces a session's data; the stream id of the change, if it existed.
+    /// `user` as for [`Scripts::get`].
     pub async fn update(
         &self,
         store: &Store,
         cx: &Context,
         hash: &str,
         data: &[u8],
-    ) -> Result<Option<StreamId>, StoreError> {
+        user: Option<&str>,
+    ) -> Result<Updated, StoreError> {
         let mut inv = self.update.prepare_invoke();
-        inv.key(cx.keys.session(hash))
-            .key(cx.keys.stream())
-            .arg(data)
-            .arg(hash)
-            .arg(cx.log_len)
-            .arg(&cx.node);
+        inv.key(cx.keys.session(hash)).key(cx.keys.stream());
+        if let Some(u) = user {
+            inv.key(cx.keys.epoch(u));
+        }
+        inv.arg(data).arg(hash).arg(cx.log_len).arg(&cx.node);
+        if let Some(u) = user {
+            inv.arg(u);
+        }
         let v: Vec<Value> = store.invoke_script(&inv).await?;
         match (status(&v), v.get(1)) {
-            (Some(0), _) => Ok(None),
+            (Some(0), _) => Ok(Updated::Missing),
+            (Some(-1), Some(u)) => as_string(u)
+                .map(Updated::AskUser)
+                .ok_or_else(|| bad_shape("session_update")),
             (Some(1), Some(id)) => as_pos(id)
-                .map(Some)
+                .map(Updated::Done)
                 .ok_or_else(|| bad_shape("session_update")),
             _ => Err(bad_shape("session_update")),
         }
@@ -256,6 +343,7 @@ impl Scripts {
             .key(cx.keys.session(new))
             .key(cx.keys.index(user))
             .key(cx.keys.stream())
+            .key(cx.keys.epoch(user))
             .arg(user)
             .arg(old)
             .arg(new)
@@ -348,6 +436,33 @@ impl Scripts {
             out.push(parsed.ok_or_else(|| bad_shape("session_list"))?);
         }
         Ok(out)
+    }
+
+    /// What the revocation reader verifies after each read (`session_check.lua`),
+    /// on its own connection and within `limit`. `fleet_key`: `None` when the
+    /// key is configured locally (Redis's is then left alone), else the key this
+    /// daemon uses (`""` if none yet), put back only if Redis has none.
+    pub async fn check(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        cx: &Context,
+        epoch_key: &str,
+        fleet_key: Option<&str>,
+        limit: std::time::Duration,
+    ) -> Result<Check, String> {
+        let mut inv = self.check.prepare_invoke();
+        inv.key(epoch_key)
+            .key(cx.keys.hash_key())
+            .key(cx.keys.stream())
+            .arg(crate::random_token(16))
+            .arg(if fleet_key.is_some() { "1" } else { "0" })
+            .arg(fleet_key.unwrap_or(""));
+        let v: Vec<Value> = match tokio::time::timeout(limit, inv.invoke_async(conn)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(format!("session_check: {e}")),
+            Err(_) => return Err(format!("session_check: no answer within {limit:?}")),
+        };
+        parse_check(v).ok_or_else(|| "session_check returned an unexpected shape".to_string())
     }
 
     /// The fleet's token hash key kept in Redis (created if missing).
