@@ -134,7 +134,7 @@ impl Subscriber {
             match self.session(&cancel).await {
                 Ended::Cancelled => return,
                 Ended::Lost(why) => {
-                    tracing::warn!(reason = %why, "invalidation subscriber lost; L1 bypassed until recovered");
+                    tracing::warn!(redis = %self.store.address(), reason = %why, "invalidation subscriber lost; L1 bypassed until recovered");
                 }
             }
             if started.elapsed() > Duration::from_secs(5) {
