@@ -119,6 +119,9 @@ fn main() -> ExitCode {
     };
     let dev = args.dev;
     let code = runtime.block_on(async move {
+        // First: a signal during start-up must still stop what was started.
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
         let dev_redis = if dev_redis_wanted {
             match shoald::dev::DevRedis::start().await {
                 Ok(r) => {
@@ -163,8 +166,6 @@ fn main() -> ExitCode {
                 dev_redis.as_ref().map(|r| (r.pid(), r.dir().to_path_buf())),
             ));
         }
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
         let code = match shoald::run_with(listener, ctx, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -249,18 +250,31 @@ fn usage(e: shoald::ConfigError) -> ExitCode {
 }
 
 /// SIGTERM or SIGINT starts the graceful shutdown.
-async fn signals(shutdown: CancellationToken) {
+/// Installs the handlers at once (so a signal that arrives before the returned
+/// future first runs still drains, and the dev redis-server is stopped in
+/// order); the future waits for one.
+fn signals(shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        wait_signal(&mut term, &mut int).await;
+        shutdown.cancel();
+    }
+}
+
+async fn wait_signal(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
-    shutdown.cancel();
 }

@@ -386,3 +386,266 @@ fn the_release_profile_strips_debug_info() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `shoalctl` in `cwd` with no inherited `SHOAL_*` variables.
+fn shoalctl(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+    let mut cmd = Command::new(workspace_bin("shoalctl")?);
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SHOAL_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.output()?)
+}
+
+async fn dbsize(r: &RedisServer) -> Result<u64> {
+    Ok(redis::cmd("DBSIZE")
+        .query_async(&mut r.conn().await?)
+        .await?)
+}
+
+#[tokio::test]
+async fn shoalctl_naming_a_daemon_acts_on_that_daemons_redis_and_prefix() -> Result<()> {
+    let right = RedisServer::start().await?;
+    // Plays the Redis a default or stale configuration points at.
+    let wrong = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let toml = shoal_tests::DaemonProcess::config_toml(&right, dir.path(), "d1")
+        .replace("[redis]\n", "[redis]\nprefix = \"app1:\"\n");
+    let mut d = shoal_tests::DaemonProcess::spawn(dir.path(), "d1", &toml)?;
+    let c = d.wait_ready(Duration::from_secs(20)).await?;
+    c.set_raw("k", bytes::Bytes::from_static(b"v"), None)
+        .await?;
+    assert_eq!(c.get_raw("k").await?.as_deref(), Some(&b"v"[..]));
+
+    // An explicit Redis that is not the daemon's: refused, nothing written.
+    let wrong_url = wrong.url();
+    for (args, env) in [
+        (
+            vec!["--socket", "d1.sock", "--redis-url", wrong_url.as_str()],
+            vec![],
+        ),
+        (
+            vec!["--socket", "d1.sock"],
+            vec![("SHOAL_REDIS__URL", wrong_url.as_str())],
+        ),
+    ] {
+        let mut args = args.clone();
+        args.extend(["invalidate", "k"]);
+        let out = shoalctl(dir.path(), &args, &env)?;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{}", right.port()))
+                && err.contains(&format!("127.0.0.1:{}", wrong.port())),
+            "names both: {err}"
+        );
+        assert_eq!(
+            dbsize(&wrong).await?,
+            0,
+            "nothing written to the other Redis"
+        );
+    }
+    assert_eq!(c.get_raw("k").await?.as_deref(), Some(&b"v"[..]));
+
+    // Naming only the daemon: its Redis and its prefix.
+    let out = shoalctl(dir.path(), &["--socket", "d1.sock", "invalidate", "k"], &[])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", right.port())) && text.contains("app1:"),
+        "says where it acted: {text}"
+    );
+    assert_eq!(dbsize(&wrong).await?, 0);
+    let (seq, _) = right.last_entry("app1:log").await?;
+    assert_ne!(seq, "0-0", "the invalidation is in the daemon's log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.get_raw("k").await?.is_some() {
+        assert!(Instant::now() < deadline, "the daemon still serves k");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The same Redis given explicitly (with its credentials, if any) is fine.
+    let right_url = right.url();
+    let out = shoalctl(
+        dir.path(),
+        &[
+            "--socket",
+            "d1.sock",
+            "--redis-url",
+            right_url.as_str(),
+            "invalidate",
+            "k",
+        ],
+        &[],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    Ok(())
+}
+
+#[test]
+fn shoalctl_errors_say_their_cause_once_and_how_to_name_the_daemon() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = shoalctl(dir.path(), &["--socket", "nope.sock", "stats"], &[])?;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach shoald at nope.sock"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause once: {err}"
+    );
+    assert!(
+        err.contains("--socket") && err.contains("SHOAL_SOCKET"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_mode_says_where_it_is_and_its_commands_reach_the_same_daemon_and_redis() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    let d =
+        shoal_tests::DevDaemon::start(dir.path(), tmp.path(), &["--admin-listen", "127.0.0.1:0"])?;
+    assert_eq!(d.socket, dir.path().join("shoal.sock"));
+    let c = shoal_client::Client::connect(&d.socket).await?;
+    assert_eq!(c.admin_info().await?.redis, d.redis_url);
+    // The admin URL answers.
+    let addr: std::net::SocketAddr = d
+        .admin
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()?;
+    assert_eq!(
+        shoal_tests::http_get(addr, "/healthz", &[]).await?.status,
+        200
+    );
+
+    // The pasted lines, run by a shell from another directory.
+    let elsewhere = tempfile::tempdir()?;
+    c.set_raw("user:42", bytes::Bytes::from_static(b"v"), None)
+        .await?;
+    assert!(c.get_raw("user:42").await?.is_some());
+    let ctl: Vec<&String> = d
+        .try_lines
+        .iter()
+        .filter(|l| l.contains("--socket"))
+        .collect();
+    assert!(ctl.len() >= 3, "{:#?}", d.try_lines);
+    for line in &ctl {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(line.as_str())
+            .current_dir(elsewhere.path())
+            .env_remove("SHOAL_REDIS__URL")
+            .env_remove("SHOAL_CONFIG")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if line.contains(" doctor") {
+            // The dev Redis keeps nothing on disk: doctor may warn, but it
+            // must have inspected the dev Redis, not another one.
+            assert!(
+                text.contains(&d.redis_url.replace("redis://", "")) || text.contains(&d.redis_url),
+                "{line}: {text}{}",
+                stderr(&out)
+            );
+            continue;
+        }
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+        if line.contains("invalidate") {
+            assert!(text.contains(&d.redis_url), "{line}: {text}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.get_raw("user:42").await?.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the pasted invalidate missed the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_mode_killed_with_sigkill_leaves_no_redis_server_or_temp_dir() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    let mut d = shoal_tests::DevDaemon::start(dir.path(), tmp.path(), &["--admin-listen", ""])?;
+    assert!(!shoal_tests::process_gone(d.redis_pid));
+    assert!(d.redis_dir.starts_with(tmp.path()) && d.redis_dir.exists());
+    d.child.kill()?; // SIGKILL: no destructor, no signal handler runs.
+    d.child.wait()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !shoal_tests::process_gone(d.redis_pid) || d.redis_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: redis-server {} alive = {}, {} exists = {}",
+            d.redis_pid,
+            !shoal_tests::process_gone(d.redis_pid),
+            d.redis_dir.display(),
+            d.redis_dir.exists()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_mode_removes_what_an_earlier_run_left_behind() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    // A dev dir whose shoald is gone (a pid that just exited), with a live
+    // redis-server whose pid file is in it, as if its supervisor had died too.
+    let mut gone = Command::new("true").spawn()?;
+    let dead_pid = gone.id();
+    gone.wait()?;
+    let stale = tmp.path().join(format!("shoald-dev-{dead_pid}-1"));
+    std::fs::create_dir(&stale)?;
+    let port = shoal_tests::free_port()?;
+    let mut orphan = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&stale)
+        .arg("--pidfile")
+        .arg(stale.join("redis.pid"))
+        .stdout(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stale.join("redis.pid").exists() {
+        assert!(Instant::now() < deadline, "redis-server wrote no pid file");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let d = shoal_tests::DevDaemon::start(dir.path(), tmp.path(), &["--admin-listen", ""])?;
+    assert!(!stale.exists(), "stale dev dir still there");
+    // The orphan was told to stop (it is our child, so we reap it).
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(s) = orphan.try_wait()? {
+                return Ok::<_, std::io::Error>(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("the orphaned redis-server was not stopped")??;
+    assert!(!status.success() || status.code() == Some(0));
+    // A clean stop removes the current dir too.
+    let current = d.redis_dir.clone();
+    drop(d);
+    assert!(!current.exists());
+    Ok(())
+}
