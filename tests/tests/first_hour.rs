@@ -649,3 +649,36 @@ async fn dev_mode_removes_what_an_earlier_run_left_behind() -> Result<()> {
     assert!(!current.exists());
     Ok(())
 }
+
+/// `scripts/test` on a machine without the tools: it says what is missing
+/// before building or running anything (here with installing turned off).
+#[test]
+fn scripts_test_reports_missing_tools_up_front() -> Result<()> {
+    let bin = tempfile::tempdir()?;
+    // A PATH with the shell basics and python3, but no redis-server, chromium
+    // or systemd-analyze (and no cargo: nothing may be built).
+    for tool in ["bash", "dirname", "id", "python3", "env"] {
+        let found = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.exists())
+            .with_context(|| format!("{tool} not found"))?;
+        std::os::unix::fs::symlink(found, bin.path().join(tool))?;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/test");
+    let out = Command::new(bin.path().join("bash"))
+        .arg(script)
+        .env("PATH", bin.path())
+        .env("SHOAL_TEST_INSTALL", "0")
+        .stdin(Stdio::null())
+        .output()?;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for tool in ["redis-server", "chromium", "systemd"] {
+        assert!(err.contains(tool), "{tool}: {err}");
+    }
+    assert!(err.contains("nothing was run"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("== cargo"));
+    Ok(())
+}
