@@ -571,6 +571,12 @@ impl Client {
         self.call(Op::Stats).await
     }
 
+    /// Extension `admin.info`: the daemon's Redis (address without credentials),
+    /// key prefix, node id and version.
+    pub async fn admin_info(&self) -> Result<proto::AdminInfo> {
+        self.call(Op::AdminInfo).await
+    }
+
     /// The value of `key` decoded as `T`, or `None` on a miss. A value that does
     /// not decode as `T` is [`Error::Codec`].
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {

@@ -152,7 +152,7 @@ impl Subscriber {
                 Ended::Lost(why) => {
                     // Untrusted at once: not after the backoff below.
                     self.untrust();
-                    tracing::warn!(reason = %why, "invalidation subscriber lost; L1 bypassed until recovered");
+                    tracing::warn!(redis = %self.store.address(), reason = %why, "invalidation subscriber lost; L1 bypassed until recovered");
                 }
             }
             if started.elapsed() > Duration::from_secs(5) {

@@ -2,9 +2,10 @@
 //!
 //! Layers, later wins: built-in defaults, the TOML file given by `--config`, `SHOAL_*`
 //! environment variables (`__` nests: `SHOAL_REDIS__URL`), then command-line flags.
-//! Every known section rejects unknown keys, so a typo is an error naming the key and
-//! the file rather than a silently ignored setting; unknown *sections* are accepted
-//! (with a warning) so a config written for a newer shoald still starts an older one.
+//! Nothing unknown is accepted: a key or section this version does not know, in the
+//! file or as a `SHOAL_*` variable, is an error naming it as the user wrote it (and
+//! the file as given, or the variable), with the closest known name as a hint. A
+//! typo must not start a daemon on the default Redis.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// The whole configuration of one daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
     pub socket: SocketConfig,
@@ -27,10 +28,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub ratelimit: RatelimitConfig,
     pub telemetry: TelemetryConfig,
+    pub log: LogConfig,
     pub shutdown: ShutdownConfig,
-    /// Sections this version does not know; kept to warn about them, never used.
-    #[serde(flatten, skip_serializing)]
-    pub unknown_sections: BTreeMap<String, figment::value::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,8 +343,14 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `http/protobuf` or `grpc`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`.
     pub otlp_protocol: Option<String>,
-    /// `text` or `json` log lines on stderr.
-    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (for people; colour only on a terminal) or `json` (one object a
+    /// line, for log collectors) on stderr.
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -375,38 +380,279 @@ impl Default for ShutdownConfig {
 /// A configuration that cannot be used. The binary exits with code 64 (EX_USAGE).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A value that does not fit its key (wrong type, unreadable file).
     #[error("configuration error: {0}")]
-    Parse(Box<figment::Error>),
+    Parse(String),
     #[error("configuration error: `{key}` {problem}")]
     Invalid { key: String, problem: String },
+    #[error("configuration error: unknown key `{key}` in {file}{hint}")]
+    UnknownKey {
+        key: String,
+        file: String,
+        hint: String,
+    },
+    #[error("configuration error: unknown environment variable {var}{hint}")]
+    UnknownEnv { var: String, hint: String },
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
+}
+
+/// `SHOAL_*` variables that are not configuration keys: read by shoald itself
+/// (the config file, the log and span filters), by applications (`SHOAL_SOCKET`,
+/// where an app's client connects) or by the test and bench harness.
+pub const ENV_NOT_CONFIG: &[&str] = &["SHOAL_CONFIG", "SHOAL_LOG", "SHOAL_TRACE", "SHOAL_SOCKET"];
+/// Prefixes of `SHOAL_*` variables that are not configuration keys.
+pub const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["SHOAL_TEST_", "SHOAL_BENCH_"];
+
+/// Keys that moved: the old name gets the new one as its hint.
+const MOVED: &[(&str, &str)] = &[("telemetry.log_format", "log.format")];
+
+fn env_is_config(var: &str) -> bool {
+    let upper = var.to_ascii_uppercase();
+    upper.starts_with("SHOAL_")
+        && !ENV_NOT_CONFIG.contains(&upper.as_str())
+        && !ENV_NOT_CONFIG_PREFIXES.iter().any(|p| upper.starts_with(p))
+}
+
+/// The key tree of the configuration: every section and key this version knows.
+fn schema() -> serde_json::Value {
+    serde_json::to_value(Config::default()).unwrap_or_default()
+}
+
+/// Below this path names are the user's (policy names, tenant keys).
+fn is_free_form(path: &[String]) -> bool {
+    path.len() >= 2 && path[0] == "ratelimit" && path[1] == "policies"
+}
+
+/// Every dotted path of `schema` (sections and keys), with whether it is a section.
+fn known_paths(schema: &serde_json::Value) -> Vec<(String, bool)> {
+    fn walk(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, bool)>) {
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push((path.clone(), v.is_object()));
+                if path != "ratelimit.policies" {
+                    walk(v, &path, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(schema, "", &mut out);
+    out
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != *cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The known dotted path closest to `key`, if it is close enough to be a typo.
+fn closest(key: &str, known: &[(String, bool)]) -> Option<(String, bool)> {
+    if let Some((_, to)) = MOVED.iter().find(|(from, _)| *from == key) {
+        return Some((to.to_string(), false));
+    }
+    known
+        .iter()
+        .map(|(p, section)| (edit_distance(key, p), p, *section))
+        .filter(|(d, _, _)| *d <= 3 && *d * 3 <= key.len().max(3))
+        .min_by_key(|(d, _, _)| *d)
+        .map(|(_, p, s)| (p.clone(), s))
+}
+
+/// How a known dotted path is written in a TOML file.
+fn as_toml(path: &str, section: bool) -> String {
+    match (section, path.rsplit_once('.')) {
+        (true, _) => format!("[{path}]"),
+        (false, Some((table, key))) => format!("`{key}` in [{table}]"),
+        (false, None) => format!("`{path}`"),
+    }
+}
+
+/// Keys of `table` (at `path`) that `schema` does not know.
+fn unknown_in(
+    table: &toml::Table,
+    schema: &serde_json::Value,
+    path: &mut Vec<String>,
+    out: &mut Vec<String>,
+) {
+    if is_free_form(path) {
+        return;
+    }
+    for (k, v) in table {
+        path.push(k.clone());
+        match schema.get(k) {
+            None => out.push(path.join(".")),
+            Some(s) => {
+                if let toml::Value::Table(t) = v {
+                    unknown_in(t, s, path, out);
+                }
+            }
+        }
+        path.pop();
+    }
+}
+
+/// The first key of the TOML file at `file` that this version does not know.
+/// A file that does not parse is left to the loader, which says where.
+fn check_file(file: &Path) -> Result<(), ConfigError> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Ok(());
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let schema = schema();
+    let mut unknown = Vec::new();
+    unknown_in(&table, &schema, &mut Vec::new(), &mut unknown);
+    let Some(key) = unknown.into_iter().next() else {
+        return Ok(());
+    };
+    let hint = closest(&key, &known_paths(&schema))
+        .map(|(p, section)| format!(" (did you mean {}?)", as_toml(&p, section)))
+        .unwrap_or_default();
+    Err(ConfigError::UnknownKey {
+        key,
+        file: file.display().to_string(),
+        hint,
+    })
+}
+
+/// The environment variable that sets dotted `key`.
+pub fn env_name(key: &str) -> String {
+    format!("SHOAL_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// The first `SHOAL_*` variable of `vars` that names no configuration key.
+pub fn check_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    let schema = schema();
+    let known = known_paths(&schema);
+    for (var, _) in vars {
+        if !env_is_config(&var) {
+            continue;
+        }
+        let path: Vec<String> = var["SHOAL_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let mut node = &schema;
+        let mut ok = true;
+        for (i, seg) in path.iter().enumerate() {
+            if is_free_form(&path[..i]) {
+                break;
+            }
+            match node.get(seg) {
+                Some(n) => node = n,
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            continue;
+        }
+        let leaves: Vec<(String, bool)> = known
+            .iter()
+            .filter(|(_, section)| !section)
+            .map(|(p, _)| (env_name(p), false))
+            .collect();
+        let hint = closest(&var.to_ascii_uppercase(), &leaves)
+            .map(|(v, _)| format!(" (did you mean {v}?)"))
+            .unwrap_or_else(|| {
+                " (configuration variables are SHOAL_<SECTION>__<KEY>, e.g. SHOAL_REDIS__URL)"
+                    .into()
+            });
+        return Err(ConfigError::UnknownEnv { var, hint });
+    }
+    Ok(())
+}
+
+/// A loader error in the user's terms: the key as written (no profile name),
+/// where it came from (the file as given, the variable, the flag) and what is wrong.
+fn render(e: &figment::Error, file: Option<&Path>) -> ConfigError {
+    let key = e.path.join(".");
+    let source = match e.metadata.as_ref() {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(p)) => {
+                let shown = file.filter(|f| p.ends_with(f) || *f == p.as_path());
+                format!(" in {}", shown.unwrap_or(p).display())
+            }
+            _ if m.name.contains("environment") => format!(" from {}", env_name(&key)),
+            _ if m.name.contains("erialized") => " from a command-line flag".to_string(),
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    if key.is_empty() {
+        ConfigError::Parse(format!("{}{source}", e.kind))
+    } else {
+        ConfigError::Parse(format!("`{key}`{source}: {}", e.kind))
+    }
 }
 
 impl Config {
     /// Defaults, then `file` (if any), then `SHOAL_*` environment variables.
     /// Flags are layered on top by the caller with [`Config::figment`].
+    /// Refuses a key or variable this version does not know.
     pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::MissingFile(path.to_path_buf()));
             }
+            check_file(path)?;
             fig = fig.merge(Toml::file_exact(path));
         }
-        Ok(fig.merge(Env::prefixed("SHOAL_").split("__")))
+        check_env(
+            std::env::vars_os().filter_map(|(k, v)| {
+                Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
+            }),
+        )?;
+        Ok(fig.merge(
+            Env::prefixed("SHOAL_")
+                .filter(|k| env_is_config(&format!("SHOAL_{k}")))
+                .split("__"),
+        ))
     }
 
-    /// Extracts and validates a configuration from a figment.
-    pub fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
-        let config: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    /// Extracts and validates a configuration from a figment. `file` is the
+    /// configuration file as the user gave it, for messages.
+    pub fn from_figment(fig: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = fig.extract().map_err(|e| render(&e, file))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Loads defaults + file + environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Config::from_figment(Config::figment(file)?)
+        Config::from_figment(Config::figment(file)?, file)
+    }
+
+    /// A copy safe to show: the Redis password and `session.token_hash_key` redacted.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.redis.url = redact_url(&c.redis.url);
+        if !c.session.token_hash_key.is_empty() {
+            c.session.token_hash_key = Secret("<redacted>".into());
+        }
+        c
     }
 
     /// The socket mode as permission bits.
@@ -469,6 +715,15 @@ impl Config {
         }
         if self.admin.quota_max_keys == 0 {
             return bad("admin.quota_max_keys", "must be at least 1");
+        }
+        if !self.redis.url.contains("://") {
+            return bad(
+                "redis.url",
+                format!(
+                    "{:?} has no scheme: write redis://{} (rediss:// for TLS, redis+unix:///path for a socket)",
+                    self.redis.url, self.redis.url
+                ),
+            );
         }
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return bad("redis.url", format!("is not a usable Redis URL: {e}"));
@@ -583,6 +838,40 @@ impl Config {
     }
 }
 
+/// `url` with its password replaced by `***` (the user name stays: it is not secret).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_start = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_start].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split_once(':').map_or(&rest[..at], |(u, _)| u);
+            let masked = if rest[..at].contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{masked}@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Where `url` points, without any credentials: `redis://host:port/db`, for logs
+/// and for `admin.info`.
+pub fn redis_address(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_start = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..host_start].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -637,9 +926,41 @@ mod tests {
     }
 
     #[test]
-    fn unknown_sections_parse() {
-        let c = load_toml("[future_feature]\nx = 1\n").unwrap();
-        assert!(c.unknown_sections.contains_key("future_feature"));
+    fn unknown_sections_are_refused_with_a_hint() {
+        let err = load_toml("[sesion]\nx = 1\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`sesion`") && err.contains("[session]"),
+            "{err}"
+        );
+        let err = load_toml("[telemetry]\nlog_format = \"json\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`format` in [log]"), "{err}");
+    }
+
+    #[test]
+    fn env_typos_get_the_intended_name() {
+        let var = |k: &str| vec![(k.to_string(), String::new())];
+        let err = check_env(var("SHOAL_REDIS_URL")).unwrap_err().to_string();
+        assert!(err.contains("SHOAL_REDIS__URL"), "{err}");
+        check_env(var("SHOAL_REDIS__URL")).unwrap();
+        check_env(var("SHOAL_RATELIMIT__POLICIES__API__LIMIT")).unwrap();
+        check_env(var("SHOAL_SOCKET")).unwrap();
+        check_env(var("SHOAL_TEST_SCREENSHOTS")).unwrap();
+        check_env(var("HOME")).unwrap();
+        assert!(check_env(var("SHOAL_NOPE")).is_err());
+    }
+
+    #[test]
+    fn urls_are_redacted_and_addressed_without_credentials() {
+        assert_eq!(redact_url("redis://app:pw@h:1/2"), "redis://app:***@h:1/2");
+        assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(redis_address("redis://app:p@w@h:1/2"), "redis://h:1/2");
+        assert_eq!(
+            redis_address("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
     }
 
     #[test]

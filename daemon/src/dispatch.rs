@@ -131,6 +131,16 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
         )),
         Op::Ping => Next::Reply(encode_ok(id, "pong", ctx.max_frame)),
         Op::Stats => Next::Reply(encode_ok(id, &stats(ctx), ctx.max_frame)),
+        Op::AdminInfo => Next::Reply(encode_ok(
+            id,
+            &shoal_client::proto::AdminInfo {
+                redis: ctx.store.address().to_string(),
+                prefix: ctx.config.redis.prefix.clone(),
+                node: ctx.config.node.id.clone(),
+                server: crate::SERVER_NAME.to_string(),
+            },
+            ctx.max_frame,
+        )),
         op => {
             let ctx = ctx.clone();
             Next::Pending(async move { run_op(&ctx, id, op, trace).await }.boxed())
@@ -251,7 +261,7 @@ async fn execute(ctx: &Arc<Ctx>, id: u64, op: Op) -> Result<Frame, OpError> {
         | Op::RatelimitSetOverride { .. }
         | Op::RatelimitClearOverride { .. }
         | Op::QuotaUsage { .. }) => return ctx.ratelimits.handle(id, op, max).await,
-        Op::Hello { .. } | Op::Ping | Op::Stats => {
+        Op::Hello { .. } | Op::Ping | Op::Stats | Op::AdminInfo => {
             return Err(OpError::new(ErrorCode::Internal, "handled before dispatch"))
         }
     })

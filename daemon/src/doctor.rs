@@ -150,19 +150,7 @@ impl Findings {
     }
 }
 
-/// Replaces the password of a Redis URL with `***` (for printing).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://{userinfo}@{host}"),
-    }
-}
+pub use crate::config::redact_url;
 
 fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     let mut it = v.split('.').map(|p| p.parse::<u64>().ok());

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use figment::providers::{Format, Serialized};
+use figment::providers::{Format, Serialized, Toml};
 use tokio_util::sync::CancellationToken;
 
 /// Flags override the file and the environment.
@@ -67,21 +67,29 @@ fn main() -> ExitCode {
     }
     // --dev starts a private Redis only when nobody configured one.
     let dev_redis_wanted = args.dev && !configured(&args, "redis.url", "SHOAL_REDIS__URL");
-    if args.dev && !configured(&args, "socket.path", "SHOAL_SOCKET__PATH") {
-        fig = fig.merge(Serialized::default("socket.path", "./shoal.sock"));
+    if args.dev {
+        // Under everything the user set: only what is missing is added.
+        fig = fig.join(Toml::string(shoald::dev::OVERLAY));
+        if !configured(&args, "socket.path", "SHOAL_SOCKET__PATH") {
+            fig = fig.merge(Serialized::default("socket.path", "./shoal.sock"));
+        }
     }
-    let mut config = match shoald::Config::from_figment(fig) {
+    let mut config = match shoald::Config::from_figment(fig, args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
     if args.print_config {
-        match toml_string(&config) {
+        let mut shown = config.redacted();
+        if dev_redis_wanted {
+            shown.redis.url = DEV_REDIS_SHOWN.into();
+        }
+        match toml::to_string(&shown) {
             Ok(s) => {
                 print!("{s}");
                 return ExitCode::SUCCESS;
             }
             Err(e) => {
-                eprintln!("shoald: {e}");
+                eprintln!("shoald: cannot print the configuration: {e}");
                 return ExitCode::from(EX_SOFTWARE);
             }
         }
@@ -109,12 +117,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    let dev = args.dev;
     let code = runtime.block_on(async move {
-        let _dev_redis = if dev_redis_wanted {
+        // First: a signal during start-up must still stop what was started.
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        let dev_redis = if dev_redis_wanted {
             match shoald::dev::DevRedis::start().await {
                 Ok(r) => {
                     config.redis.url = r.url();
-                    tracing::info!(url = %config.redis.url, "dev mode: started a private redis-server");
+                    tracing::info!(
+                        redis = %config.redis.url,
+                        pid = r.pid(),
+                        dir = %r.dir().display(),
+                        "dev mode: started a private redis-server"
+                    );
                     Some(r)
                 }
                 Err(e) => {
@@ -136,19 +153,81 @@ fn main() -> ExitCode {
                 return ExitCode::from(EX_UNAVAILABLE);
             }
         };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        match shoald::run(listener, config, shutdown).await {
+        let ctx = match shoald::Ctx::new(config) {
+            Ok(c) => std::sync::Arc::new(c),
+            Err(e) => {
+                eprintln!("shoald: {e}");
+                return ExitCode::from(EX_SOFTWARE);
+            }
+        };
+        if dev {
+            tokio::spawn(dev_banner(
+                ctx.clone(),
+                dev_redis.as_ref().map(|r| (r.pid(), r.dir().to_path_buf())),
+            ));
+        }
+        let code = match shoald::run_with(listener, ctx, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("shoald: {e}");
                 ExitCode::from(EX_SOFTWARE)
             }
-        }
+        };
+        drop(dev_redis);
+        code
     });
     // Flush buffered spans while the runtime (and gRPC's task on it) still runs.
     telemetry.shutdown();
     code
+}
+
+/// `redis.url` as `--dev --print-config` shows it when shoald will start its own.
+const DEV_REDIS_SHOWN: &str =
+    "(dev) a private redis-server on 127.0.0.1, port chosen at start, removed at exit";
+
+/// What a new user needs once the dev daemon listens: where it is, and
+/// commands to paste that reach this daemon and its Redis.
+async fn dev_banner(ctx: std::sync::Arc<shoald::Ctx>, redis: Option<(u32, PathBuf)>) {
+    let admin = if ctx.config.admin.listen.trim().is_empty() {
+        "disabled (admin.listen is empty)".to_string()
+    } else {
+        let mut rx = ctx.admin_addr.subscribe();
+        let addr = match rx.wait_for(|a| a.is_some()).await {
+            Ok(a) => *a,
+            Err(_) => return,
+        };
+        match addr {
+            Some(a) => format!("http://{a}/  (/healthz /readyz /metrics /quotas)"),
+            None => return,
+        }
+    };
+    let socket = std::path::absolute(&ctx.config.socket.path)
+        .unwrap_or_else(|_| ctx.config.socket.path.clone());
+    let url = ctx.config.redis.url.clone();
+    let redis_line = match &redis {
+        Some((pid, dir)) => format!(
+            "{url}  (private redis-server, pid {pid}, data in {}; both go when shoald exits)",
+            dir.display()
+        ),
+        None => shoald::config::redact_url(&url),
+    };
+    let ctl = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("shoalctl")))
+        .filter(|p| p.exists())
+        .map_or_else(|| "shoalctl".to_string(), |p| p.display().to_string());
+    let policies: Vec<&str> = ctx
+        .config
+        .ratelimit
+        .policies
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let s = socket.display();
+    eprintln!(
+        "\nshoald --dev is serving\n  socket    {s}\n  admin     {admin}\n  redis     {redis_line}\n  policies  {}\n\nTry (same daemon, same Redis):\n  {ctl} --socket {s} stats\n  {ctl} --socket {s} invalidate user:42\n  {ctl} --socket {s} doctor\n  REDIS_URL={url} python3 writer.py   # README's external-writer snippet\n",
+        if policies.is_empty() { "(none)".to_string() } else { policies.join(", ") }
+    );
 }
 
 /// Whether `key` was set by a flag, the environment or the config file.
@@ -161,7 +240,7 @@ fn configured(args: &Args, key: &str, env: &str) -> bool {
     let file = args
         .config
         .as_ref()
-        .is_some_and(|p| figment::Figment::from(figment::providers::Toml::file(p)).contains(key));
+        .is_some_and(|p| figment::Figment::from(Toml::file_exact(p)).contains(key));
     flag || file || std::env::var_os(env).is_some()
 }
 
@@ -170,24 +249,32 @@ fn usage(e: shoald::ConfigError) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-fn toml_string(config: &shoald::Config) -> Result<String, String> {
-    let v = serde_json::to_value(config).map_err(|e| e.to_string())?;
-    Ok(format!("{v:#}\n"))
-}
-
 /// SIGTERM or SIGINT starts the graceful shutdown.
-async fn signals(shutdown: CancellationToken) {
+/// Installs the handlers at once (so a signal that arrives before the returned
+/// future first runs still drains, and the dev redis-server is stopped in
+/// order); the future waits for one.
+fn signals(shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        wait_signal(&mut term, &mut int).await;
+        shutdown.cancel();
+    }
+}
+
+async fn wait_signal(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
-    shutdown.cancel();
 }

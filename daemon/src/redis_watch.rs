@@ -173,7 +173,7 @@ impl Watcher {
             Err(e) => {
                 let mut s = self.health.lock();
                 if s.up || !s.polled {
-                    tracing::warn!(error = %e, "redis health watch: redis does not answer");
+                    tracing::warn!(redis = %self.store.address(), error = %e, "redis health watch: redis does not answer");
                 }
                 s.polled = true;
                 s.up = false;
@@ -204,7 +204,7 @@ impl Watcher {
         {
             let mut s = self.health.lock();
             if !s.up && s.polled {
-                tracing::info!("redis health watch: redis answers again");
+                tracing::info!(redis = %self.store.address(), "redis health watch: redis answers again");
             }
             s.polled = true;
             s.up = true;

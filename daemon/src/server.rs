@@ -38,9 +38,13 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(ctx.config.socket.max_connections));
     let conns = TaskTracker::new();
     let drain = CancellationToken::new();
+    let shown = path.as_deref().unwrap_or(&ctx.config.socket.path);
     tracing::info!(
-        socket = ?path,
+        socket = %shown.display(),
+        redis = %ctx.store.address(),
+        prefix = %ctx.config.redis.prefix,
         node = %ctx.config.node.id,
+        version = env!("CARGO_PKG_VERSION"),
         "shoald serving"
     );
     let mut accept_errors = 0u32;

@@ -158,6 +158,8 @@ pub struct Store {
     /// expires while Redis is known to be down is reported as `unavailable`.
     down: Arc<AtomicBool>,
     latency: Arc<Latency>,
+    /// `redis.url` without credentials, for logs and `admin.info`.
+    address: Arc<str>,
 }
 
 /// Upper bounds (µs) of the Redis command latency histogram buckets.
@@ -211,6 +213,16 @@ fn classify(e: redis::RedisError, timeout: Duration) -> StoreError {
 impl Store {
     /// Creates the handle without connecting: the daemon starts (and reports not
     /// ready) while Redis is down, and connects when Redis comes up.
+    /// Where this store's Redis is, without credentials (`redis://host:port/db`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The prefix of every key, channel and stream.
+    pub fn prefix(&self) -> &str {
+        &self.keys.prefix
+    }
+
     pub fn new(config: &Config) -> Result<Store, StoreError> {
         let client = redis::Client::open(config.redis.url.as_str())
             .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
@@ -224,6 +236,7 @@ impl Store {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_config)
             .map_err(|e| StoreError::Redis(e.to_string()))?;
         Ok(Store {
+            address: crate::config::redis_address(&config.redis.url).into(),
             client,
             conn,
             timeout,

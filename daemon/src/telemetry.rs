@@ -1,7 +1,8 @@
 //! Logs and traces: the tracing subscriber of the `shoald` binary, the optional
 //! OpenTelemetry (OTLP) span export, and the continuation of a caller's trace.
 //!
-//! Logs go to stderr (text or JSON, level from `SHOAL_LOG`). Spans are
+//! Logs go to stderr (`log.format`: text, coloured only on a terminal, or one
+//! JSON object a line; level from `SHOAL_LOG`). Spans are
 //! exported over OTLP only when someone asked for it: `telemetry.otlp_endpoint`
 //! is set, or one of the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables is (and `OTEL_SDK_DISABLED` is
@@ -139,8 +140,13 @@ impl Telemetry {
 pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     let log_filter =
         EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = match config.telemetry.log_format {
+    // Colour codes only for a person at a terminal: a file, journald or a log
+    // collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let fmt = match config.log.format {
         LogFormat::Json => fmt.json().with_filter(log_filter).boxed(),
         LogFormat::Text => fmt.with_filter(log_filter).boxed(),
     };

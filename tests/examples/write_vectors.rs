@@ -130,7 +130,7 @@ const HOUR_MS: u64 = 3_600_000;
 fn handshake() -> F {
     let mut f = F::new(
         "01-handshake",
-        "hello first, ping (with and without a trace), a second hello refused without closing, stats",
+        "hello first, ping (with and without a trace), a second hello refused without closing, stats, admin.info",
     );
     f.hello();
     f.call("ping", 1, "ping", &[]);
@@ -153,6 +153,14 @@ fn handshake() -> F {
     f.call("stats: a free-form map of counters", 4, "stats", &[])
         .vary("ok", "type");
     f.call("still open", 5, "ping", &[]);
+    f.call(
+        "extension: admin.info, the daemon's Redis (no credentials), prefix and node; answered without Redis",
+        6,
+        "admin.info",
+        &[],
+    )
+    .vary("ok.redis", "type")
+    .vary("ok.server", "type");
     f
 }
 

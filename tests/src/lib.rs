@@ -576,3 +576,167 @@ pub fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {
     };
     Ok(HttpResponse { body, ..resp })
 }
+
+// ---- Dev mode (issue 11): `shoald --dev` as a new user starts it. ----
+
+/// A `shoald --dev` process started in `dir` (its `./shoal.sock` is there), with
+/// its temporary files under `tmp`, and what its start banner says.
+#[derive(Debug)]
+pub struct DevDaemon {
+    pub child: Child,
+    /// Every stderr line so far.
+    pub lines: Vec<String>,
+    rx: std::sync::mpsc::Receiver<String>,
+    /// The banner's socket (absolute).
+    pub socket: PathBuf,
+    /// The banner's admin URL (`http://127.0.0.1:PORT/`).
+    pub admin: String,
+    /// The private Redis's URL.
+    pub redis_url: String,
+    /// The private redis-server's pid and data directory.
+    pub redis_pid: u32,
+    pub redis_dir: PathBuf,
+    /// The ready-to-paste command lines of the banner.
+    pub try_lines: Vec<String>,
+}
+
+impl DevDaemon {
+    /// Starts `shoald --dev` and waits (bounded) for its banner.
+    pub fn start(dir: &Path, tmp: &Path, extra: &[&str]) -> Result<DevDaemon> {
+        use std::io::BufRead;
+        let mut cmd = Command::new(workspace_bin("shoald")?);
+        cmd.arg("--dev")
+            .args(extra)
+            .current_dir(dir)
+            .env("TMPDIR", tmp)
+            .env("SHOAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SHOAL_") && k != "SHOAL_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn()?;
+        let err = child.stderr.take().context("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut d = DevDaemon {
+            child,
+            lines: Vec::new(),
+            rx,
+            socket: PathBuf::new(),
+            admin: String::new(),
+            redis_url: String::new(),
+            redis_pid: 0,
+            redis_dir: PathBuf::new(),
+            try_lines: Vec::new(),
+        };
+        d.wait_line(
+            |l| l.contains("shoald --dev is serving"),
+            Duration::from_secs(30),
+        )?;
+        // The banner's last line is the external writer's.
+        d.wait_line(|l| l.contains("REDIS_URL="), Duration::from_secs(5))?;
+        let banner: Vec<String> = d
+            .lines
+            .iter()
+            .skip_while(|l| !l.contains("shoald --dev is serving"))
+            .cloned()
+            .collect();
+        let field = |name: &str| -> Result<String> {
+            banner
+                .iter()
+                .find_map(|l| {
+                    l.trim_start()
+                        .strip_prefix(name)
+                        .map(|v| v.trim().to_string())
+                })
+                .with_context(|| format!("no `{name}` line in the banner: {banner:#?}"))
+        };
+        d.socket = PathBuf::from(field("socket")?);
+        d.admin = field("admin")?
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let redis = field("redis")?;
+        d.redis_url = redis
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        d.redis_pid = redis
+            .split("pid ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| format!("no redis pid in {redis:?}"))?;
+        d.redis_dir = PathBuf::from(
+            redis
+                .split("data in ")
+                .nth(1)
+                .and_then(|r| r.split(';').next())
+                .with_context(|| format!("no data dir in {redis:?}"))?,
+        );
+        d.try_lines = banner
+            .iter()
+            .skip_while(|l| !l.starts_with("Try"))
+            .skip(1)
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        Ok(d)
+    }
+
+    /// Waits for a stderr line matching `pred`.
+    pub fn wait_line(&mut self, pred: impl Fn(&str) -> bool, within: Duration) -> Result<String> {
+        if let Some(l) = self.lines.iter().find(|l| pred(l)) {
+            return Ok(l.clone());
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    self.lines.push(l.clone());
+                    if pred(&l) {
+                        return Ok(l);
+                    }
+                }
+                Err(_) => bail!(
+                    "shoald --dev: no such line within {within:?}; stderr so far:\n{}",
+                    self.lines.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for DevDaemon {
+    fn drop(&mut self) {
+        // SIGTERM: the daemon drains and stops its redis-server itself.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}

@@ -582,7 +582,7 @@ fn chromium() -> Result<PathBuf> {
             return Ok(PathBuf::from(p));
         }
     }
-    bail!("chromium is not installed (apt-get install chromium; .ci/run does it)")
+    bail!("chromium is not installed (apt-get install chromium; scripts/test installs it)")
 }
 
 /// Renders `url` in headless Chromium and returns the screenshot's RGB pixels.

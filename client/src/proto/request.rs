@@ -148,6 +148,10 @@ pub enum Op {
         max_keys: Option<u64>,
     },
     Stats,
+    /// Extension: which Redis (address without credentials) and prefix this
+    /// daemon uses, its node id and version, so a tool that names a daemon acts
+    /// on that daemon's Redis.
+    AdminInfo,
 }
 
 impl Op {
@@ -178,6 +182,7 @@ impl Op {
             Op::RatelimitClearOverride { .. } => "ratelimit.clear_override",
             Op::QuotaUsage { .. } => "quota.usage",
             Op::Stats => "stats",
+            Op::AdminInfo => "admin.info",
         }
     }
 
@@ -450,6 +455,7 @@ impl Args<'_> {
             },
             "ping" => Op::Ping,
             "stats" => Op::Stats,
+            "admin.info" => Op::AdminInfo,
             "cache.get" => Op::CacheGet {
                 key: self.key("key")?,
                 lease: self.opt_bool("lease")?.unwrap_or(false),
@@ -661,7 +667,7 @@ impl Request {
                     w.field_str("client", c);
                 }
             }
-            Op::Ping | Op::Stats => {}
+            Op::Ping | Op::Stats | Op::AdminInfo => {}
             Op::CacheGet { key, lease } => {
                 w.field_str("key", key);
                 if *lease {

@@ -189,6 +189,18 @@ pub struct QuotaKeyUsage {
     pub reset_after_ms: u64,
 }
 
+/// `admin.info` (extension): where this daemon keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminInfo {
+    /// `redis.url` without credentials: `redis://host:port/db`.
+    pub redis: String,
+    /// `redis.prefix`: every key, channel and stream starts with it.
+    pub prefix: String,
+    pub node: String,
+    /// `shoald/<version>`, as in `hello`.
+    pub server: String,
+}
+
 /// `quota.usage`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaUsageResult {

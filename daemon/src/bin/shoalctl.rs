@@ -2,9 +2,13 @@
 //!
 //! `invalidate` and `doctor` talk to Redis directly (through the same scripts
 //! the daemons use, or by inspecting it), so they work with no daemon on the
-//! machine: an external writer, a deploy hook, a pre-flight check. `stats`,
-//! `sessions`, `quotas` and `override` ask the daemon on this host over its
-//! socket, so they run the exact code a client's call runs.
+//! machine: an external writer, a deploy hook, a pre-flight check. When a daemon
+//! is named (`--socket`), they ask it which Redis and prefix it uses
+//! (`admin.info`) and act on those, refusing when an explicit `--redis-url`, a
+//! `SHOAL_REDIS__URL` or the config file names another: never a silent success
+//! against a Redis the daemon does not read. `stats`, `sessions`, `quotas` and
+//! `override` ask the daemon over its socket, so they run the exact code a
+//! client's call runs.
 //!
 //! Output is for people by default; `--json` prints one JSON document for
 //! scripts. Exit status: 0 success, 1 failure (and `doctor` found problems),
@@ -28,9 +32,13 @@ struct Cli {
     /// Configuration file (the daemon's), for redis.url, redis.prefix and socket.path.
     #[arg(long, short = 'c', env = "SHOAL_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// The daemon's socket (default: socket.path of the configuration).
-    #[arg(long, global = true)]
+    /// The daemon's socket (default: socket.path of the configuration). Naming
+    /// a daemon makes `invalidate` and `doctor` use that daemon's Redis and prefix.
+    #[arg(long, global = true, env = "SHOAL_SOCKET")]
     socket: Option<PathBuf>,
+    /// redis.url (with credentials if Redis needs them).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -121,13 +129,20 @@ struct OverrideArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match shoald::Config::load(cli.config.as_deref()) {
+    let mut config = match shoald::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shoalctl: {e}");
             return ExitCode::from(64);
         }
     };
+    if let Some(url) = &cli.redis_url {
+        config.redis.url = url.clone();
+        if let Err(e) = config.validate() {
+            eprintln!("shoalctl: {e}");
+            return ExitCode::from(64);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -150,17 +165,105 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("shoalctl: {e:#}");
+            eprintln!("shoalctl: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
 }
 
+/// The error and its causes on one line, each said once: library errors often
+/// show their source in their own message too.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 async fn client(cli: &Cli, config: &shoald::Config) -> anyhow::Result<shoal_client::Client> {
     let path = cli.socket.as_ref().unwrap_or(&config.socket.path);
-    shoal_client::Client::connect(path)
+    match shoal_client::Client::connect(path).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let cause = match &e {
+                shoal_client::Error::Connect(io) => io.to_string(),
+                other => other.to_string(),
+            };
+            bail!(
+                "cannot reach shoald at {}: {cause} (is it running? name its socket with --socket PATH or SHOAL_SOCKET=PATH)",
+                path.display()
+            )
+        }
+    }
+}
+
+/// Where a Redis URL in force came from, when the user set one.
+fn explicit(cli: &Cli, key: &str, env: &str, flag: Option<&str>) -> Option<String> {
+    if let Some(f) = flag {
+        return Some(f.to_string());
+    }
+    if std::env::var_os(env).is_some() {
+        return Some(env.to_string());
+    }
+    let file = cli.config.as_ref()?;
+    use figment::providers::Format as _;
+    figment::Figment::from(figment::providers::Toml::file_exact(file))
+        .contains(key)
+        .then(|| file.display().to_string())
+}
+
+/// The configuration a Redis-direct command uses: with `--socket`, the named
+/// daemon's Redis and prefix (refusing a different one given explicitly).
+async fn aim(cli: &Cli, mut config: shoald::Config) -> anyhow::Result<shoald::Config> {
+    let Some(socket) = &cli.socket else {
+        return Ok(config);
+    };
+    let info = client(cli, &config)
+        .await?
+        .admin_info()
         .await
-        .with_context(|| format!("cannot reach shoald at {}", path.display()))
+        .with_context(|| {
+            format!(
+                "asking shoald at {} which Redis it uses (admin.info; a daemon older than shoalctl does not answer it: give --redis-url instead of --socket)",
+                socket.display()
+            )
+        })?;
+    let ours = shoald::config::redis_address(&config.redis.url);
+    match explicit(
+        cli,
+        "redis.url",
+        "SHOAL_REDIS__URL",
+        cli.redis_url.as_ref().map(|_| "--redis-url"),
+    ) {
+        Some(from) if ours != info.redis => bail!(
+            "shoald at {} uses {} but {from} says {ours}: refusing to act on a Redis that daemon does not read (give one of them)",
+            socket.display(),
+            info.redis
+        ),
+        // Same address: keep the URL given, it may carry credentials.
+        Some(_) => {}
+        None => config.redis.url = info.redis.clone(),
+    }
+    if let Some(from) = explicit(cli, "redis.prefix", "SHOAL_REDIS__PREFIX", None) {
+        if config.redis.prefix != info.prefix {
+            bail!(
+                "shoald at {} uses prefix {:?} but {from} says {:?}: refusing (give one of them)",
+                socket.display(),
+                info.prefix,
+                config.redis.prefix
+            );
+        }
+    }
+    config.redis.prefix = info.prefix;
+    Ok(config)
 }
 
 /// Appends a line to the command's output. Output is collected and written
@@ -181,6 +284,7 @@ fn print_json<T: serde::Serialize>(out: &mut String, v: &T) -> anyhow::Result<()
 async fn run(cli: Cli, config: shoald::Config, out: &mut String) -> anyhow::Result<ExitCode> {
     match &cli.cmd {
         Cmd::Invalidate { tag, names } => {
+            let config = aim(&cli, config).await?;
             let store = shoald::store::Store::new(&config)?;
             let (seq, n) = if *tag {
                 let (id, keys) = store.cache_invalidate_tags(names).await?;
@@ -192,10 +296,20 @@ async fn run(cli: Cli, config: shoald::Config, out: &mut String) -> anyhow::Resu
                 say!(
                     out,
                     "{}",
-                    serde_json::json!({ "seq": seq.to_string(), "keys": n })
+                    serde_json::json!({
+                        "seq": seq.to_string(),
+                        "keys": n,
+                        "redis": store.address(),
+                        "prefix": store.prefix(),
+                    })
                 );
             } else {
-                say!(out, "invalidated {n} key(s) at log position {seq}");
+                say!(
+                    out,
+                    "invalidated {n} key(s) in {} (prefix {}) at log position {seq}",
+                    store.address(),
+                    store.prefix()
+                );
             }
         }
         Cmd::Stats => {
@@ -213,6 +327,7 @@ async fn run(cli: Cli, config: shoald::Config, out: &mut String) -> anyhow::Resu
         Cmd::Quotas(args) => quotas(&cli, &config, args, out).await?,
         Cmd::Override(args) => override_cmd(&cli, &config, args, out).await?,
         Cmd::Doctor => {
+            let config = aim(&cli, config).await?;
             let report = shoald::doctor::run(&config).await;
             if cli.json {
                 print_json(out, &report)?;

@@ -161,7 +161,7 @@ impl Sessions {
                     return;
                 }
                 Ended::Lost(why) => {
-                    tracing::warn!(reason = %why, "revocation reader lost; local session cache bypassed until it recovers");
+                    tracing::warn!(redis = %self.store.address(), reason = %why, "revocation reader lost; local session cache bypassed until it recovers");
                 }
             }
             self.set_unready();
