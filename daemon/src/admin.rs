@@ -155,7 +155,7 @@ pub struct ReadinessChecks {
 /// one the `stats` op reports); the checks only explain it.
 pub fn readiness(ctx: &Ctx, draining: bool) -> Readiness {
     let checks = ReadinessChecks {
-        redis: !ctx.store.is_down(),
+        redis: ctx.store.is_healthy(),
         invalidations: ctx.coherence.caught_up(),
         sessions: ctx.sessions.ready(),
         ratelimits: ctx.ratelimits.ready(),
@@ -165,7 +165,10 @@ pub fn readiness(ctx: &Ctx, draining: bool) -> Readiness {
     let mut reasons = Vec::new();
     if !ready {
         if !checks.redis {
-            reasons.push("redis unreachable: the last command could not reach it".to_string());
+            reasons.push(match ctx.store.errors().last() {
+                Some(e) => format!("redis unreachable or refusing to serve: {e}"),
+                None => "redis unreachable: the last command could not reach it".to_string(),
+            });
             if let Some(e) = ctx.redis_health.snapshot().last_error {
                 reasons.push(format!("last redis health poll: {e}"));
             }

@@ -99,6 +99,13 @@ pub struct RedisConfig {
     /// eviction policy for `/metrics`, and a log warning when keys are evicted.
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// Deadlines missed in a row that open the circuit breaker (a hung Redis):
+    /// requests then take their fail mode at once. 0 disables the breaker.
+    pub circuit_timeouts: u32,
+    /// While the circuit is open, one call per this interval probes Redis; the
+    /// first answer closes the circuit.
+    #[serde(with = "humantime_serde")]
+    pub circuit_probe: Duration,
 }
 
 impl Default for RedisConfig {
@@ -108,6 +115,8 @@ impl Default for RedisConfig {
             prefix: "shoal:".into(),
             timeout: Duration::from_millis(500),
             watch_interval: Duration::from_secs(10),
+            circuit_timeouts: 3,
+            circuit_probe: Duration::from_millis(500),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod circuit;
 pub mod coherence;
 pub mod config;
 pub mod dev;
@@ -114,7 +115,7 @@ impl Ctx {
     /// Whether this daemon is caught up with the fleet and Redis answers.
     pub fn ready(&self) -> bool {
         self.coherence.caught_up()
-            && !self.store.is_down()
+            && self.store.is_healthy()
             && self.sessions.ready()
             && self.ratelimits.ready()
     }

@@ -319,6 +319,24 @@ impl Collector for ShoalCollector {
             "requests answered unavailable, timeout or internal",
             load(&s.redis_errors),
         )?;
+        o.counters(
+            "shoal_redis_command_errors",
+            "failed Redis calls by kind: error replies that mean Redis cannot serve now \
+             (oom, loading, readonly, masterdown, busy, ...), timeout, unreachable, \
+             circuit_open (failed at once: the circuit breaker is open), other",
+            "kind",
+            &ctx.store.errors().snapshot(),
+        )?;
+        o.counter(
+            "shoal_redis_circuit_opens",
+            "times the circuit breaker opened (redis.circuit_timeouts deadlines in a row)",
+            ctx.store.circuit().opens(),
+        )?;
+        o.gauge(
+            "shoal_redis_circuit_open",
+            "1 while the circuit breaker is open (requests take their fail mode at once)",
+            i64::from(ctx.store.circuit().is_open()),
+        )?;
         self.redis_health(&mut o)?;
 
         // The socket.

@@ -143,6 +143,15 @@ impl RedisServer {
             .await?)
     }
 
+    /// Sends a signal to the server (`SIGSTOP` hangs it with its connections
+    /// open, `SIGCONT` resumes it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let child = self.child.as_ref().context("redis-server is not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, sig)?;
+        Ok(())
+    }
+
     /// Kills the server (SIGKILL) and waits for it to be gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
