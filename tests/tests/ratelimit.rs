@@ -1124,3 +1124,78 @@ async fn decision_headers_from_a_real_answer() -> Result<()> {
     assert_eq!(h["x-ratelimit-limit"], "1");
     Ok(())
 }
+
+// ---- issue 13 §2: fleet-wide state changes reach every daemon ----
+
+/// Polls `check` on `c` until it is allowed (the deny cache let go).
+async fn wait_allowed(c: &Client, policy: &str, key: &str, within: Duration) -> Result<Decision> {
+    let deadline = Instant::now() + within;
+    loop {
+        let d = c.check(policy, key).await?;
+        if d.allowed {
+            return Ok(d);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{key} still denied after {within:?}: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn reset_through_one_daemon_clears_every_deny_cache() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("daily", pol(Algorithm::FixedWindow, 2, 86_400_000))],
+        3,
+    )
+    .await?;
+    f.set_now(Some(T0 + 1_000));
+    assert!(f.c(0).check("daily", "k").await?.allowed);
+    assert!(f.c(0).check("daily", "k").await?.allowed);
+    // Every daemon has Redis's denial (until midnight) in its deny cache.
+    for i in 0..3 {
+        let d = f.c(i).check("daily", "k").await?;
+        assert!(!d.allowed, "{d:?}");
+        let again = f.c(i).check("daily", "k").await?;
+        assert_eq!(again, d);
+    }
+    assert!(f.rl(1, "ratelimit_denied_local") >= 1);
+    assert!(f.c(0).reset_limit("daily", "k").await?);
+    // The others let go within their refresh (100 ms here), not at midnight.
+    wait_allowed(f.c(1), "daily", "k", Duration::from_secs(3)).await?;
+    wait_allowed(f.c(2), "daily", "k", Duration::from_secs(3)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn runtime_override_versions_survive_redis_data_loss() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let tiered = pol(Algorithm::FixedWindow, 2, 60_000);
+    let mut daemons = Vec::new();
+    // A refreshes often, B rarely: B must not miss that Redis lost its data
+    // even when it never looks while the override hash is gone.
+    for (node, refresh) in [("a", 50), ("b", 1_500)] {
+        let mut c = test_config(&redis, dir.path(), node);
+        c.ratelimit.policies.insert("tiered".into(), tiered.clone());
+        c.ratelimit.override_refresh = Duration::from_millis(refresh);
+        daemons.push(Daemon::start_ready(c).await?);
+    }
+    let (a, b) = (daemons[0].client().await?, daemons[1].client().await?);
+    for d in &daemons {
+        d.ctx.ratelimits.set_test_now(Some(T0));
+    }
+    a.set_override("tiered", "t", 5, None).await?;
+    wait_for_limit(&b, "tiered", "t", 5).await?;
+    // Right after B loaded it: Redis loses everything, and the same number of
+    // override writes happens again with other numbers.
+    let mut conn = redis.conn().await?;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
+    a.set_override("tiered", "t", 50, None).await?;
+    wait_for_limit(&a, "tiered", "t", 50).await?;
+    wait_for_limit(&b, "tiered", "t", 50).await?;
+    Ok(())
+}

@@ -473,6 +473,12 @@ impl RateLimits {
             del.arg(format!("{state}:n"));
         }
         let n: u64 = self.store.cmd(&del).await?;
+        // The other daemons may hold a cached denial of this key (for a daily
+        // quota, until midnight): moving the policy's version makes each drop
+        // its denials at its next refresh, as for an override change.
+        let mut inv = self.scripts.set_override.prepare_invoke();
+        inv.key(&p.overrides_key).arg("bump").arg("").arg("");
+        let _: Vec<i64> = self.store.invoke_script(&inv).await?;
         inc(&self.counters.resets);
         Ok(n > 0)
     }
