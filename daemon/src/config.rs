@@ -301,6 +301,10 @@ pub struct PolicyConfig {
     pub expected_nodes: u64,
     #[serde(default)]
     pub overrides: BTreeMap<String, PolicyOverride>,
+    /// How far ahead `ratelimit.reserve` may book (default: three windows).
+    /// Bounds what one key can hold however long callers are willing to wait.
+    #[serde(default, with = "humantime_serde")]
+    pub max_reserve_ahead: Option<Duration>,
 }
 
 fn default_fail_mode() -> FailMode {

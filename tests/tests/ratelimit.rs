@@ -31,6 +31,7 @@ fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
         on_unavailable: FailMode::Closed,
         expected_nodes: 1,
         overrides: BTreeMap::new(),
+        max_reserve_ahead: None,
     }
 }
 
@@ -1197,5 +1198,54 @@ async fn runtime_override_versions_survive_redis_data_loss() -> Result<()> {
     a.set_override("tiered", "t", 50, None).await?;
     wait_for_limit(&a, "tiered", "t", 50).await?;
     wait_for_limit(&b, "tiered", "t", 50).await?;
+    Ok(())
+}
+
+// ---- issue 13 §3: bounded in every input ----
+
+#[tokio::test]
+async fn reservations_stop_at_the_policy_horizon() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut gcra = with_burst(pol(Algorithm::Gcra, 10, 1_000), 1);
+    gcra.max_reserve_ahead = Some(Duration::from_secs(1));
+    let policies = [
+        // Default horizon: three windows.
+        ("sl", pol(Algorithm::SlidingLog, 2, 1_000)),
+        ("tb", with_burst(pol(Algorithm::TokenBucket, 10, 1_000), 1)),
+        ("gcra", gcra),
+    ];
+    let f = Fleet::start(&redis, &policies, 1).await?;
+    f.set_now(Some(T0));
+    let ten_years = Duration::from_secs(10 * 365 * 86_400);
+    for (name, horizon_ms, most) in [("sl", 3_000, 8), ("tb", 3_000, 31), ("gcra", 1_000, 11)] {
+        let mut granted = 0;
+        let mut longest = 0;
+        for _ in 0..60 {
+            let r = f.c(0).reserve(name, "loop", 1, ten_years).await?;
+            if r.granted {
+                granted += 1;
+                longest = longest.max(ms(r.wait));
+            } else {
+                assert!(
+                    ms(r.wait) > horizon_ms,
+                    "{name}: refused only past the horizon"
+                );
+            }
+        }
+        assert!(
+            granted <= most && longest <= horizon_ms,
+            "{name}: {granted} reservations granted, the last {longest} ms ahead"
+        );
+    }
+    // The sliding log holds what the horizon allows, not one entry per call.
+    let mut conn = redis.conn().await?;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("shoal:rl.*sl:loop*")
+        .query_async(&mut conn)
+        .await?;
+    keys.retain(|k| !k.ends_with(":n"));
+    let log = keys.first().context("the sliding log key")?;
+    let n: u64 = redis::cmd("ZCARD").arg(log).query_async(&mut conn).await?;
+    assert!(n <= 8, "{n} entries in {log}");
     Ok(())
 }

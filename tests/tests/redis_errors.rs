@@ -29,6 +29,7 @@ fn policy(mode: FailMode) -> PolicyConfig {
         on_unavailable: mode,
         expected_nodes: 1,
         overrides: BTreeMap::new(),
+        max_reserve_ahead: None,
     }
 }
 

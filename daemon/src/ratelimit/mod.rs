@@ -50,6 +50,9 @@ use local::Rule;
 use policy::Policy;
 use scripts::{Mode, Scripts};
 
+/// `ratelimit.reserve` books at most this many windows ahead unless the policy
+/// sets `max_reserve_ahead`.
+pub const RESERVE_AHEAD_WINDOWS: u64 = 3;
 /// While Redis is known down, at most one request per this interval tries it.
 pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// `closed` fail mode: the retry-after suggested while Redis is unreachable
@@ -506,6 +509,14 @@ impl RateLimits {
         }
         let numbers = p.numbers(key);
         check_cost(p, numbers, cost)?;
+        // The horizon: however long the caller would wait, nothing is booked
+        // further ahead than this, so a loop of reservations cannot fill a key
+        // with years of bookings (a sliding log would hold one entry each).
+        let horizon_ms = p.config.max_reserve_ahead.map_or_else(
+            || p.window_ms.saturating_mul(RESERVE_AHEAD_WINDOWS),
+            |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        );
+        let max_wait_ms = max_wait_ms.min(horizon_ms);
         let v = match self
             .decide(p, key, Mode::Reserve, cost, numbers, max_wait_ms)
             .await

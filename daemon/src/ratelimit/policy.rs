@@ -227,6 +227,7 @@ mod tests {
             on_unavailable: FailMode::Local,
             expected_nodes: 3,
             overrides,
+            max_reserve_ahead: None,
         };
         Policy::new("api", &cfg, "shoal:", DenyCache::new(16))
     }
