@@ -324,8 +324,11 @@ pub struct RatelimitConfig {
     #[serde(with = "humantime_serde")]
     pub override_refresh: Duration,
     /// Bound of the local deny cache (keys known denied until a time, answered
-    /// without Redis). 0 disables it.
+    /// without Redis). 0 disables it. Full: the least recently used go.
     pub deny_cache_entries: usize,
+    /// Bound of the `local` fail mode's per-key state (and local leases) per
+    /// policy while Redis is unreachable. Full: the least recently used go.
+    pub local_max_entries: u64,
 }
 
 impl Default for RatelimitConfig {
@@ -334,6 +337,7 @@ impl Default for RatelimitConfig {
             policies: BTreeMap::new(),
             override_refresh: Duration::from_secs(1),
             deny_cache_entries: 100_000,
+            local_max_entries: 100_000,
         }
     }
 }

@@ -1249,3 +1249,51 @@ async fn reservations_stop_at_the_policy_horizon() -> Result<()> {
     assert!(n <= 8, "{n} entries in {log}");
     Ok(())
 }
+
+#[tokio::test]
+async fn deny_cache_and_local_state_evict_instead_of_refusing() -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "bounded");
+    c.ratelimit
+        .policies
+        .insert("one".into(), pol(Algorithm::FixedWindow, 1, 60_000));
+    c.ratelimit.policies.insert(
+        "loc".into(),
+        failing(pol(Algorithm::FixedWindow, 5, 60_000), FailMode::Local, 1),
+    );
+    c.ratelimit.deny_cache_entries = 8;
+    c.ratelimit.local_max_entries = 8;
+    let d = Daemon::start_ready(c).await?;
+    d.ctx.ratelimits.set_test_now(Some(T0));
+    let client = d.client().await?;
+    let stat = |name: &str| {
+        let mut m = BTreeMap::new();
+        d.ctx.ratelimits.stats_into(&mut m);
+        m.get(name).copied().unwrap_or(0)
+    };
+    // Forty keys denied in turn: the cache keeps the recent ones, so a key
+    // denied just now is answered without Redis however many came before.
+    for i in 0..40 {
+        let key = format!("k{i}");
+        assert!(client.check("one", &key).await?.allowed);
+        assert!(!client.check("one", &key).await?.allowed);
+        let calls = stat("ratelimit_redis_calls");
+        assert!(!client.check("one", &key).await?.allowed);
+        assert_eq!(
+            stat("ratelimit_redis_calls"),
+            calls,
+            "key {i}: a fresh denial must be cached even when the cache is full"
+        );
+    }
+    assert!(stat("ratelimit_deny_cache_entries") <= 8);
+    // Local fail-mode state: bounded too, however many keys an outage sees.
+    redis.stop();
+    for i in 0..200 {
+        let d = client.check("loc", &format!("t{i}")).await?;
+        assert_eq!(d.fallback.as_deref(), Some("local"));
+    }
+    let n = stat("ratelimit_local_entries");
+    assert!(n <= 8, "{n} keys of local state");
+    Ok(())
+}

@@ -226,7 +226,8 @@ impl RateLimits {
             .iter()
             .map(|(name, p)| {
                 let deny = DenyCache::with_budget(deny_budget.clone());
-                let policy = Policy::new(name, p, &config.redis.prefix, deny);
+                let mut policy = Policy::new(name, p, &config.redis.prefix, deny);
+                policy.local = local::LocalLimits::new(config.ratelimit.local_max_entries);
                 (name.clone(), policy)
             })
             .collect::<HashMap<_, _>>();
