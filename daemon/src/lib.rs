@@ -14,6 +14,7 @@ pub mod dev;
 pub mod dispatch;
 pub mod doctor;
 pub mod l1;
+pub mod lock;
 pub mod metrics;
 pub mod ratelimit;
 pub mod redis_watch;
@@ -57,6 +58,7 @@ pub struct Ctx {
     pub coherence: Arc<coherence::CoherenceState>,
     pub sessions: Arc<session::Sessions>,
     pub ratelimits: Arc<ratelimit::RateLimits>,
+    pub locks: Arc<lock::Locks>,
     pub limits: shoal_client::proto::Limits,
     pub max_frame: usize,
     /// What the Redis health watch saw last (for `/metrics` and `/readyz`).
@@ -92,6 +94,7 @@ impl Ctx {
             store.clone(),
             stats.clone(),
         ));
+        let locks = Arc::new(lock::Locks::new(store.clone(), &config.redis.prefix));
         let limits = shoal_client::proto::Limits {
             max_key: config.socket.max_key,
             max_batch: config.socket.max_batch,
@@ -105,6 +108,7 @@ impl Ctx {
             coherence: Arc::new(coherence::CoherenceState::default()),
             sessions,
             ratelimits,
+            locks,
             limits,
             max_frame,
             redis_health: Arc::default(),

@@ -26,8 +26,9 @@ pub use response::{
     SetResult, Source, UpdatedResult,
 };
 pub use response::{
-    ClearOverrideResult, ConcurrentResult, OverrideResult, QuotaKeyUsage, QuotaUsageResult,
-    RatelimitDecisionExt, ReleaseResult, ReserveResult,
+    ClearOverrideResult, ConcurrentResult, LockAcquireResult, LockExtendResult, LockReleaseResult,
+    OverrideResult, QuotaKeyUsage, QuotaUsageResult, RatelimitDecisionExt, ReleaseResult,
+    ReserveResult,
 };
 pub use value::{from_value, to_value};
 
