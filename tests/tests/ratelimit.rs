@@ -1297,3 +1297,68 @@ async fn deny_cache_and_local_state_evict_instead_of_refusing() -> Result<()> {
     assert!(n <= 8, "{n} keys of local state");
     Ok(())
 }
+
+/// `calls` of one command in Redis's INFO commandstats.
+async fn command_calls(redis: &RedisServer, cmd: &str) -> Result<u64> {
+    let mut conn = redis.conn().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    let want = format!("cmdstat_{cmd}:calls=");
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test]
+async fn quota_page_refreshes_do_not_each_scan_the_keyspace() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "q");
+    c.admin.listen = "127.0.0.1:0".into();
+    c.ratelimit
+        .policies
+        .insert("api".into(), pol(Algorithm::FixedWindow, 10, 60_000));
+    let d = Daemon::start_ready(c).await?;
+    let client = d.client().await?;
+    // Tenants, and a keyspace full of cache entries the scan must wade through.
+    for i in 0..50 {
+        client.check("api", &format!("tenant-{i}")).await?;
+    }
+    let mut conn = redis.conn().await?;
+    for chunk in 0..10 {
+        let mut mset = redis::cmd("MSET");
+        for i in 0..1000 {
+            mset.arg(format!("shoal:c:row-{chunk}-{i}")).arg("v");
+        }
+        mset.query_async::<()>(&mut conn).await?;
+    }
+    let addr = d.admin_addr(Duration::from_secs(5)).await?;
+    let before = command_calls(&redis, "scan").await?;
+    let t = Instant::now();
+    let first = shoal_tests::http_get(addr, "/quotas?format=json", &[]).await?;
+    let one = t.elapsed();
+    anyhow::ensure!(first.status == 200);
+    let scans_one = command_calls(&redis, "scan").await? - before;
+    // Five viewers refreshing at once, then again: one scan answers them all.
+    let views = (0..5).map(|_| shoal_tests::http_get(addr, "/quotas?format=json", &[]));
+    for r in futures::future::join_all(views).await {
+        let r = r?;
+        anyhow::ensure!(r.status == 200);
+        let keys = r.json()?["policies"][0]["keys"]
+            .as_array()
+            .map_or(0, Vec::len);
+        anyhow::ensure!(keys == 50, "{keys} tenants on the page");
+    }
+    let scans_all = command_calls(&redis, "scan").await? - before;
+    println!("one /quotas over 10k keys: {one:?}, {scans_one} SCAN calls; six views: {scans_all}");
+    anyhow::ensure!(
+        scans_all == scans_one,
+        "six page views cost {scans_all} SCAN calls, one costs {scans_one}"
+    );
+    Ok(())
+}
