@@ -305,6 +305,36 @@ pub struct PolicyConfig {
     /// Bounds what one key can hold however long callers are willing to wait.
     #[serde(default, with = "humantime_serde")]
     pub max_reserve_ahead: Option<Duration>,
+    /// Which rate-limit headers the client's `Decision::headers()` writes for
+    /// this policy (express-rate-limit's spellings). Unset: shoal's default
+    /// (draft-8 `RateLimit`/`RateLimit-Policy` plus relative `X-RateLimit-*`).
+    #[serde(default)]
+    pub headers: Option<HeaderStyle>,
+}
+
+/// express-rate-limit's header styles (`standardHeaders` / `legacyHeaders`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeaderStyle {
+    /// `RateLimit-Policy: 100;w=60` and `RateLimit: limit=100, remaining=99, reset=40`.
+    #[serde(rename = "draft-7")]
+    Draft7,
+    /// `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=99;t=40`.
+    #[serde(rename = "draft-8")]
+    Draft8,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix seconds).
+    #[serde(rename = "legacy")]
+    Legacy,
+}
+
+impl HeaderStyle {
+    /// The wire spelling (the decision's `headers` field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderStyle::Draft7 => "draft-7",
+            HeaderStyle::Draft8 => "draft-8",
+            HeaderStyle::Legacy => "legacy",
+        }
+    }
 }
 
 fn default_fail_mode() -> FailMode {

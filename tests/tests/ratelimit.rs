@@ -32,6 +32,7 @@ fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
         expected_nodes: 1,
         overrides: BTreeMap::new(),
         max_reserve_ahead: None,
+        headers: None,
     }
 }
 
@@ -1360,5 +1361,72 @@ async fn quota_page_refreshes_do_not_each_scan_the_keyspace() -> Result<()> {
         scans_all == scans_one,
         "six page views cost {scans_all} SCAN calls, one costs {scans_one}"
     );
+    Ok(())
+}
+
+// ---- issue 13 §4: what users of express-rate-limit expect ----
+
+#[tokio::test]
+async fn header_style_per_policy_matches_express_rate_limit() -> Result<()> {
+    use shoal_tests::shoald::config::HeaderStyle;
+    let redis = RedisServer::start().await?;
+    let styled = |style: Option<HeaderStyle>| {
+        let mut p = pol(Algorithm::FixedWindow, 100, 60_000);
+        p.headers = style;
+        p
+    };
+    let policies = [
+        ("d7", styled(Some(HeaderStyle::Draft7))),
+        ("d8", styled(Some(HeaderStyle::Draft8))),
+        ("old", styled(Some(HeaderStyle::Legacy))),
+    ];
+    let f = Fleet::start(&redis, &policies, 1).await?;
+    f.set_now(Some(T0 + 20_000));
+    let c = f.c(0);
+    let names = |h: &[(&'static str, String)]| h.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+
+    // express-rate-limit standardHeaders: 'draft-7'.
+    let h = c.check("d7", "k").await?.headers();
+    assert_eq!(
+        h,
+        vec![
+            ("ratelimit-policy", "100;w=60".to_string()),
+            ("ratelimit", "limit=100, remaining=99, reset=40".to_string()),
+        ]
+    );
+    // 'draft-8'.
+    let h = c.check("d8", "k").await?.headers();
+    assert_eq!(
+        h,
+        vec![
+            ("ratelimit-policy", "\"d8\";q=100;w=60".to_string()),
+            ("ratelimit", "\"d8\";r=99;t=40".to_string()),
+        ]
+    );
+    // legacyHeaders: X-RateLimit-Reset is a Unix time in seconds.
+    let h = c.check("old", "k").await?.headers();
+    assert_eq!(
+        names(&h),
+        [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset"
+        ]
+    );
+    assert_eq!((h[0].1.as_str(), h[1].1.as_str()), ("100", "99"));
+    let reset: u64 = h[2].1.parse()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    assert!(
+        (now + 39..=now + 41).contains(&reset),
+        "reset {reset}, now {now}"
+    );
+    // Denied: Retry-After in every style.
+    for name in ["d7", "d8", "old"] {
+        c.check_cost(name, "full", 100).await?;
+        let h = c.check(name, "full").await?.headers();
+        assert!(names(&h).contains(&"retry-after"), "{name}: {h:?}");
+    }
     Ok(())
 }

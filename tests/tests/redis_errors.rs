@@ -30,6 +30,7 @@ fn policy(mode: FailMode) -> PolicyConfig {
         expected_nodes: 1,
         overrides: BTreeMap::new(),
         max_reserve_ahead: None,
+        headers: None,
     }
 }
 

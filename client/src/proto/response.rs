@@ -130,6 +130,10 @@ pub struct RatelimitDecisionExt {
     /// decided instead: `"open"`, `"closed"` or `"local"`.
     #[serde(default)]
     pub fallback: Option<String>,
+    /// The policy's header style (`"draft-7"`, `"draft-8"`, `"legacy"`) when it
+    /// sets one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<String>,
 }
 
 /// `ratelimit.reserve`: the slot is booked when `granted`; the caller sleeps

@@ -1030,6 +1030,7 @@ fn answer(p: &Policy, v: Verdict, fallback: Option<&str>) -> RatelimitDecisionEx
         retry_after_ms: if v.allowed { 0 } else { v.retry_after_ms },
         window_ms: Some(p.window_ms),
         fallback: fallback.map(str::to_string),
+        headers: p.config.headers.map(|h| h.as_str().to_string()),
     }
 }
 

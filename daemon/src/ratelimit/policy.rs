@@ -228,6 +228,7 @@ mod tests {
             expected_nodes: 3,
             overrides,
             max_reserve_ahead: None,
+            headers: None,
         };
         Policy::new("api", &cfg, "shoal:", DenyCache::new(16))
     }
