@@ -1430,3 +1430,54 @@ async fn header_style_per_policy_matches_express_rate_limit() -> Result<()> {
     }
     Ok(())
 }
+
+// ---- issue 13 §6: metrics that add up ----
+
+#[tokio::test]
+async fn decision_metrics_count_each_decision_once() -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "m");
+    c.admin.listen = "127.0.0.1:0".into();
+    c.ratelimit
+        .policies
+        .insert("api".into(), pol(Algorithm::FixedWindow, 3, 60_000));
+    let d = Daemon::start_ready(c).await?;
+    d.ctx.ratelimits.set_test_now(Some(T0));
+    let client = d.client().await?;
+    for _ in 0..5 {
+        client.check("api", "k").await?; // 3 allowed, 2 denied
+    }
+    redis.stop();
+    for i in 0..4 {
+        let r = client.check("api", &format!("other-{i}")).await?;
+        assert_eq!(r.fallback.as_deref(), Some("closed"));
+    }
+    let addr = d.admin_addr(Duration::from_secs(5)).await?;
+    let text = shoal_tests::http_get(addr, "/metrics", &[]).await?;
+    let mut total = 0.0;
+    let mut by_fallback = BTreeMap::new();
+    for line in text.text()?.lines() {
+        let Some(rest) = line.strip_prefix("shoal_ratelimit_decisions_total{") else {
+            continue;
+        };
+        let (labels, v) = rest.rsplit_once("} ").context("sample")?;
+        let v: f64 = v.parse()?;
+        assert!(labels.contains("policy=\"api\""), "{line}");
+        total += v;
+        let fb = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("fallback="))
+            .context("fallback label")?
+            .trim_matches('"')
+            .to_string();
+        *by_fallback.entry(fb).or_insert(0.0) += v;
+    }
+    assert_eq!(
+        total, 9.0,
+        "nine decisions, each counted once: {by_fallback:?}"
+    );
+    assert_eq!(by_fallback.get("closed"), Some(&4.0));
+    assert_eq!(by_fallback.get("none"), Some(&5.0));
+    Ok(())
+}

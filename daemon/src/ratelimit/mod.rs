@@ -295,6 +295,27 @@ impl RateLimits {
         }
     }
 
+    /// Decisions per (policy, outcome, fallback), for `/metrics`: each decision
+    /// counted once. The policy label is bounded by the config.
+    pub fn decision_counts(&self) -> Vec<(String, &'static str, &'static str, u64)> {
+        let mut names: Vec<&String> = self.policies.keys().collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len() * 8);
+        for name in names {
+            let p = &self.policies[name];
+            for (i, c) in p.decisions.iter().enumerate() {
+                let outcome = if i >= 4 { "allowed" } else { "denied" };
+                out.push((
+                    name.clone(),
+                    outcome,
+                    FALLBACK_LABELS[i % 4],
+                    c.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        out
+    }
+
     /// Whether runtime overrides are loaded (for readiness).
     pub fn ready(&self) -> bool {
         self.loaded.load(Ordering::Relaxed)
@@ -425,10 +446,12 @@ impl RateLimits {
         if let Some(d) = p.deny.lookup(key, cost, self.clock.local_us()) {
             inc(&self.counters.denied_local);
             inc(&self.counters.denied);
+            count(p, false, None);
             return Ok(answer(p, d.into(), None));
         }
         match self.decide(p, key, Mode::Check, cost, numbers, 0).await {
             Ok(v) => {
+                count(p, v.allowed, None);
                 if v.allowed {
                     inc(&self.counters.allowed);
                 } else {
@@ -952,6 +975,7 @@ impl RateLimits {
             }
         };
         if consume {
+            count(p, v.allowed, Some(mode));
             if v.allowed {
                 inc(&self.counters.allowed);
             } else {
@@ -1007,6 +1031,18 @@ impl RateLimits {
             }
         }
     }
+}
+
+/// The `fallback` label values of `shoal_ratelimit_decisions_total`.
+pub const FALLBACK_LABELS: [&str; 4] = ["none", "open", "closed", "local"];
+
+/// Counts one decision of `p` (once, whoever decided).
+fn count(p: &Policy, allowed: bool, fallback: Option<&str>) {
+    let f = FALLBACK_LABELS
+        .iter()
+        .position(|l| Some(*l) == fallback)
+        .unwrap_or(0);
+    inc(&p.decisions[usize::from(allowed) * 4 + f]);
 }
 
 /// A cost above what the key can ever allow would be denied forever: refused.
