@@ -1481,3 +1481,27 @@ async fn decision_metrics_count_each_decision_once() -> Result<()> {
     assert_eq!(by_fallback.get("none"), Some(&5.0));
     Ok(())
 }
+
+#[tokio::test]
+async fn gcra_state_stays_exact_when_an_override_changes_the_limit() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("g", with_burst(pol(Algorithm::Gcra, 999, 1_000), 999))],
+        1,
+    )
+    .await?;
+    f.set_now(Some(T0));
+    let c = f.c(0);
+    // 998 requests at once: the TAT is 998 * 1000/999 ms = 998.998 ms ahead.
+    assert!(c.check_cost("g", "k", 998).await?.allowed);
+    // The tenant moves to 2 per second, burst 1: the next request conforms
+    // at the TAT, 998.998 ms away (999 rounded up), whatever units the state
+    // was kept in (read in the new units, it would be 1497 ms).
+    c.set_override("g", "k", 2, Some(1)).await?;
+    let p = c.peek("g", "k").await?;
+    assert!(!p.allowed);
+    assert_eq!(ms(p.retry_after), 999, "{p:?}");
+    assert_eq!(ms(p.reset_after), 999, "{p:?}");
+    Ok(())
+}
