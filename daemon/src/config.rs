@@ -310,6 +310,10 @@ pub struct PolicyConfig {
     /// (draft-8 `RateLimit`/`RateLimit-Policy` plus relative `X-RateLimit-*`).
     #[serde(default)]
     pub headers: Option<HeaderStyle>,
+    /// Abuse lockout: once a key goes over the limit it is denied for this long,
+    /// fleet-wide (brute-force login protection). Unset: no lockout.
+    #[serde(default, with = "humantime_serde")]
+    pub block: Option<Duration>,
 }
 
 /// express-rate-limit's header styles (`standardHeaders` / `legacyHeaders`).

@@ -33,6 +33,7 @@ fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
         overrides: BTreeMap::new(),
         max_reserve_ahead: None,
         headers: None,
+        block: None,
     }
 }
 
@@ -1503,5 +1504,38 @@ async fn gcra_state_stays_exact_when_an_override_changes_the_limit() -> Result<(
     assert!(!p.allowed);
     assert_eq!(ms(p.retry_after), 999, "{p:?}");
     assert_eq!(ms(p.reset_after), 999, "{p:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn block_locks_a_key_out_fleet_wide_once_over_the_limit() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut login = pol(Algorithm::FixedWindow, 2, 1_000);
+    login.block = Some(Duration::from_secs(15 * 60));
+    let f = Fleet::start(&redis, &[("login", login)], 3).await?;
+    f.set_now(Some(T0));
+    assert!(f.c(0).check("login", "alice").await?.allowed);
+    assert!(f.c(1).check("login", "alice").await?.allowed);
+    let d = f.c(2).check("login", "alice").await?;
+    assert!(!d.allowed);
+    assert!(
+        d.retry_after > Duration::from_secs(14 * 60),
+        "locked out: {d:?}"
+    );
+    // The window is long over, but the lockout holds on every daemon.
+    f.set_now(Some(T0 + 10_000));
+    for i in 0..3 {
+        let d = f.c(i).check("login", "alice").await?;
+        assert!(!d.allowed, "daemon {i}: {d:?}");
+        assert!(
+            d.retry_after > Duration::from_secs(14 * 60),
+            "daemon {i}: {d:?}"
+        );
+    }
+    // Others are unaffected; a reset lifts the lockout.
+    assert!(f.c(0).check("login", "bob").await?.allowed);
+    assert!(f.c(1).reset_limit("login", "alice").await?);
+    assert!(f.c(1).check("login", "alice").await?.allowed);
+    wait_allowed(f.c(0), "login", "alice", Duration::from_secs(3)).await?;
     Ok(())
 }

@@ -31,6 +31,7 @@ fn policy(mode: FailMode) -> PolicyConfig {
         overrides: BTreeMap::new(),
         max_reserve_ahead: None,
         headers: None,
+        block: None,
     }
 }
 

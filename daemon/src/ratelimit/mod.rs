@@ -449,8 +449,28 @@ impl RateLimits {
             count(p, false, None);
             return Ok(answer(p, d.into(), None));
         }
+        if p.config.block.is_some() {
+            match self.blocked(p, key).await {
+                Ok(Some(ms)) => {
+                    let cap = numbers.capacity(p.algorithm);
+                    let v = Verdict::denied(cap, 0, ms, ms);
+                    count(p, false, None);
+                    inc(&self.counters.denied);
+                    p.deny.insert(key, cost, self.clock.local_us(), v.into());
+                    return Ok(answer(p, v, None));
+                }
+                Ok(None) => {}
+                Err(e) if e.is_retryable() => return Ok(self.fallback(p, key, numbers, cost, true)),
+                Err(e) => return Err(e.into()),
+            }
+        }
         match self.decide(p, key, Mode::Check, cost, numbers, 0).await {
-            Ok(v) => {
+            Ok(mut v) => {
+                if !v.allowed {
+                    if let Some(ms) = self.block(p, key).await? {
+                        v = Verdict::denied(v.limit, v.remaining, v.reset_after_ms.max(ms), ms);
+                    }
+                }
                 count(p, v.allowed, None);
                 if v.allowed {
                     inc(&self.counters.allowed);
@@ -487,6 +507,42 @@ impl RateLimits {
         }
     }
 
+    /// The lockout key of `key` (same hash tag as its state).
+    fn block_key(p: &Policy, key: &str) -> String {
+        format!("{}:b", p.state_key(key))
+    }
+
+    /// Block policies: the lockout left on `key`, if any (ms).
+    async fn blocked(&self, p: &Policy, key: &str) -> Result<Option<u64>, StoreError> {
+        let left: i64 = self
+            .store
+            .cmd(redis::cmd("PTTL").arg(Self::block_key(p, key)))
+            .await?;
+        Ok(u64::try_from(left).ok().filter(|ms| *ms > 0))
+    }
+
+    /// Block policies: `key` just went over its limit: lock it out fleet-wide
+    /// for `block` (an existing lockout is not extended). Returns what is left.
+    async fn block(&self, p: &Policy, key: &str) -> Result<Option<u64>, RatelimitError> {
+        let Some(block) = p.config.block else {
+            return Ok(None);
+        };
+        let ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+        let bk = Self::block_key(p, key);
+        let _: Option<String> = self
+            .store
+            .cmd(
+                redis::cmd("SET")
+                    .arg(&bk)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms)
+                    .arg("NX"),
+            )
+            .await?;
+        Ok(self.blocked(p, key).await?.or(Some(ms)))
+    }
+
     /// `ratelimit.reset`: forgets the key's state; true when there was some.
     pub async fn reset(&self, policy: &str, key: &str) -> Result<bool, RatelimitError> {
         let p = self.policy(policy)?;
@@ -498,6 +554,10 @@ impl RateLimits {
         if p.algorithm == Algorithm::SlidingLog {
             // The companion key shares the hash tag, so one DEL stays in one slot.
             del.arg(format!("{state}:n"));
+        }
+        if p.config.block.is_some() {
+            // A reset lifts the lockout too.
+            del.arg(Self::block_key(p, key));
         }
         let n: u64 = self.store.cmd(&del).await?;
         // The other daemons may hold a cached denial of this key (for a daily

@@ -233,6 +233,7 @@ mod tests {
             overrides,
             max_reserve_ahead: None,
             headers: None,
+            block: None,
         };
         Policy::new("api", &cfg, "shoal:", DenyCache::new(16))
     }
