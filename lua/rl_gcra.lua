@@ -8,7 +8,9 @@
 -- TAT, after which it is the same as no state.
 --
 -- KEYS[1]  state hash  prefix .. "rl.gcra{" .. policy .. ":" .. key .. "}"
---          fields m (TAT, whole ms), r (TAT remainder, in 1/limit ms)
+--          fields m (TAT, whole ms), r (TAT remainder, in 1/l ms), l (the limit
+--          r is counted in: an override may change the limit, and the remainder
+--          is then converted, rounded up, never reread in the new units)
 -- ARGV[1]  mode: "check" | "peek" | "reserve"
 -- ARGV[2]  cost (1 <= cost <= burst, checked by the daemon; peek uses 1)
 -- ARGV[3]  limit per window (the sustained rate)
@@ -59,11 +61,15 @@ end
 
 -- Everything below is in units of 1/limit ms, relative to now: T = window units.
 local tau = burst * window
-local st = redis.call('HMGET', KEYS[1], 'm', 'r')
-local m, r = tonumber(st[1]), tonumber(st[2]) or 0
+local st = redis.call('HMGET', KEYS[1], 'm', 'r', 'l')
+local m, r, l = tonumber(st[1]), tonumber(st[2]) or 0, tonumber(st[3])
 local d = 0
 if m ~= nil then
-  -- max(TAT, now) - now; r may be >= limit if the limit changed (an override).
+  if l ~= nil and l ~= limit then
+    -- r / l ms in units of 1/limit ms, rounded up (never admits early).
+    r = ceil_div(r * limit, l)
+  end
+  -- max(TAT, now) - now.
   d = math.max(0, (m - now) * limit + r)
 end
 
@@ -84,7 +90,7 @@ end
 
 local function store(dd)
   local whole = floor_div(dd, limit)
-  redis.call('HSET', KEYS[1], 'm', now + whole, 'r', dd - whole * limit)
+  redis.call('HSET', KEYS[1], 'm', now + whole, 'r', dd - whole * limit, 'l', limit)
   redis.call('PEXPIRE', KEYS[1], math.max(1, reset_after(dd)))
 end
 

@@ -61,6 +61,10 @@ pub struct Decision {
     /// Set when Redis was unreachable and the policy's fail mode decided:
     /// `"open"`, `"closed"` or `"local"`.
     pub fallback: Option<String>,
+    /// The policy's header style (`"draft-7"`, `"draft-8"`, `"legacy"`, as in
+    /// express-rate-limit), when its config sets one: [`Decision::headers`]
+    /// writes that style only.
+    pub header_style: Option<String>,
 }
 
 /// Seconds, rounded up: a client that waits that long is never early.
@@ -100,6 +104,7 @@ impl Decision {
             retry_after: Duration::from_millis(d.retry_after_ms),
             window: d.window_ms.map(Duration::from_millis),
             fallback: d.fallback,
+            header_style: d.headers,
         }
     }
 
@@ -121,7 +126,61 @@ impl Decision {
     /// - `retry-after` (seconds) when denied.
     ///
     /// Every second count is rounded up, so a client that honours it is not early.
+    ///
+    /// A policy with `headers = "draft-7" | "draft-8" | "legacy"` gets exactly
+    /// express-rate-limit's spelling of that style instead (plus `retry-after`
+    /// when denied), so clients of a Node fleet moving to shoal keep working:
+    /// - `draft-7`: `ratelimit-policy: <limit>;w=<window s>`,
+    ///   `ratelimit: limit=<limit>, remaining=<remaining>, reset=<reset s>`;
+    /// - `draft-8`: `ratelimit-policy: "<policy>";q=<limit>;w=<window s>`,
+    ///   `ratelimit: "<policy>";r=<remaining>;t=<reset s>`;
+    /// - `legacy`: `x-ratelimit-limit`, `x-ratelimit-remaining`,
+    ///   `x-ratelimit-reset` (Unix time in seconds).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let name = sf_string(&self.policy);
+        let reset = secs_ceil(self.reset_after);
+        let window = self.window.map(|w| secs_ceil(w).max(1));
+        let mut h = Vec::with_capacity(6);
+        match self.header_style.as_deref() {
+            Some("draft-7") => {
+                if let Some(w) = window {
+                    h.push(("ratelimit-policy", format!("{};w={w}", self.limit)));
+                }
+                h.push((
+                    "ratelimit",
+                    format!(
+                        "limit={}, remaining={}, reset={reset}",
+                        self.limit, self.remaining
+                    ),
+                ));
+            }
+            Some("draft-8") => {
+                if let Some(w) = window {
+                    h.push(("ratelimit-policy", format!("{name};q={};w={w}", self.limit)));
+                }
+                h.push((
+                    "ratelimit",
+                    format!("{name};r={};t={reset}", self.remaining),
+                ));
+            }
+            Some("legacy") => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                h.push(("x-ratelimit-limit", self.limit.to_string()));
+                h.push(("x-ratelimit-remaining", self.remaining.to_string()));
+                h.push(("x-ratelimit-reset", now.saturating_add(reset).to_string()));
+            }
+            _ => return self.default_headers(),
+        }
+        if !self.allowed {
+            h.push(("retry-after", self.retry_after_secs().to_string()));
+        }
+        h
+    }
+
+    /// shoal's own set (no `headers` style on the policy).
+    fn default_headers(&self) -> Vec<(&'static str, String)> {
         let name = sf_string(&self.policy);
         let reset = secs_ceil(self.reset_after);
         let mut h = Vec::with_capacity(6);
@@ -560,6 +619,7 @@ mod tests {
             retry_after: Duration::from_millis(if allowed { 0 } else { 1_001 }),
             window: Some(Duration::from_millis(1_500)),
             fallback: None,
+            header_style: None,
         }
     }
 
@@ -623,6 +683,7 @@ mod tests {
                 retry_after_ms: 20,
                 window_ms: None,
                 fallback: Some("local".into()),
+                headers: None,
             },
         );
         assert_eq!(d.retry_after, Duration::from_millis(20));

@@ -34,6 +34,20 @@ use crate::Ctx;
 
 /// How often the quota page reloads itself.
 const QUOTA_REFRESH_SECS: u32 = 5;
+/// How long one `/quotas` report answers every viewer: each report SCANs the
+/// keyspace (cache keys included), so page refreshes from many viewers share
+/// one scan per this interval, and concurrent misses wait for the one in flight.
+const QUOTA_CACHE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The last `/quotas` report: (made at, policy filter, prefix filter, report).
+type QuotaCache = tokio::sync::Mutex<
+    Option<(
+        std::time::Instant,
+        Option<String>,
+        Option<String>,
+        Arc<QuotaReport>,
+    )>,
+>;
 
 /// The admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +81,7 @@ pub async fn bind(listen: &str) -> Result<Option<TcpListener>, AdminError> {
 struct AdminState {
     ctx: Arc<Ctx>,
     metrics: Arc<Metrics>,
+    quotas: Arc<QuotaCache>,
     /// Cancelled when the daemon starts draining (SIGTERM): readiness fails at
     /// once so load balancers stop sending work, while the server stays up.
     draining: CancellationToken,
@@ -76,6 +91,7 @@ struct AdminState {
 pub fn router(ctx: Arc<Ctx>, draining: CancellationToken) -> Router {
     let state = AdminState {
         metrics: Arc::new(Metrics::new(ctx.clone())),
+        quotas: Arc::default(),
         ctx,
         draining,
     };
@@ -155,7 +171,7 @@ pub struct ReadinessChecks {
 /// one the `stats` op reports); the checks only explain it.
 pub fn readiness(ctx: &Ctx, draining: bool) -> Readiness {
     let checks = ReadinessChecks {
-        redis: !ctx.store.is_down(),
+        redis: ctx.store.is_healthy(),
         invalidations: ctx.coherence.caught_up(),
         sessions: ctx.sessions.ready(),
         ratelimits: ctx.ratelimits.ready(),
@@ -165,7 +181,10 @@ pub fn readiness(ctx: &Ctx, draining: bool) -> Readiness {
     let mut reasons = Vec::new();
     if !ready {
         if !checks.redis {
-            reasons.push("redis unreachable: the last command could not reach it".to_string());
+            reasons.push(match ctx.store.errors().last() {
+                Some(e) => format!("redis unreachable or refusing to serve: {e}"),
+                None => "redis unreachable: the last command could not reach it".to_string(),
+            });
             if let Some(e) = ctx.redis_health.snapshot().last_error {
                 reasons.push(format!("last redis health poll: {e}"));
             }
@@ -322,9 +341,30 @@ async fn quotas(
     Query(q): Query<QuotaQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let report = quota_report(&st.ctx, q.policy.as_deref(), q.prefix.as_deref()).await;
+    let report = {
+        // Single flight: one report at a time; the ones waiting reuse it.
+        let mut cached = st.quotas.lock().await;
+        match &*cached {
+            Some((at, policy, prefix, r))
+                if at.elapsed() < QUOTA_CACHE && *policy == q.policy && *prefix == q.prefix =>
+            {
+                r.clone()
+            }
+            _ => {
+                let r =
+                    Arc::new(quota_report(&st.ctx, q.policy.as_deref(), q.prefix.as_deref()).await);
+                *cached = Some((
+                    std::time::Instant::now(),
+                    q.policy.clone(),
+                    q.prefix.clone(),
+                    r.clone(),
+                ));
+                r
+            }
+        }
+    };
     if wants_json(q.format.as_deref(), &headers) {
-        return Json(report).into_response();
+        return Json(&*report).into_response();
     }
     (
         [(header::CACHE_CONTROL, "no-store")],

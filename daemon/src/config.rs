@@ -98,6 +98,13 @@ pub struct RedisConfig {
     /// eviction policy for `/metrics`, and a log warning when keys are evicted.
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// Deadlines missed in a row that open the circuit breaker (a hung Redis):
+    /// requests then take their fail mode at once. 0 disables the breaker.
+    pub circuit_timeouts: u32,
+    /// While the circuit is open, one call per this interval probes Redis; the
+    /// first answer closes the circuit.
+    #[serde(with = "humantime_serde")]
+    pub circuit_probe: Duration,
 }
 
 impl Default for RedisConfig {
@@ -107,6 +114,8 @@ impl Default for RedisConfig {
             prefix: "shoal:".into(),
             timeout: Duration::from_millis(500),
             watch_interval: Duration::from_secs(10),
+            circuit_timeouts: 3,
+            circuit_probe: Duration::from_millis(500),
         }
     }
 }
@@ -299,6 +308,44 @@ pub struct PolicyConfig {
     pub expected_nodes: u64,
     #[serde(default)]
     pub overrides: BTreeMap<String, PolicyOverride>,
+    /// How far ahead `ratelimit.reserve` may book (default: three windows).
+    /// Bounds what one key can hold however long callers are willing to wait.
+    #[serde(default, with = "humantime_serde")]
+    pub max_reserve_ahead: Option<Duration>,
+    /// Which rate-limit headers the client's `Decision::headers()` writes for
+    /// this policy (express-rate-limit's spellings). Unset: shoal's default
+    /// (draft-8 `RateLimit`/`RateLimit-Policy` plus relative `X-RateLimit-*`).
+    #[serde(default)]
+    pub headers: Option<HeaderStyle>,
+    /// Abuse lockout: once a key goes over the limit it is denied for this long,
+    /// fleet-wide (brute-force login protection). Unset: no lockout.
+    #[serde(default, with = "humantime_serde")]
+    pub block: Option<Duration>,
+}
+
+/// express-rate-limit's header styles (`standardHeaders` / `legacyHeaders`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeaderStyle {
+    /// `RateLimit-Policy: 100;w=60` and `RateLimit: limit=100, remaining=99, reset=40`.
+    #[serde(rename = "draft-7")]
+    Draft7,
+    /// `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=99;t=40`.
+    #[serde(rename = "draft-8")]
+    Draft8,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix seconds).
+    #[serde(rename = "legacy")]
+    Legacy,
+}
+
+impl HeaderStyle {
+    /// The wire spelling (the decision's `headers` field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderStyle::Draft7 => "draft-7",
+            HeaderStyle::Draft8 => "draft-8",
+            HeaderStyle::Legacy => "legacy",
+        }
+    }
 }
 
 fn default_fail_mode() -> FailMode {
@@ -318,8 +365,11 @@ pub struct RatelimitConfig {
     #[serde(with = "humantime_serde")]
     pub override_refresh: Duration,
     /// Bound of the local deny cache (keys known denied until a time, answered
-    /// without Redis). 0 disables it.
+    /// without Redis). 0 disables it. Full: the least recently used go.
     pub deny_cache_entries: usize,
+    /// Bound of the `local` fail mode's per-key state (and local leases) per
+    /// policy while Redis is unreachable. Full: the least recently used go.
+    pub local_max_entries: u64,
 }
 
 impl Default for RatelimitConfig {
@@ -328,6 +378,7 @@ impl Default for RatelimitConfig {
             policies: BTreeMap::new(),
             override_refresh: Duration::from_secs(1),
             deny_cache_entries: 100_000,
+            local_max_entries: 100_000,
         }
     }
 }

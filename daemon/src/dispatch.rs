@@ -261,6 +261,9 @@ async fn execute(ctx: &Arc<Ctx>, id: u64, op: Op) -> Result<Frame, OpError> {
         | Op::RatelimitSetOverride { .. }
         | Op::RatelimitClearOverride { .. }
         | Op::QuotaUsage { .. }) => return ctx.ratelimits.handle(id, op, max).await,
+        op @ (Op::LockAcquire { .. } | Op::LockExtend { .. } | Op::LockRelease { .. }) => {
+            return ctx.locks.handle(id, op, max).await
+        }
         Op::Hello { .. } | Op::Ping | Op::Stats | Op::AdminInfo => {
             return Err(OpError::new(ErrorCode::Internal, "handled before dispatch"))
         }

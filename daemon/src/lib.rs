@@ -7,12 +7,14 @@
 
 pub mod admin;
 pub mod cache;
+pub mod circuit;
 pub mod coherence;
 pub mod config;
 pub mod dev;
 pub mod dispatch;
 pub mod doctor;
 pub mod l1;
+pub mod lock;
 pub mod metrics;
 pub mod ratelimit;
 pub mod redis_watch;
@@ -56,6 +58,7 @@ pub struct Ctx {
     pub coherence: Arc<coherence::CoherenceState>,
     pub sessions: Arc<session::Sessions>,
     pub ratelimits: Arc<ratelimit::RateLimits>,
+    pub locks: Arc<lock::Locks>,
     pub limits: shoal_client::proto::Limits,
     pub max_frame: usize,
     /// What the Redis health watch saw last (for `/metrics` and `/readyz`).
@@ -92,6 +95,7 @@ impl Ctx {
             store.clone(),
             stats.clone(),
         ));
+        let locks = Arc::new(lock::Locks::new(store.clone(), &config.redis.prefix));
         let limits = shoal_client::proto::Limits {
             max_key: config.socket.max_key,
             max_batch: config.socket.max_batch,
@@ -105,6 +109,7 @@ impl Ctx {
             coherence: Arc::new(coherence::CoherenceState::default()),
             sessions,
             ratelimits,
+            locks,
             limits,
             max_frame,
             redis_health: Arc::default(),
@@ -115,7 +120,7 @@ impl Ctx {
     /// Whether this daemon is caught up with the fleet and Redis answers.
     pub fn ready(&self) -> bool {
         self.coherence.caught_up()
-            && !self.store.is_down()
+            && self.store.is_healthy()
             && self.sessions.ready()
             && self.ratelimits.ready()
     }

@@ -319,6 +319,24 @@ impl Collector for ShoalCollector {
             "requests answered unavailable, timeout or internal",
             load(&s.redis_errors),
         )?;
+        o.counters(
+            "shoal_redis_command_errors",
+            "failed Redis calls by kind: error replies that mean Redis cannot serve now \
+             (oom, loading, readonly, masterdown, busy, ...), timeout, unreachable, \
+             circuit_open (failed at once: the circuit breaker is open), other",
+            "kind",
+            &ctx.store.errors().snapshot(),
+        )?;
+        o.counter(
+            "shoal_redis_circuit_opens",
+            "times the circuit breaker opened (redis.circuit_timeouts deadlines in a row)",
+            ctx.store.circuit().opens(),
+        )?;
+        o.gauge(
+            "shoal_redis_circuit_open",
+            "1 while the circuit breaker is open (requests take their fail mode at once)",
+            i64::from(ctx.store.circuit().is_open()),
+        )?;
         self.redis_health(&mut o)?;
 
         // The socket.
@@ -361,6 +379,35 @@ impl Collector for ShoalCollector {
         service_metrics(&mut o, SESSION_KEYS, sessions)?;
         let mut m = BTreeMap::new();
         ctx.ratelimits.stats_into(&mut m);
+        // Decisions come per policy, each counted once (the stats op's
+        // allowed/denied/fallback_* overlap: a fallback is also allowed or denied).
+        for k in [
+            "ratelimit_allowed",
+            "ratelimit_denied",
+            "ratelimit_fallback_open",
+            "ratelimit_fallback_closed",
+            "ratelimit_fallback_local",
+        ] {
+            m.remove(k);
+        }
+        {
+            let mut fam = o.enc.encode_descriptor(
+                "shoal_ratelimit_decisions",
+                "rate-limit decisions, each counted once: by policy, outcome (allowed, \
+                 denied) and fallback (none: Redis decided or the deny cache answered; \
+                 open, closed, local: Redis could not, the policy's on_unavailable did)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (policy, outcome, fallback, v) in ctx.ratelimits.decision_counts() {
+                let labels = [
+                    ("policy", policy.as_str()),
+                    ("outcome", outcome),
+                    ("fallback", fallback),
+                ];
+                ConstCounter::new(v).encode(fam.encode_family(&labels)?)?;
+            }
+        }
         service_metrics(&mut o, RATELIMIT_KEYS, m)?;
         Ok(())
     }
@@ -462,12 +509,6 @@ const SESSION_FLUSHES: Family = Family {
     help: "local session cache flushes, by reason",
     label: "reason",
 };
-const DECISIONS: Family = Family {
-    name: "shoal_ratelimit_decisions",
-    help:
-        "rate-limit decisions, by outcome (fallback_*: Redis unreachable, on_unavailable decided)",
-    label: "outcome",
-};
 const RESERVATIONS: Family = Family {
     name: "shoal_ratelimit_reservations",
     help: "ratelimit.reserve outcomes",
@@ -513,17 +554,12 @@ const SESSION_KEYS: &[(&str, Export)] = &[
 /// The rate-limit service's keys (daemon/src/ratelimit: `ratelimit_*`).
 #[rustfmt::skip]
 const RATELIMIT_KEYS: &[(&str, Export)] = &[
-    ("ratelimit_allowed", Member(DECISIONS, "allowed")),
-    ("ratelimit_denied", Member(DECISIONS, "denied")),
-    ("ratelimit_fallback_open", Member(DECISIONS, "fallback_open")),
-    ("ratelimit_fallback_closed", Member(DECISIONS, "fallback_closed")),
-    ("ratelimit_fallback_local", Member(DECISIONS, "fallback_local")),
     ("ratelimit_reservations_granted", Member(RESERVATIONS, "granted")),
     ("ratelimit_reservations_refused", Member(RESERVATIONS, "refused")),
     ("ratelimit_concurrent_acquired", Member(CONCURRENCY, "acquired")),
     ("ratelimit_concurrent_refused", Member(CONCURRENCY, "refused")),
     ("ratelimit_concurrent_released", Member(CONCURRENCY, "released")),
-    ("ratelimit_denied_local", Counter("shoal_ratelimit_denied_from_cache", "denials answered by the local deny cache without Redis (part of outcome=denied)")),
+    ("ratelimit_denied_local", Counter("shoal_ratelimit_denied_from_cache", "denials answered by the local deny cache without Redis (part of shoal_ratelimit_decisions_total{outcome=\"denied\",fallback=\"none\"})")),
     ("ratelimit_checks", Counter("shoal_ratelimit_checks", "ratelimit.check requests")),
     ("ratelimit_redis_calls", Counter("shoal_ratelimit_redis_calls", "rate-limit scripts run in Redis")),
     ("ratelimit_resets", Counter("shoal_ratelimit_resets", "ratelimit.reset requests")),

@@ -4,6 +4,15 @@
 //! Every call has a deadline (`redis.timeout`), so a stalled or unreachable Redis
 //! turns into a prompt `unavailable`/`timeout` answer instead of a hung request.
 //! The connection manager reconnects in the background with backoff.
+//!
+//! Redis trouble is more than a refused connection: a server out of memory
+//! under `noeviction` (`OOM`), loading its dataset (`LOADING`), demoted to a
+//! replica by a failover (`READONLY`), a replica without its master
+//! (`MASTERDOWN`), blocked by a long script (`BUSY`), … answers with an error
+//! reply that is a state of the server, not a mistake of shoal. Those are
+//! [`StoreError::Unavailable`] (retryable: rate limits take their fail mode,
+//! sessions their `on_unavailable`), counted by kind for `/metrics` and kept
+//! for `/readyz`. A hung Redis opens the [`Circuit`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +22,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
+use crate::circuit::{Circuit, Gate};
 use crate::config::Config;
 use crate::streamid::StreamId;
 
@@ -160,6 +170,96 @@ pub struct Store {
     latency: Arc<Latency>,
     /// `redis.url` without credentials, for logs and `admin.info`.
     address: Arc<str>,
+    circuit: Arc<Circuit>,
+    errors: Arc<ErrorCounts>,
+}
+
+/// Server error codes that mean "this Redis cannot serve now", with their
+/// `kind` label in `/metrics`.
+const TROUBLE_CODES: [(&str, &str); 10] = [
+    ("OOM", "oom"),
+    ("LOADING", "loading"),
+    ("READONLY", "readonly"),
+    ("MASTERDOWN", "masterdown"),
+    ("BUSY", "busy"),
+    ("NOSCRIPT", "noscript"),
+    ("TRYAGAIN", "tryagain"),
+    ("CLUSTERDOWN", "clusterdown"),
+    ("MISCONF", "misconf"),
+    ("NOREPLICAS", "noreplicas"),
+];
+
+/// Every `kind` label of `shoal_redis_command_errors_total`: the trouble codes,
+/// then `timeout`, `unreachable`, `circuit_open` and `other` (an error reply
+/// shoal did not expect: a bug or a foreign key in the way).
+pub const ERROR_KINDS: [&str; TROUBLE_CODES.len() + 4] = [
+    "oom",
+    "loading",
+    "readonly",
+    "masterdown",
+    "busy",
+    "noscript",
+    "tryagain",
+    "clusterdown",
+    "misconf",
+    "noreplicas",
+    "timeout",
+    "unreachable",
+    "circuit_open",
+    "other",
+];
+
+/// Failed Redis calls by kind, and the last trouble seen (for `/readyz`).
+#[derive(Debug, Default)]
+pub struct ErrorCounts {
+    counts: [std::sync::atomic::AtomicU64; ERROR_KINDS.len()],
+    last: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+/// How long one Redis trouble (an error reply, a timeout) keeps the daemon
+/// unready: a command Redis still serves (INFO, PUBLISH while loading; reads
+/// while out of memory) must not flip readiness back between failures.
+pub const TROUBLE_HOLD: Duration = Duration::from_secs(1);
+
+impl ErrorCounts {
+    fn record(&self, kind: &str, msg: &str) {
+        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        // A lone missed deadline is a slow moment, not trouble worth a
+        // readiness flip (the circuit breaker handles a hung Redis).
+        if kind != "other" && kind != "timeout" {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((std::time::Instant::now(), msg.to_string()));
+        }
+    }
+
+    /// `(kind, count)` for every kind, in [`ERROR_KINDS`] order.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        ERROR_KINDS
+            .iter()
+            .zip(&self.counts)
+            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// The last Redis trouble, in words (kept until the next one).
+    pub fn last(&self) -> Option<String> {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, m)| m.clone())
+    }
+
+    /// Whether Redis trouble was seen within `within`.
+    pub fn recent(&self, within: Duration) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < within)
+    }
 }
 
 /// Upper bounds (µs) of the Redis command latency histogram buckets.
@@ -196,17 +296,27 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn classify(e: redis::RedisError, timeout: Duration) -> StoreError {
+/// The error and its `kind` label.
+fn classify(e: redis::RedisError, timeout: Duration) -> (StoreError, &'static str) {
     if e.is_timeout() {
-        StoreError::Timeout(timeout)
+        (StoreError::Timeout(timeout), "timeout")
+    } else if let Some((code, kind)) = e
+        .code()
+        .and_then(|c| TROUBLE_CODES.iter().find(|(t, _)| *t == c))
+    {
+        let detail = e.detail().unwrap_or("").trim();
+        (
+            StoreError::Unavailable(format!("redis cannot serve now: {code} {detail}")),
+            kind,
+        )
     } else if e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
     {
-        StoreError::Unavailable(e.to_string())
+        (StoreError::Unavailable(e.to_string()), "unreachable")
     } else {
-        StoreError::Redis(e.to_string())
+        (StoreError::Redis(e.to_string()), "other")
     }
 }
 
@@ -246,6 +356,12 @@ impl Store {
             scripts: Arc::new(Scripts::load()),
             down: Arc::new(AtomicBool::new(false)),
             latency: Arc::new(Latency::default()),
+            circuit: Arc::new(Circuit::new(
+                config.redis.circuit_timeouts,
+                config.redis.circuit_probe,
+                timeout,
+            )),
+            errors: Arc::new(ErrorCounts::default()),
         })
     }
 
@@ -266,9 +382,34 @@ impl Store {
         &self.latency
     }
 
-    /// Whether the last call failed for connection reasons.
+    /// Whether the last call failed for Redis reasons (unreachable, refusing
+    /// to serve, or the circuit open).
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis serves shoal: reachable and no trouble within
+    /// [`TROUBLE_HOLD`] (for readiness).
+    pub fn is_healthy(&self) -> bool {
+        !self.is_down() && !self.errors.recent(TROUBLE_HOLD)
+    }
+
+    /// Failed calls by kind and the last trouble (for `/metrics`, `/readyz`).
+    pub fn errors(&self) -> &ErrorCounts {
+        &self.errors
+    }
+
+    /// The hung-Redis circuit breaker.
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
+    }
+
+    fn trouble(&self, kind: &str, e: StoreError) -> StoreError {
+        self.errors.record(kind, &e.to_string());
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.down.store(true, Ordering::Relaxed);
+        }
+        e
     }
 
     /// Runs one Redis call under the deadline and classifies its failure.
@@ -277,6 +418,14 @@ impl Store {
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
         use tracing::Instrument;
+        if self.circuit.admit() == Gate::Reject {
+            let e = StoreError::Unavailable(format!(
+                "redis circuit open: it did not answer within {:?} several times in a row \
+                 (probing)",
+                self.timeout
+            ));
+            return Err(self.trouble("circuit_open", e));
+        }
         let started = std::time::Instant::now();
         // A child of the request span: a trace shows the Redis part of each call.
         let result = tokio::time::timeout(self.timeout, fut)
@@ -285,22 +434,39 @@ impl Store {
         self.latency.record(started.elapsed());
         match result {
             Ok(Ok(v)) => {
+                self.circuit.on_answer();
                 self.down.store(false, Ordering::Relaxed);
-                Ok(v)
+                return Ok(v);
             }
             Ok(Err(e)) => {
-                let e = classify(e, self.timeout);
-                if matches!(e, StoreError::Unavailable(_)) {
-                    self.down.store(true, Ordering::Relaxed);
+                let (e, kind) = classify(e, self.timeout);
+                if kind != "timeout" {
+                    if kind != "unreachable" {
+                        // An error reply is an answer: Redis is not hung.
+                        self.circuit.on_answer();
+                    }
+                    return Err(self.trouble(kind, e));
                 }
-                Err(e)
             }
-            Err(_) if self.is_down() => Err(StoreError::Unavailable(format!(
+            Err(_) => {}
+        }
+        // No answer within the deadline.
+        if self.circuit.on_timeout() {
+            tracing::warn!(
+                timeout = ?self.timeout,
+                "redis stopped answering: circuit open, requests take their fail mode \
+                 until a probe gets an answer"
+            );
+        }
+        let e = if self.is_down() || self.circuit.is_open() {
+            StoreError::Unavailable(format!(
                 "redis unreachable (no answer within {:?})",
                 self.timeout
-            ))),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+            ))
+        } else {
+            StoreError::Timeout(self.timeout)
+        };
+        Err(self.trouble("timeout", e))
     }
 
     /// Runs an arbitrary command (used by background tasks and admin paths).

@@ -634,6 +634,73 @@ fn ratelimit() -> F {
     f
 }
 
+fn locks() -> F {
+    let mut f = F::new(
+        "07-locks",
+        "extensions: lock.acquire / lock.extend / lock.release on one name; the fence \
+         grows with every acquisition (it never resets, so it varies between replays)",
+    );
+    f.hello();
+    let name = || ("name", Value::from("vec:lock"));
+    f.call(
+        "acquire: the token is the holder's proof, the fence a fencing token",
+        1,
+        "lock.acquire",
+        &[name(), ("ttl_ms", 30_000.into())],
+    )
+    .vary("ok.token", "type")
+    .vary("ok.fence", "type")
+    .capture("TOKEN", "ok.token");
+    f.call(
+        "a second acquire while held: not acquired, retry_after_ms is what the holder has left",
+        2,
+        "lock.acquire",
+        &[name(), ("ttl_ms", 30_000.into())],
+    )
+    .vary("ok.retry_after_ms", range(1, 30_000));
+    f.call(
+        "extend by the holder",
+        3,
+        "lock.extend",
+        &[
+            name(),
+            ("token", "${TOKEN}".into()),
+            ("ttl_ms", 30_000.into()),
+        ],
+    );
+    f.call(
+        "extend with another token: refused",
+        4,
+        "lock.extend",
+        &[
+            name(),
+            ("token", "not-the-holder".into()),
+            ("ttl_ms", 30_000.into()),
+        ],
+    );
+    f.call(
+        "release by the holder",
+        5,
+        "lock.release",
+        &[name(), ("token", "${TOKEN}".into())],
+    );
+    f.call(
+        "a second release: the token no longer holds it",
+        6,
+        "lock.release",
+        &[name(), ("token", "${TOKEN}".into())],
+    );
+    f.call(
+        "ttl_ms 0 is bad_request; the connection stays open",
+        7,
+        "lock.acquire",
+        &[name(), ("ttl_ms", 0.into())],
+    )
+    .err();
+    f.call("still open", 8, "ping", &[]);
+    f
+}
+
 fn reserve_concurrency() -> F {
     let mut f = F::new(
         "05-ratelimit-extensions",
@@ -888,6 +955,7 @@ async fn main() -> Result<()> {
         ratelimit(),
         reserve_concurrency(),
         errors(),
+        locks(),
     ];
     files.extend(closing());
     let dir = vectors::dir();

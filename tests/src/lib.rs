@@ -146,6 +146,15 @@ impl RedisServer {
             .await?)
     }
 
+    /// Sends a signal to the server (`SIGSTOP` hangs it with its connections
+    /// open, `SIGCONT` resumes it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let child = self.child.as_ref().context("redis-server is not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, sig)?;
+        Ok(())
+    }
+
     /// Kills the server (SIGKILL) and waits for it to be gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -164,13 +173,6 @@ impl RedisServer {
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
-    }
-
-    /// Sends `sig` to the server (SIGSTOP / SIGCONT to stall it).
-    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
-        let pid = self.pid().context("redis-server is not running")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)?;
-        Ok(())
     }
 
     /// Kills the server and starts it again on the same port with its data

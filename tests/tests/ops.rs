@@ -404,10 +404,15 @@ async fn metrics_move_with_traffic_and_parse() -> Result<()> {
             after.get(counter)
         );
     }
-    let decisions = |outcome: &str| {
-        after.get(&format!(
-            r#"shoal_ratelimit_decisions_total{{outcome="{outcome}"}}"#
-        ))
+    // Each decision once, by policy, outcome and fallback.
+    let decisions = |outcome: &str| -> f64 {
+        let want = format!(r#"outcome="{outcome}""#);
+        after
+            .samples
+            .iter()
+            .filter(|(k, _)| k.starts_with("shoal_ratelimit_decisions_total{") && k.contains(&want))
+            .map(|(_, v)| v)
+            .sum()
     };
     assert_eq!(decisions("allowed"), 2.0);
     assert_eq!(decisions("denied"), 1.0);

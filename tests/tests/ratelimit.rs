@@ -31,6 +31,9 @@ fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
         on_unavailable: FailMode::Closed,
         expected_nodes: 1,
         overrides: BTreeMap::new(),
+        max_reserve_ahead: None,
+        headers: None,
+        block: None,
     }
 }
 
@@ -1122,5 +1125,417 @@ async fn decision_headers_from_a_real_answer() -> Result<()> {
     assert_eq!(h["ratelimit"], "\"api\";r=0;t=3");
     assert_eq!(h["ratelimit-policy"], "\"api\";q=1;w=3");
     assert_eq!(h["x-ratelimit-limit"], "1");
+    Ok(())
+}
+
+// ---- issue 13 §2: fleet-wide state changes reach every daemon ----
+
+/// Polls `check` on `c` until it is allowed (the deny cache let go).
+async fn wait_allowed(c: &Client, policy: &str, key: &str, within: Duration) -> Result<Decision> {
+    let deadline = Instant::now() + within;
+    loop {
+        let d = c.check(policy, key).await?;
+        if d.allowed {
+            return Ok(d);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{key} still denied after {within:?}: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn reset_through_one_daemon_clears_every_deny_cache() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("daily", pol(Algorithm::FixedWindow, 2, 86_400_000))],
+        3,
+    )
+    .await?;
+    f.set_now(Some(T0 + 1_000));
+    assert!(f.c(0).check("daily", "k").await?.allowed);
+    assert!(f.c(0).check("daily", "k").await?.allowed);
+    // Every daemon has Redis's denial (until midnight) in its deny cache.
+    for i in 0..3 {
+        let d = f.c(i).check("daily", "k").await?;
+        assert!(!d.allowed, "{d:?}");
+        let again = f.c(i).check("daily", "k").await?;
+        assert_eq!(again, d);
+    }
+    assert!(f.rl(1, "ratelimit_denied_local") >= 1);
+    assert!(f.c(0).reset_limit("daily", "k").await?);
+    // The others let go within their refresh (100 ms here), not at midnight.
+    wait_allowed(f.c(1), "daily", "k", Duration::from_secs(3)).await?;
+    wait_allowed(f.c(2), "daily", "k", Duration::from_secs(3)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn runtime_override_versions_survive_redis_data_loss() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let tiered = pol(Algorithm::FixedWindow, 2, 60_000);
+    let mut daemons = Vec::new();
+    // A refreshes often, B rarely: B must not miss that Redis lost its data
+    // even when it never looks while the override hash is gone.
+    for (node, refresh) in [("a", 50), ("b", 1_500)] {
+        let mut c = test_config(&redis, dir.path(), node);
+        c.ratelimit.policies.insert("tiered".into(), tiered.clone());
+        c.ratelimit.override_refresh = Duration::from_millis(refresh);
+        daemons.push(Daemon::start_ready(c).await?);
+    }
+    let (a, b) = (daemons[0].client().await?, daemons[1].client().await?);
+    for d in &daemons {
+        d.ctx.ratelimits.set_test_now(Some(T0));
+    }
+    a.set_override("tiered", "t", 5, None).await?;
+    wait_for_limit(&b, "tiered", "t", 5).await?;
+    // Right after B loaded it: Redis loses everything, and the same number of
+    // override writes happens again with other numbers.
+    let mut conn = redis.conn().await?;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
+    a.set_override("tiered", "t", 50, None).await?;
+    wait_for_limit(&a, "tiered", "t", 50).await?;
+    wait_for_limit(&b, "tiered", "t", 50).await?;
+    Ok(())
+}
+
+// ---- issue 13 §3: bounded in every input ----
+
+#[tokio::test]
+async fn reservations_stop_at_the_policy_horizon() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut gcra = with_burst(pol(Algorithm::Gcra, 10, 1_000), 1);
+    gcra.max_reserve_ahead = Some(Duration::from_secs(1));
+    let policies = [
+        // Default horizon: three windows.
+        ("sl", pol(Algorithm::SlidingLog, 2, 1_000)),
+        ("tb", with_burst(pol(Algorithm::TokenBucket, 10, 1_000), 1)),
+        ("gcra", gcra),
+    ];
+    let f = Fleet::start(&redis, &policies, 1).await?;
+    f.set_now(Some(T0));
+    let ten_years = Duration::from_secs(10 * 365 * 86_400);
+    for (name, horizon_ms, most) in [("sl", 3_000, 8), ("tb", 3_000, 31), ("gcra", 1_000, 11)] {
+        let mut granted = 0;
+        let mut longest = 0;
+        for _ in 0..60 {
+            let r = f.c(0).reserve(name, "loop", 1, ten_years).await?;
+            if r.granted {
+                granted += 1;
+                longest = longest.max(ms(r.wait));
+            } else {
+                assert!(
+                    ms(r.wait) > horizon_ms,
+                    "{name}: refused only past the horizon"
+                );
+            }
+        }
+        assert!(
+            granted <= most && longest <= horizon_ms,
+            "{name}: {granted} reservations granted, the last {longest} ms ahead"
+        );
+    }
+    // The sliding log holds what the horizon allows, not one entry per call.
+    let mut conn = redis.conn().await?;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("shoal:rl.*sl:loop*")
+        .query_async(&mut conn)
+        .await?;
+    keys.retain(|k| !k.ends_with(":n"));
+    let log = keys.first().context("the sliding log key")?;
+    let n: u64 = redis::cmd("ZCARD").arg(log).query_async(&mut conn).await?;
+    assert!(n <= 8, "{n} entries in {log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deny_cache_and_local_state_evict_instead_of_refusing() -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "bounded");
+    c.ratelimit
+        .policies
+        .insert("one".into(), pol(Algorithm::FixedWindow, 1, 60_000));
+    c.ratelimit.policies.insert(
+        "loc".into(),
+        failing(pol(Algorithm::FixedWindow, 5, 60_000), FailMode::Local, 1),
+    );
+    c.ratelimit.deny_cache_entries = 8;
+    c.ratelimit.local_max_entries = 8;
+    let d = Daemon::start_ready(c).await?;
+    d.ctx.ratelimits.set_test_now(Some(T0));
+    let client = d.client().await?;
+    let stat = |name: &str| {
+        let mut m = BTreeMap::new();
+        d.ctx.ratelimits.stats_into(&mut m);
+        m.get(name).copied().unwrap_or(0)
+    };
+    // Forty keys denied in turn: the cache keeps the recent ones, so a key
+    // denied just now is answered without Redis however many came before.
+    for i in 0..40 {
+        let key = format!("k{i}");
+        assert!(client.check("one", &key).await?.allowed);
+        assert!(!client.check("one", &key).await?.allowed);
+        let calls = stat("ratelimit_redis_calls");
+        assert!(!client.check("one", &key).await?.allowed);
+        assert_eq!(
+            stat("ratelimit_redis_calls"),
+            calls,
+            "key {i}: a fresh denial must be cached even when the cache is full"
+        );
+    }
+    assert!(stat("ratelimit_deny_cache_entries") <= 8);
+    // Local fail-mode state: bounded too, however many keys an outage sees.
+    redis.stop();
+    for i in 0..200 {
+        let d = client.check("loc", &format!("t{i}")).await?;
+        assert_eq!(d.fallback.as_deref(), Some("local"));
+    }
+    let n = stat("ratelimit_local_entries");
+    assert!(n <= 8, "{n} keys of local state");
+    Ok(())
+}
+
+/// `calls` of one command in Redis's INFO commandstats.
+async fn command_calls(redis: &RedisServer, cmd: &str) -> Result<u64> {
+    let mut conn = redis.conn().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    let want = format!("cmdstat_{cmd}:calls=");
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test]
+async fn quota_page_refreshes_do_not_each_scan_the_keyspace() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "q");
+    c.admin.listen = "127.0.0.1:0".into();
+    c.ratelimit
+        .policies
+        .insert("api".into(), pol(Algorithm::FixedWindow, 10, 60_000));
+    let d = Daemon::start_ready(c).await?;
+    let client = d.client().await?;
+    // Tenants, and a keyspace full of cache entries the scan must wade through.
+    for i in 0..50 {
+        client.check("api", &format!("tenant-{i}")).await?;
+    }
+    let mut conn = redis.conn().await?;
+    for chunk in 0..10 {
+        let mut mset = redis::cmd("MSET");
+        for i in 0..1000 {
+            mset.arg(format!("shoal:c:row-{chunk}-{i}")).arg("v");
+        }
+        mset.query_async::<()>(&mut conn).await?;
+    }
+    let addr = d.admin_addr(Duration::from_secs(5)).await?;
+    let before = command_calls(&redis, "scan").await?;
+    let t = Instant::now();
+    let first = shoal_tests::http_get(addr, "/quotas?format=json", &[]).await?;
+    let one = t.elapsed();
+    anyhow::ensure!(first.status == 200);
+    let scans_one = command_calls(&redis, "scan").await? - before;
+    // Five viewers refreshing at once, then again: one scan answers them all.
+    let views = (0..5).map(|_| shoal_tests::http_get(addr, "/quotas?format=json", &[]));
+    for r in futures::future::join_all(views).await {
+        let r = r?;
+        anyhow::ensure!(r.status == 200);
+        let keys = r.json()?["policies"][0]["keys"]
+            .as_array()
+            .map_or(0, Vec::len);
+        anyhow::ensure!(keys == 50, "{keys} tenants on the page");
+    }
+    let scans_all = command_calls(&redis, "scan").await? - before;
+    println!("one /quotas over 10k keys: {one:?}, {scans_one} SCAN calls; six views: {scans_all}");
+    anyhow::ensure!(
+        scans_all == scans_one,
+        "six page views cost {scans_all} SCAN calls, one costs {scans_one}"
+    );
+    Ok(())
+}
+
+// ---- issue 13 §4: what users of express-rate-limit expect ----
+
+#[tokio::test]
+async fn header_style_per_policy_matches_express_rate_limit() -> Result<()> {
+    use shoal_tests::shoald::config::HeaderStyle;
+    let redis = RedisServer::start().await?;
+    let styled = |style: Option<HeaderStyle>| {
+        let mut p = pol(Algorithm::FixedWindow, 100, 60_000);
+        p.headers = style;
+        p
+    };
+    let policies = [
+        ("d7", styled(Some(HeaderStyle::Draft7))),
+        ("d8", styled(Some(HeaderStyle::Draft8))),
+        ("old", styled(Some(HeaderStyle::Legacy))),
+    ];
+    let f = Fleet::start(&redis, &policies, 1).await?;
+    f.set_now(Some(T0 + 20_000));
+    let c = f.c(0);
+    let names = |h: &[(&'static str, String)]| h.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+
+    // express-rate-limit standardHeaders: 'draft-7'.
+    let h = c.check("d7", "k").await?.headers();
+    assert_eq!(
+        h,
+        vec![
+            ("ratelimit-policy", "100;w=60".to_string()),
+            ("ratelimit", "limit=100, remaining=99, reset=40".to_string()),
+        ]
+    );
+    // 'draft-8'.
+    let h = c.check("d8", "k").await?.headers();
+    assert_eq!(
+        h,
+        vec![
+            ("ratelimit-policy", "\"d8\";q=100;w=60".to_string()),
+            ("ratelimit", "\"d8\";r=99;t=40".to_string()),
+        ]
+    );
+    // legacyHeaders: X-RateLimit-Reset is a Unix time in seconds.
+    let h = c.check("old", "k").await?.headers();
+    assert_eq!(
+        names(&h),
+        [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset"
+        ]
+    );
+    assert_eq!((h[0].1.as_str(), h[1].1.as_str()), ("100", "99"));
+    let reset: u64 = h[2].1.parse()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    assert!(
+        (now + 39..=now + 41).contains(&reset),
+        "reset {reset}, now {now}"
+    );
+    // Denied: Retry-After in every style.
+    for name in ["d7", "d8", "old"] {
+        c.check_cost(name, "full", 100).await?;
+        let h = c.check(name, "full").await?.headers();
+        assert!(names(&h).contains(&"retry-after"), "{name}: {h:?}");
+    }
+    Ok(())
+}
+
+// ---- issue 13 §6: metrics that add up ----
+
+#[tokio::test]
+async fn decision_metrics_count_each_decision_once() -> Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = test_config(&redis, dir.path(), "m");
+    c.admin.listen = "127.0.0.1:0".into();
+    c.ratelimit
+        .policies
+        .insert("api".into(), pol(Algorithm::FixedWindow, 3, 60_000));
+    let d = Daemon::start_ready(c).await?;
+    d.ctx.ratelimits.set_test_now(Some(T0));
+    let client = d.client().await?;
+    for _ in 0..5 {
+        client.check("api", "k").await?; // 3 allowed, 2 denied
+    }
+    redis.stop();
+    for i in 0..4 {
+        let r = client.check("api", &format!("other-{i}")).await?;
+        assert_eq!(r.fallback.as_deref(), Some("closed"));
+    }
+    let addr = d.admin_addr(Duration::from_secs(5)).await?;
+    let text = shoal_tests::http_get(addr, "/metrics", &[]).await?;
+    let mut total = 0.0;
+    let mut by_fallback = BTreeMap::new();
+    for line in text.text()?.lines() {
+        let Some(rest) = line.strip_prefix("shoal_ratelimit_decisions_total{") else {
+            continue;
+        };
+        let (labels, v) = rest.rsplit_once("} ").context("sample")?;
+        let v: f64 = v.parse()?;
+        assert!(labels.contains("policy=\"api\""), "{line}");
+        total += v;
+        let fb = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("fallback="))
+            .context("fallback label")?
+            .trim_matches('"')
+            .to_string();
+        *by_fallback.entry(fb).or_insert(0.0) += v;
+    }
+    assert_eq!(
+        total, 9.0,
+        "nine decisions, each counted once: {by_fallback:?}"
+    );
+    assert_eq!(by_fallback.get("closed"), Some(&4.0));
+    assert_eq!(by_fallback.get("none"), Some(&5.0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn gcra_state_stays_exact_when_an_override_changes_the_limit() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("g", with_burst(pol(Algorithm::Gcra, 999, 1_000), 999))],
+        1,
+    )
+    .await?;
+    f.set_now(Some(T0));
+    let c = f.c(0);
+    // 998 requests at once: the TAT is 998 * 1000/999 ms = 998.998 ms ahead.
+    assert!(c.check_cost("g", "k", 998).await?.allowed);
+    // The tenant moves to 2 per second, burst 1: the next request conforms
+    // at the TAT, 998.998 ms away (999 rounded up), whatever units the state
+    // was kept in (read in the new units, it would be 1497 ms).
+    c.set_override("g", "k", 2, Some(1)).await?;
+    let p = c.peek("g", "k").await?;
+    assert!(!p.allowed);
+    assert_eq!(ms(p.retry_after), 999, "{p:?}");
+    assert_eq!(ms(p.reset_after), 999, "{p:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn block_locks_a_key_out_fleet_wide_once_over_the_limit() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut login = pol(Algorithm::FixedWindow, 2, 1_000);
+    login.block = Some(Duration::from_secs(15 * 60));
+    let f = Fleet::start(&redis, &[("login", login)], 3).await?;
+    f.set_now(Some(T0));
+    assert!(f.c(0).check("login", "alice").await?.allowed);
+    assert!(f.c(1).check("login", "alice").await?.allowed);
+    let d = f.c(2).check("login", "alice").await?;
+    assert!(!d.allowed);
+    assert!(
+        d.retry_after > Duration::from_secs(14 * 60),
+        "locked out: {d:?}"
+    );
+    // The window is long over, but the lockout holds on every daemon.
+    f.set_now(Some(T0 + 10_000));
+    for i in 0..3 {
+        let d = f.c(i).check("login", "alice").await?;
+        assert!(!d.allowed, "daemon {i}: {d:?}");
+        assert!(
+            d.retry_after > Duration::from_secs(14 * 60),
+            "daemon {i}: {d:?}"
+        );
+    }
+    // Others are unaffected; a reset lifts the lockout.
+    assert!(f.c(0).check("login", "bob").await?.allowed);
+    assert!(f.c(1).reset_limit("login", "alice").await?);
+    assert!(f.c(1).check("login", "alice").await?.allowed);
+    wait_allowed(f.c(0), "login", "alice", Duration::from_secs(3)).await?;
     Ok(())
 }

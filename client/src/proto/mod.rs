@@ -26,8 +26,9 @@ pub use response::{
     SetResult, Source, UpdatedResult,
 };
 pub use response::{
-    AdminInfo, ClearOverrideResult, ConcurrentResult, OverrideResult, QuotaKeyUsage,
-    QuotaUsageResult, RatelimitDecisionExt, ReleaseResult, ReserveResult,
+    AdminInfo, ClearOverrideResult, ConcurrentResult, LockAcquireResult, LockExtendResult,
+    LockReleaseResult, OverrideResult, QuotaKeyUsage, QuotaUsageResult, RatelimitDecisionExt,
+    ReleaseResult, ReserveResult,
 };
 pub use value::{from_value, to_value};
 

@@ -141,6 +141,23 @@ pub enum Op {
         policy: String,
         key: String,
     },
+    /// Takes lock `name` for `ttl_ms` if free, waiting up to `wait_ms` for it.
+    LockAcquire {
+        name: String,
+        ttl_ms: u64,
+        wait_ms: Option<u64>,
+    },
+    /// Extends lock `name` to `ttl_ms` from now, only for the holder's `token`.
+    LockExtend {
+        name: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    /// Releases lock `name`, only for the holder's `token`.
+    LockRelease {
+        name: String,
+        token: String,
+    },
     /// Current usage of a policy's keys (SCAN-based, bounded by `max_keys`).
     QuotaUsage {
         policy: String,
@@ -181,6 +198,9 @@ impl Op {
             Op::RatelimitSetOverride { .. } => "ratelimit.set_override",
             Op::RatelimitClearOverride { .. } => "ratelimit.clear_override",
             Op::QuotaUsage { .. } => "quota.usage",
+            Op::LockAcquire { .. } => "lock.acquire",
+            Op::LockExtend { .. } => "lock.extend",
+            Op::LockRelease { .. } => "lock.release",
             Op::Stats => "stats",
             Op::AdminInfo => "admin.info",
         }
@@ -202,6 +222,9 @@ impl Op {
             | Op::RatelimitRelease { key, .. }
             | Op::RatelimitSetOverride { key, .. }
             | Op::RatelimitClearOverride { key, .. } => key.len(),
+            Op::LockAcquire { name, .. }
+            | Op::LockExtend { name, .. }
+            | Op::LockRelease { name, .. } => name.len(),
             Op::QuotaUsage { prefix, .. } => prefix.as_ref().map_or(0, String::len),
             _ => 0,
         }
@@ -416,6 +439,15 @@ impl Args<'_> {
         }
     }
 
+    /// A required duration in ms, at least 1 (a lock's lifetime).
+    fn ttl(&mut self, name: &str) -> Result<u64, ParseError> {
+        match self.opt_ms(name)? {
+            None => Err(self.bad(format!("`{name}` is missing"))),
+            Some(0) => Err(self.bad(format!("`{name}` must be at least 1"))),
+            Some(v) => Ok(v),
+        }
+    }
+
     /// An optional count that must be at least 1 when given.
     fn opt_positive(&mut self, name: &str) -> Result<Option<u64>, ParseError> {
         match self.opt_uint(name)? {
@@ -560,6 +592,20 @@ impl Args<'_> {
             "ratelimit.clear_override" => Op::RatelimitClearOverride {
                 policy: self.key("policy")?,
                 key: self.key("key")?,
+            },
+            "lock.acquire" => Op::LockAcquire {
+                name: self.key("name")?,
+                ttl_ms: self.ttl("ttl_ms")?,
+                wait_ms: self.opt_ms("wait_ms")?,
+            },
+            "lock.extend" => Op::LockExtend {
+                name: self.key("name")?,
+                token: self.key("token")?,
+                ttl_ms: self.ttl("ttl_ms")?,
+            },
+            "lock.release" => Op::LockRelease {
+                name: self.key("name")?,
+                token: self.key("token")?,
             },
             "quota.usage" => Op::QuotaUsage {
                 policy: self.key("policy")?,
@@ -780,6 +826,30 @@ impl Request {
                 if let Some(b) = burst {
                     w.field_uint("burst", *b);
                 }
+            }
+            Op::LockAcquire {
+                name,
+                ttl_ms,
+                wait_ms,
+            } => {
+                w.field_str("name", name);
+                w.field_uint("ttl_ms", *ttl_ms);
+                if let Some(wait) = wait_ms {
+                    w.field_uint("wait_ms", *wait);
+                }
+            }
+            Op::LockExtend {
+                name,
+                token,
+                ttl_ms,
+            } => {
+                w.field_str("name", name);
+                w.field_str("token", token);
+                w.field_uint("ttl_ms", *ttl_ms);
+            }
+            Op::LockRelease { name, token } => {
+                w.field_str("name", name);
+                w.field_str("token", token);
             }
             Op::QuotaUsage {
                 policy,

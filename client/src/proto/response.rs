@@ -130,6 +130,10 @@ pub struct RatelimitDecisionExt {
     /// decided instead: `"open"`, `"closed"` or `"local"`.
     #[serde(default)]
     pub fallback: Option<String>,
+    /// The policy's header style (`"draft-7"`, `"draft-8"`, `"legacy"`) when it
+    /// sets one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<String>,
 }
 
 /// `ratelimit.reserve`: the slot is booked when `granted`; the caller sleeps
@@ -161,6 +165,35 @@ pub struct ConcurrentResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseResult {
     /// False when the lease had already expired or been released.
+    pub released: bool,
+}
+
+/// `lock.acquire`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockAcquireResult {
+    pub acquired: bool,
+    /// The holder's token, for `lock.extend` and `lock.release` (nil when not acquired).
+    pub token: Option<String>,
+    /// Strictly increasing per lock name: a resource that remembers the newest
+    /// fence it saw can refuse a paused holder's late write (nil when not acquired).
+    pub fence: Option<u64>,
+    /// Acquired: the lock's lifetime. Not acquired: 0.
+    pub ttl_ms: u64,
+    /// Not acquired: how long the current holder's lock has left. 0 when acquired.
+    pub retry_after_ms: u64,
+}
+
+/// `lock.extend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockExtendResult {
+    /// False when the token no longer holds the lock (expired, or taken by another).
+    pub extended: bool,
+}
+
+/// `lock.release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockReleaseResult {
+    /// False when the token no longer held the lock.
     pub released: bool,
 }
 

@@ -5,40 +5,52 @@
 //! fleet — other daemons only add consumption, which moves T later, never
 //! earlier. Only a reset or an override change can free the key sooner; this
 //! daemon's own resets and overrides clear its entries at once, and an override
-//! changed elsewhere clears the policy's entries at the next refresh. A reset
-//! made through another daemon is seen here at T at the latest.
+//! changed elsewhere clears the policy's entries at the next refresh, and so does
+//! a reset made through another daemon (it moves the policy's version).
 //!
 //! Times are on the daemon's local clock (µs), measured when the answer arrived,
 //! so the local T is never earlier than Redis's: a client told "retry after R"
 //! by this cache and waiting exactly R is not denied for being early.
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
-const SHARDS: usize = 16;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+
 /// Denials remembered per key (one per cost; most keys only ever see cost 1).
 const COSTS_PER_KEY: usize = 4;
 
-/// How many keys all policies' caches may hold together.
+/// (policy id, key).
+type Slot = (u32, Arc<str>);
+
+/// The one bounded store behind every policy's cache: `ratelimit.deny_cache_entries`
+/// keys in all, least recently used evicted first when full (a fresh denial is
+/// always kept; an old one may go, and its key then asks Redis again).
 #[derive(Debug)]
 pub struct DenyBudget {
-    len: AtomicUsize,
+    cache: Cache<Slot, Vec<Entry>>,
     max: usize,
+    next_policy: AtomicU32,
 }
 
 impl DenyBudget {
     pub fn new(max: usize) -> Arc<DenyBudget> {
         Arc::new(DenyBudget {
-            len: AtomicUsize::new(0),
+            cache: Cache::builder()
+                .max_capacity(max as u64)
+                .eviction_policy(EvictionPolicy::lru())
+                .support_invalidation_closures()
+                .build(),
             max,
+            next_policy: AtomicU32::new(0),
         })
     }
 
+    /// Keys held (after pending evictions are applied).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.cache.run_pending_tasks();
+        usize::try_from(self.cache.entry_count()).unwrap_or(usize::MAX)
     }
 }
 
@@ -60,12 +72,11 @@ pub struct CachedDenial {
     pub retry_after_ms: u64,
 }
 
-/// One policy's deny cache.
+/// One policy's deny cache (a view of the shared [`DenyBudget`]).
 #[derive(Debug)]
 pub struct DenyCache {
-    shards: Vec<Mutex<HashMap<String, Vec<Entry>>>>,
-    hasher: RandomState,
     budget: Arc<DenyBudget>,
+    policy: u32,
 }
 
 fn ceil_ms(us: u64) -> u64 {
@@ -80,16 +91,12 @@ impl DenyCache {
     }
 
     pub fn with_budget(budget: Arc<DenyBudget>) -> DenyCache {
-        DenyCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
-            budget,
-        }
+        let policy = budget.next_policy.fetch_add(1, Ordering::Relaxed);
+        DenyCache { budget, policy }
     }
 
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Entry>>> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    fn slot(&self, key: &str) -> Slot {
+        (self.policy, Arc::from(key))
     }
 
     /// The cached denial of `key` for `cost`, if it still holds at `now_us`.
@@ -98,15 +105,15 @@ impl DenyCache {
         if self.budget.max == 0 {
             return None;
         }
-        let mut shard = self.shard(key);
-        let entries = shard.get_mut(key)?;
-        entries.retain(|e| now_us < e.until_us);
-        if entries.is_empty() {
-            shard.remove(key);
-            self.budget.len.fetch_sub(1, Ordering::Relaxed);
+        let slot = self.slot(key);
+        let entries = self.budget.cache.get(&slot)?;
+        if entries.iter().all(|e| now_us >= e.until_us) {
+            self.budget.cache.invalidate(&slot);
             return None;
         }
-        let e = *entries.iter().find(|e| e.cost == cost)?;
+        let e = *entries
+            .iter()
+            .find(|e| e.cost == cost && now_us < e.until_us)?;
         Some(CachedDenial {
             limit: e.limit,
             remaining: e.remaining,
@@ -128,54 +135,42 @@ impl DenyCache {
             limit: d.limit,
             remaining: d.remaining,
         };
-        let mut shard = self.shard(key);
-        if let Some(entries) = shard.get_mut(key) {
-            entries.retain(|e| e.cost != cost && e.until_us > now_us);
-            if entries.len() >= COSTS_PER_KEY {
-                // Keep the denials that last longest.
-                entries.sort_by_key(|e| std::cmp::Reverse(e.until_us));
-                entries.truncate(COSTS_PER_KEY - 1);
-            }
-            entries.push(entry);
-            return;
+        let slot = self.slot(key);
+        let mut entries = self.budget.cache.get(&slot).unwrap_or_default();
+        entries.retain(|e| e.cost != cost && e.until_us > now_us);
+        if entries.len() >= COSTS_PER_KEY {
+            // Keep the denials that last longest.
+            entries.sort_by_key(|e| std::cmp::Reverse(e.until_us));
+            entries.truncate(COSTS_PER_KEY - 1);
         }
-        if self.budget.len() >= self.budget.max {
-            // Full: skip. The cache is an optimisation (Redis still answers
-            // correctly) and the daemon purges expired entries every second.
-            return;
-        }
-        shard.insert(key.to_string(), vec![entry]);
-        self.budget.len.fetch_add(1, Ordering::Relaxed);
+        entries.push(entry);
+        self.budget.cache.insert(slot, entries);
     }
 
     /// Forgets `key` (reset or override through this daemon).
     pub fn remove(&self, key: &str) {
-        if self.shard(key).remove(key).is_some() {
-            self.budget.len.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.budget.cache.invalidate(&self.slot(key));
     }
 
     /// Forgets every key (an override of this policy changed elsewhere).
     pub fn clear(&self) {
-        for s in &self.shards {
-            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
-            self.budget.len.fetch_sub(s.len(), Ordering::Relaxed);
-            s.clear();
+        let policy = self.policy;
+        // Closures are registered only when a policy has entries to drop.
+        if self.budget.cache.iter().any(|(k, _)| k.0 == policy) {
+            let _ = self
+                .budget
+                .cache
+                .invalidate_entries_if(move |k, _| k.0 == policy);
         }
     }
 
     /// Drops expired entries.
     pub fn purge(&self, now_us: u64) {
-        for s in &self.shards {
-            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
-            let before = s.len();
-            s.retain(|_, es| {
-                es.retain(|e| e.until_us > now_us);
-                !es.is_empty()
-            });
-            self.budget
-                .len
-                .fetch_sub(before - s.len(), Ordering::Relaxed);
+        let policy = self.policy;
+        for (k, es) in self.budget.cache.iter() {
+            if k.0 == policy && es.iter().all(|e| e.until_us <= now_us) {
+                self.budget.cache.invalidate(k.as_ref());
+            }
         }
     }
 }
@@ -214,13 +209,13 @@ mod tests {
     }
 
     #[test]
-    fn bounded_and_clearable() {
+    fn bounded_by_evicting_the_least_recently_used() {
         let c = DenyCache::new(2);
         c.insert("a", 1, 0, denial(100, 100));
         c.insert("b", 1, 0, denial(100, 100));
         c.insert("c", 1, 0, denial(100, 100));
-        assert_eq!(c.budget.len(), 2);
-        assert!(c.lookup("c", 1, 10).is_none());
+        assert!(c.budget.len() <= 2);
+        assert!(c.lookup("c", 1, 10).is_some(), "the newest is kept");
         // Purging expired entries makes room.
         c.purge(200_000);
         assert_eq!(c.budget.len(), 0);
@@ -228,8 +223,12 @@ mod tests {
         assert!(c.lookup("c", 1, 200_001).is_some());
         c.remove("c");
         assert!(c.lookup("c", 1, 200_001).is_none());
+        c.insert("d", 1, 200_000, denial(100, 100));
+        let other = DenyCache::with_budget(c.budget.clone());
+        other.insert("d", 1, 200_000, denial(100, 100));
         c.clear();
-        assert_eq!(c.budget.len(), 0);
+        assert!(c.lookup("d", 1, 200_001).is_none());
+        assert!(other.lookup("d", 1, 200_001).is_some(), "only this policy");
         let off = DenyCache::new(0);
         off.insert("a", 1, 0, denial(100, 100));
         assert!(off.lookup("a", 1, 1).is_none());

@@ -6,9 +6,15 @@
 //! rate and burst; the window algorithms keep a local fixed window. Nothing here
 //! is merged back into Redis when it returns: the outage's local counts are
 //! forgotten, which errs on the side of the limit Redis already enforces.
+//!
+//! Bounded: an outage can meet any number of keys, so the state lives in moka
+//! caches of `ratelimit.local_max_entries` keys that evict the least recently
+//! used (a forgotten key starts again with its full share).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
+
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
 use crate::config::Algorithm;
 
@@ -31,11 +37,20 @@ struct Slot {
 }
 
 /// One policy's local fallback state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalLimits {
-    slots: Mutex<HashMap<String, Slot>>,
+    /// Serialises read-modify-write of one policy's local state (an outage
+    /// path; contention does not matter, exactness does).
+    guard: Mutex<()>,
+    slots: Cache<String, Slot>,
     /// Concurrency policies: key -> (lease token, expiry ms).
-    leases: Mutex<HashMap<String, Vec<(String, u64)>>>,
+    leases: Cache<String, Vec<(String, u64)>>,
+}
+
+impl Default for LocalLimits {
+    fn default() -> Self {
+        LocalLimits::new(100_000)
+    }
 }
 
 /// What a local decision is made against.
@@ -57,6 +72,25 @@ pub struct LocalLease {
 }
 
 impl LocalLimits {
+    /// State for at most `max_keys` keys (and as many with leases).
+    pub fn new(max_keys: u64) -> LocalLimits {
+        LocalLimits {
+            guard: Mutex::new(()),
+            slots: Cache::builder()
+                .max_capacity(max_keys)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+            leases: Cache::builder()
+                .max_capacity(max_keys)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Decides one request of `cost` against `rule` at `now_ms` (the daemon's
     /// local clock). `consume` false: a peek.
     pub fn decide(&self, key: &str, rule: Rule, cost: u64, now_ms: u64, consume: bool) -> Verdict {
@@ -65,8 +99,9 @@ impl LocalLimits {
             share,
             window_ms,
         } = rule;
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let existing = slots
+        let _guard = self.lock();
+        let existing = self
+            .slots
             .get(key)
             .filter(|s| now_ms < s.expires_ms)
             .map(|s| s.state);
@@ -93,7 +128,7 @@ impl LocalLimits {
                 }
                 if consume {
                     units -= need;
-                    slots.insert(
+                    self.slots.insert(
                         key.to_string(),
                         Slot {
                             state: State::Bucket {
@@ -122,7 +157,7 @@ impl LocalLimits {
                     return Verdict::denied(limit, limit - used, reset(used), start + w - now_ms);
                 }
                 let used = if consume {
-                    slots.insert(
+                    self.slots.insert(
                         key.to_string(),
                         Slot {
                             state: State::Window {
@@ -143,8 +178,8 @@ impl LocalLimits {
 
     /// Takes a local lease of a concurrency policy (`limit` = this daemon's share).
     pub fn acquire_lease(&self, key: &str, limit: u64, lease_ms: u64, now_ms: u64) -> LocalLease {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let held = leases.entry(key.to_string()).or_default();
+        let _guard = self.lock();
+        let mut held = self.leases.get(key).unwrap_or_default();
         held.retain(|(_, exp)| *exp > now_ms);
         let n = held.len() as u64;
         if n >= limit {
@@ -160,6 +195,7 @@ impl LocalLimits {
         // (Redis lease tokens are base64url, which has no '.').
         let token = format!("local.{}", crate::random_token(16));
         held.push((token.clone(), now_ms.saturating_add(lease_ms)));
+        self.leases.insert(key.to_string(), held);
         LocalLease {
             acquired: true,
             token: Some(token),
@@ -170,8 +206,8 @@ impl LocalLimits {
 
     /// Gives back a local lease; false if unknown or expired.
     pub fn release_lease(&self, key: &str, token: &str, now_ms: u64) -> bool {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(held) = leases.get_mut(key) else {
+        let _guard = self.lock();
+        let Some(mut held) = self.leases.get(key) else {
             return false;
         };
         let before = held.len();
@@ -185,39 +221,42 @@ impl LocalLimits {
             }
         });
         if held.is_empty() {
-            leases.remove(key);
+            self.leases.invalidate(key);
+        } else {
+            self.leases.insert(key.to_string(), held);
         }
         before != 0 && live
     }
 
     /// Forgets `key`'s local state (a reset).
     pub fn remove(&self, key: &str) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        self.leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let _guard = self.lock();
+        self.slots.invalidate(key);
+        self.leases.invalidate(key);
     }
 
     /// Drops state that no longer matters.
     pub fn purge(&self, now_ms: u64) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, s| s.expires_ms > now_ms);
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases.retain(|_, v| {
-            v.retain(|(_, e)| *e > now_ms);
-            !v.is_empty()
-        });
+        let _guard = self.lock();
+        for (k, s) in self.slots.iter() {
+            if s.expires_ms <= now_ms {
+                self.slots.invalidate(k.as_str());
+            }
+        }
+        for (k, v) in self.leases.iter() {
+            let live: Vec<_> = v.iter().filter(|(_, e)| *e > now_ms).cloned().collect();
+            if live.is_empty() {
+                self.leases.invalidate(k.as_str());
+            } else if live.len() != v.len() {
+                self.leases.insert(k.as_ref().clone(), live);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
-            + self.leases.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.slots.run_pending_tasks();
+        self.leases.run_pending_tasks();
+        usize::try_from(self.slots.entry_count() + self.leases.entry_count()).unwrap_or(usize::MAX)
     }
 }
 

@@ -50,6 +50,9 @@ use local::Rule;
 use policy::Policy;
 use scripts::{Mode, Scripts};
 
+/// `ratelimit.reserve` books at most this many windows ahead unless the policy
+/// sets `max_reserve_ahead`.
+pub const RESERVE_AHEAD_WINDOWS: u64 = 3;
 /// While Redis is known down, at most one request per this interval tries it.
 pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// `closed` fail mode: the retry-after suggested while Redis is unreachable
@@ -223,7 +226,8 @@ impl RateLimits {
             .iter()
             .map(|(name, p)| {
                 let deny = DenyCache::with_budget(deny_budget.clone());
-                let policy = Policy::new(name, p, &config.redis.prefix, deny);
+                let mut policy = Policy::new(name, p, &config.redis.prefix, deny);
+                policy.local = local::LocalLimits::new(config.ratelimit.local_max_entries);
                 (name.clone(), policy)
             })
             .collect::<HashMap<_, _>>();
@@ -289,6 +293,27 @@ impl RateLimits {
                 }
             }
         }
+    }
+
+    /// Decisions per (policy, outcome, fallback), for `/metrics`: each decision
+    /// counted once. The policy label is bounded by the config.
+    pub fn decision_counts(&self) -> Vec<(String, &'static str, &'static str, u64)> {
+        let mut names: Vec<&String> = self.policies.keys().collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len() * 8);
+        for name in names {
+            let p = &self.policies[name];
+            for (i, c) in p.decisions.iter().enumerate() {
+                let outcome = if i >= 4 { "allowed" } else { "denied" };
+                out.push((
+                    name.clone(),
+                    outcome,
+                    FALLBACK_LABELS[i % 4],
+                    c.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        out
     }
 
     /// Whether runtime overrides are loaded (for readiness).
@@ -421,10 +446,32 @@ impl RateLimits {
         if let Some(d) = p.deny.lookup(key, cost, self.clock.local_us()) {
             inc(&self.counters.denied_local);
             inc(&self.counters.denied);
+            count(p, false, None);
             return Ok(answer(p, d.into(), None));
         }
+        if p.config.block.is_some() {
+            match self.blocked(p, key).await {
+                Ok(Some(ms)) => {
+                    let cap = numbers.capacity(p.algorithm);
+                    let v = Verdict::denied(cap, 0, ms, ms);
+                    count(p, false, None);
+                    inc(&self.counters.denied);
+                    p.deny.insert(key, cost, self.clock.local_us(), v.into());
+                    return Ok(answer(p, v, None));
+                }
+                Ok(None) => {}
+                Err(e) if e.is_retryable() => return Ok(self.fallback(p, key, numbers, cost, true)),
+                Err(e) => return Err(e.into()),
+            }
+        }
         match self.decide(p, key, Mode::Check, cost, numbers, 0).await {
-            Ok(v) => {
+            Ok(mut v) => {
+                if !v.allowed {
+                    if let Some(ms) = self.block(p, key).await? {
+                        v = Verdict::denied(v.limit, v.remaining, v.reset_after_ms.max(ms), ms);
+                    }
+                }
+                count(p, v.allowed, None);
                 if v.allowed {
                     inc(&self.counters.allowed);
                 } else {
@@ -460,6 +507,42 @@ impl RateLimits {
         }
     }
 
+    /// The lockout key of `key` (same hash tag as its state).
+    fn block_key(p: &Policy, key: &str) -> String {
+        format!("{}:b", p.state_key(key))
+    }
+
+    /// Block policies: the lockout left on `key`, if any (ms).
+    async fn blocked(&self, p: &Policy, key: &str) -> Result<Option<u64>, StoreError> {
+        let left: i64 = self
+            .store
+            .cmd(redis::cmd("PTTL").arg(Self::block_key(p, key)))
+            .await?;
+        Ok(u64::try_from(left).ok().filter(|ms| *ms > 0))
+    }
+
+    /// Block policies: `key` just went over its limit: lock it out fleet-wide
+    /// for `block` (an existing lockout is not extended). Returns what is left.
+    async fn block(&self, p: &Policy, key: &str) -> Result<Option<u64>, RatelimitError> {
+        let Some(block) = p.config.block else {
+            return Ok(None);
+        };
+        let ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+        let bk = Self::block_key(p, key);
+        let _: Option<String> = self
+            .store
+            .cmd(
+                redis::cmd("SET")
+                    .arg(&bk)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms)
+                    .arg("NX"),
+            )
+            .await?;
+        Ok(self.blocked(p, key).await?.or(Some(ms)))
+    }
+
     /// `ratelimit.reset`: forgets the key's state; true when there was some.
     pub async fn reset(&self, policy: &str, key: &str) -> Result<bool, RatelimitError> {
         let p = self.policy(policy)?;
@@ -472,7 +555,17 @@ impl RateLimits {
             // The companion key shares the hash tag, so one DEL stays in one slot.
             del.arg(format!("{state}:n"));
         }
+        if p.config.block.is_some() {
+            // A reset lifts the lockout too.
+            del.arg(Self::block_key(p, key));
+        }
         let n: u64 = self.store.cmd(&del).await?;
+        // The other daemons may hold a cached denial of this key (for a daily
+        // quota, until midnight): moving the policy's version makes each drop
+        // its denials at its next refresh, as for an override change.
+        let mut inv = self.scripts.set_override.prepare_invoke();
+        inv.key(&p.overrides_key).arg("bump").arg("").arg("");
+        let _: Vec<i64> = self.store.invoke_script(&inv).await?;
         inc(&self.counters.resets);
         Ok(n > 0)
     }
@@ -500,6 +593,14 @@ impl RateLimits {
         }
         let numbers = p.numbers(key);
         check_cost(p, numbers, cost)?;
+        // The horizon: however long the caller would wait, nothing is booked
+        // further ahead than this, so a loop of reservations cannot fill a key
+        // with years of bookings (a sliding log would hold one entry each).
+        let horizon_ms = p.config.max_reserve_ahead.map_or_else(
+            || p.window_ms.saturating_mul(RESERVE_AHEAD_WINDOWS),
+            |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        );
+        let max_wait_ms = max_wait_ms.min(horizon_ms);
         let v = match self
             .decide(p, key, Mode::Reserve, cost, numbers, max_wait_ms)
             .await
@@ -934,6 +1035,7 @@ impl RateLimits {
             }
         };
         if consume {
+            count(p, v.allowed, Some(mode));
             if v.allowed {
                 inc(&self.counters.allowed);
             } else {
@@ -991,6 +1093,18 @@ impl RateLimits {
     }
 }
 
+/// The `fallback` label values of `shoal_ratelimit_decisions_total`.
+pub const FALLBACK_LABELS: [&str; 4] = ["none", "open", "closed", "local"];
+
+/// Counts one decision of `p` (once, whoever decided).
+fn count(p: &Policy, allowed: bool, fallback: Option<&str>) {
+    let f = FALLBACK_LABELS
+        .iter()
+        .position(|l| Some(*l) == fallback)
+        .unwrap_or(0);
+    inc(&p.decisions[usize::from(allowed) * 4 + f]);
+}
+
 /// A cost above what the key can ever allow would be denied forever: refused.
 fn check_cost(p: &Policy, numbers: Numbers, cost: u64) -> Result<(), RatelimitError> {
     let cap = numbers.capacity(p.algorithm);
@@ -1012,6 +1126,7 @@ fn answer(p: &Policy, v: Verdict, fallback: Option<&str>) -> RatelimitDecisionEx
         retry_after_ms: if v.allowed { 0 } else { v.retry_after_ms },
         window_ms: Some(p.window_ms),
         fallback: fallback.map(str::to_string),
+        headers: p.config.headers.map(|h| h.as_str().to_string()),
     }
 }
 

@@ -107,6 +107,9 @@ pub struct Policy {
     pub loaded_version: Mutex<Option<i64>>,
     pub deny: DenyCache,
     pub local: LocalLimits,
+    /// Decisions by (allowed, fallback): index `allowed * 4 + fallback`, with
+    /// fallback 0 none, 1 open, 2 closed, 3 local (`/metrics`).
+    pub decisions: [std::sync::atomic::AtomicU64; 8],
 }
 
 impl Policy {
@@ -125,6 +128,7 @@ impl Policy {
             loaded_version: Mutex::new(None),
             deny,
             local: LocalLimits::default(),
+            decisions: Default::default(),
         }
     }
 
@@ -227,6 +231,9 @@ mod tests {
             on_unavailable: FailMode::Local,
             expected_nodes: 3,
             overrides,
+            max_reserve_ahead: None,
+            headers: None,
+            block: None,
         };
         Policy::new("api", &cfg, "shoal:", DenyCache::new(16))
     }
