@@ -427,7 +427,7 @@ impl Client {
                 retried = true;
                 continue;
             };
-            conn.send(&frame).await?;
+            conn.send(id, &frame)?;
             let reply = rx.await;
             guard.answered = true;
             return match reply {

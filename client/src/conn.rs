@@ -1,10 +1,18 @@
 //! One multiplexed connection to shoald: handshake, writes, and the reader task.
 //!
-//! Callers write their own frames under an async mutex on the write half instead of
-//! handing them to a writer task: on the hot path (an L1 hit, a few microseconds)
-//! a task hop per request would be a large share of the round trip. Responses come
-//! back in any order, so one reader task per connection routes each to its caller
-//! by `id` through a oneshot channel registered before the request was written.
+//! Writes are cancel-safe without a task hop on the hot path. A caller that finds
+//! nobody writing becomes the writer and writes with non-blocking `try_write`,
+//! synchronously: [`Conn::send`] has no await point, so no caller can be dropped
+//! while it holds the writer. Callers arriving meanwhile queue their frames and
+//! the writer drains the queue in one write before letting go (batching). When
+//! the socket is full, the unwritten rest is handed to a flusher task that owns
+//! it from then on: a frame that was started is always completed, never torn.
+//! A frame still queued belongs to its caller until taken for writing: a caller
+//! that gives up (timeout, dropped future) withdraws it, so a request abandoned
+//! before any of it was written is never sent, in particular never after a newer
+//! request of the same client. Responses come back in any order, so one reader
+//! task per connection routes each to its caller by `id` through a oneshot
+//! channel registered before the request was written.
 //!
 //! A connection dies once (EOF, read or write error, a connection-level error from
 //! the server, a malformed frame). Death is recorded under the same lock as the
@@ -21,7 +29,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -181,16 +189,97 @@ impl Shared {
     }
 }
 
+/// The write side, shared by callers and the flusher task.
+struct Writer {
+    /// Only written to by whoever holds `WriteState::busy`.
+    half: OwnedWriteHalf,
+    state: Mutex<WriteState>,
+    /// Wakes the flusher when a caller hands it the rest of a write.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct WriteState {
+    /// Someone is writing: a caller inside [`Conn::send`] or the flusher task.
+    /// Whoever holds it drains `queued` before clearing it, so `busy == false`
+    /// implies an empty queue.
+    busy: bool,
+    /// Frames waiting for the writer, back to back, oldest first...
+    queued: Vec<u8>,
+    /// ...and their request ids and lengths, so a caller that gives up can
+    /// withdraw its own frame.
+    frames: Vec<(u64, usize)>,
+    /// Bytes a caller could not write without waiting, handed to the flusher.
+    handoff: Vec<u8>,
+    /// A spare batch buffer, kept to avoid an allocation per drain.
+    spare: Vec<u8>,
+}
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, WriteState> {
+        // Every critical section leaves the state consistent (a push, a swap, a
+        // drain), so poisoning carries no information.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes as much of `buf` as the socket takes now; the count written.
+    fn try_write_all(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.half.try_write(&buf[n..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Passes the writer role, with `rest` still to write, to the flusher.
+    fn hand_off(&self, rest: &[u8]) {
+        self.lock().handoff.extend_from_slice(rest);
+        self.wake.notify_one();
+    }
+
+    /// Takes the queued frames for writing (into `batch`), or releases the writer
+    /// role if there are none. `false` when released.
+    fn take_queued(&self, batch: &mut Vec<u8>) -> bool {
+        let mut st = self.lock();
+        if st.frames.is_empty() {
+            st.busy = false;
+            return false;
+        }
+        batch.clear();
+        std::mem::swap(&mut st.queued, batch);
+        st.frames.clear();
+        true
+    }
+
+    /// Removes `id`'s frame if it is still queued: its caller gave up before any
+    /// of it was written, so it must never be.
+    fn withdraw(&self, id: u64) {
+        let mut st = self.lock();
+        let mut start = 0;
+        for i in 0..st.frames.len() {
+            let (fid, len) = st.frames[i];
+            if fid == id {
+                st.queued.drain(start..start + len);
+                st.frames.remove(i);
+                return;
+            }
+            start += len;
+        }
+    }
+}
+
 /// A live (or dead, not yet replaced) connection.
 pub(crate) struct Conn {
-    /// The write half and a spare buffer, held by whichever caller is writing.
-    writer: tokio::sync::Mutex<(OwnedWriteHalf, Vec<u8>)>,
-    /// Frames waiting to be written. Callers append here, and whoever holds
-    /// `writer` writes everything queued in one syscall: with many callers on one
-    /// connection, requests leave in batches instead of one write each.
-    outq: Mutex<Vec<u8>>,
+    writer: Arc<Writer>,
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
+    flusher: JoinHandle<()>,
     pub(crate) hello: HelloResult,
     /// The server's `max_frame`, as a usize: the largest request body it accepts.
     pub(crate) max_frame: usize,
@@ -198,9 +287,10 @@ pub(crate) struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // The reader owns only `Shared`, not the `Conn`, so without this it would
-        // keep the socket open after the last `Client` clone is gone.
+        // The tasks own only `Shared` and `Writer`, not the `Conn`, so without
+        // this they would keep the socket open after the last `Client` clone is gone.
         self.reader.abort();
+        self.flusher.abort();
     }
 }
 
@@ -215,9 +305,10 @@ impl std::fmt::Debug for Conn {
 }
 
 /// Removes a pending entry when the call gives up (timeout, cancellation, failed
-/// write), so abandoned ids do not accumulate for the life of the connection.
+/// write), so abandoned ids do not accumulate for the life of the connection, and
+/// withdraws the request's frame if none of it was written yet.
 pub(crate) struct PendingGuard<'a> {
-    shared: &'a Shared,
+    conn: &'a Conn,
     id: u64,
     pub(crate) answered: bool,
 }
@@ -225,23 +316,8 @@ pub(crate) struct PendingGuard<'a> {
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            drop(self.shared.take(self.id));
-        }
-    }
-}
-
-/// Kills the connection if a write is abandoned halfway: the peer would read the
-/// next request's bytes as the rest of this one.
-struct PartialWriteGuard<'a> {
-    conn: &'a Conn,
-    written: usize,
-    len: usize,
-}
-
-impl Drop for PartialWriteGuard<'_> {
-    fn drop(&mut self) {
-        if self.written > 0 && self.written < self.len {
-            self.conn.kill(&Error::ConnectionLost);
+            self.conn.writer.withdraw(self.id);
+            drop(self.conn.shared.take(self.id));
         }
     }
 }
@@ -296,11 +372,17 @@ impl Conn {
             FrameCodec::new(max_frame),
             Arc::clone(&shared),
         ));
+        let writer = Arc::new(Writer {
+            half: wr,
+            state: Mutex::new(WriteState::default()),
+            wake: Notify::new(),
+        });
+        let flusher = tokio::spawn(flush_loop(Arc::clone(&writer), Arc::clone(&shared)));
         Ok(Conn {
-            writer: tokio::sync::Mutex::new((wr, Vec::with_capacity(READ_RESERVE))),
-            outq: Mutex::new(Vec::with_capacity(READ_RESERVE)),
+            writer,
             shared,
             reader,
+            flusher,
             hello,
             max_frame,
         })
@@ -315,6 +397,7 @@ impl Conn {
     pub(crate) fn kill(&self, reason: &Error) {
         self.shared.fail_all(reason);
         self.reader.abort();
+        self.flusher.abort();
     }
 
     /// Registers `id` as awaiting a response; `None` if the connection is dead (and
@@ -322,58 +405,57 @@ impl Conn {
     pub(crate) fn register(&self, id: u64) -> Option<(PendingGuard<'_>, oneshot::Receiver<Reply>)> {
         let rx = self.shared.register(id)?;
         let guard = PendingGuard {
-            shared: &self.shared,
+            conn: self,
             id,
             answered: false,
         };
         Some((guard, rx))
     }
 
-    /// Queues one complete frame and makes sure it is written: either by this
-    /// caller (taking the writer and flushing everything queued, its own frame and
-    /// others'), or by the caller that holds the writer now, which drains the queue
-    /// before letting go. A failed or abandoned write kills the connection: part
-    /// of a frame may be on the wire.
-    pub(crate) async fn send(&self, frame: &[u8]) -> Result<()> {
-        self.outq
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(frame);
-        let mut guard = self.writer.lock().await;
-        let (wr, batch) = &mut *guard;
-        loop {
-            {
-                let mut q = self.outq.lock().unwrap_or_else(PoisonError::into_inner);
-                if q.is_empty() {
-                    // Our frame went out with an earlier batch.
-                    return Ok(());
-                }
-                std::mem::swap(&mut *q, batch);
+    /// Sends request `id`'s complete frame, or queues it for the writer. Never
+    /// waits, so it cannot be cancelled halfway: once it returns `Ok`, the frame
+    /// is on the wire, or will be (completed by the flusher if it was started),
+    /// or is queued until its caller's [`PendingGuard`] withdraws it. A failed
+    /// write kills the connection.
+    pub(crate) fn send(&self, id: u64, frame: &[u8]) -> Result<()> {
+        {
+            let mut st = self.writer.lock();
+            if !self.is_alive() {
+                return Err(Error::ConnectionLost);
             }
-            let mut partial = PartialWriteGuard {
-                conn: self,
-                written: 0,
-                len: batch.len(),
-            };
-            while partial.written < batch.len() {
-                match wr.write(&batch[partial.written..]).await {
-                    Ok(0) => {
-                        self.kill(&Error::ConnectionLost);
-                        return Err(Error::Io(io::ErrorKind::WriteZero.into()));
-                    }
-                    Ok(n) => partial.written += n,
-                    Err(e) => {
-                        self.kill(&Error::ConnectionLost);
-                        return Err(Error::Io(e));
-                    }
-                }
+            if st.busy {
+                st.queued.extend_from_slice(frame);
+                st.frames.push((id, frame.len()));
+                return Ok(());
             }
-            drop(partial);
-            batch.clear();
-            if batch.capacity() > 1 << 20 {
-                batch.shrink_to(READ_RESERVE);
+            st.busy = true;
+        }
+        // The writer role is ours until handed on or released.
+        let n = self.write_or_kill(frame)?;
+        if n < frame.len() {
+            self.writer.hand_off(&frame[n..]);
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.writer.lock().spare);
+        while self.writer.take_queued(&mut batch) {
+            let n = self.write_or_kill(&batch)?;
+            if n < batch.len() {
+                self.writer.hand_off(&batch[n..]);
+                return Ok(());
             }
         }
+        if batch.capacity() <= 1 << 20 {
+            batch.clear();
+            self.writer.lock().spare = batch;
+        }
+        Ok(())
+    }
+
+    fn write_or_kill(&self, buf: &[u8]) -> Result<usize> {
+        self.writer.try_write_all(buf).map_err(|e| {
+            self.kill(&Error::ConnectionLost);
+            Error::Io(e)
+        })
     }
 
     #[cfg(test)]
@@ -413,4 +495,44 @@ async fn read_loop(
         }
     };
     shared.fail_all(&reason);
+}
+
+/// Completes what callers handed off when the socket was full, then everything
+/// queued behind it, then releases the writer role and waits for the next hand-off.
+async fn flush_loop(writer: Arc<Writer>, shared: Arc<Shared>) {
+    let mut buf = Vec::new();
+    loop {
+        writer.wake.notified().await;
+        std::mem::swap(&mut writer.lock().handoff, &mut buf);
+        if buf.is_empty() {
+            // Every wake-up comes with a hand-off; without one, the writer role
+            // is not ours to drain or release.
+            continue;
+        }
+        loop {
+            let mut off = 0;
+            while off < buf.len() {
+                let written = match writer.half.writable().await {
+                    Ok(()) => writer.try_write_all(&buf[off..]),
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(n) => off += n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "writing to shoald failed");
+                        // `busy` stays set: nothing more is written on this socket.
+                        shared.fail_all(&Error::ConnectionLost);
+                        return;
+                    }
+                }
+            }
+            if !writer.take_queued(&mut buf) {
+                break;
+            }
+        }
+        buf.clear();
+        if buf.capacity() > 1 << 20 {
+            buf.shrink_to(READ_RESERVE);
+        }
+    }
 }

@@ -67,6 +67,10 @@ pub struct SocketConfig {
     /// A connection with nothing in flight and nothing received for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Deadline for writing one batch of responses: a peer that does not take
+    /// them within it (it stopped reading) is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 impl Default for SocketConfig {
@@ -80,6 +84,7 @@ impl Default for SocketConfig {
             max_key: 4096,
             max_batch: 10_000,
             idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -751,6 +756,9 @@ impl Config {
         }
         if self.socket.max_batch == 0 {
             return bad("socket.max_batch", "must be at least 1");
+        }
+        if self.socket.write_timeout.is_zero() {
+            return bad("socket.write_timeout", "must be above 0");
         }
         if self.redis.prefix.is_empty() {
             return bad(

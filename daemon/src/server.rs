@@ -5,7 +5,12 @@
 //! and writes responses in completion order, so an L1 hit is answered while a slow
 //! Redis call of the same connection is still out (pipelining). Backpressure: with
 //! `socket.max_inflight` requests pending the task stops reading, and the client's
-//! writes block in the kernel instead of queueing in our memory.
+//! writes block in the kernel instead of queueing in our memory. Output is bounded
+//! too: no more frames are taken in while about [`OUT_HIGH`] bytes of answers wait,
+//! and each batch of answers must be written within `socket.write_timeout`, so a
+//! peer that stops reading is disconnected and what was buffered for it freed.
+//! Accept errors from running out of descriptors or memory, or from a peer that
+//! left first, are transient: logged, backed off, never fatal.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,6 +53,7 @@ pub async fn serve(
         "shoald serving"
     );
     let mut accept_errors = 0u32;
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     let result = loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -56,11 +62,24 @@ pub async fn serve(
         let stream = match accepted {
             Ok((s, _)) => {
                 accept_errors = 0;
+                backoff = ACCEPT_BACKOFF_MIN;
                 s
             }
+            Err(e) if accept_error_is_transient(&e) => {
+                // EMFILE and friends: back off instead of spinning (the pending
+                // connection stays in the backlog), and never give up: descriptors
+                // come back when connections close.
+                tracing::warn!(error = %e, retry_in = ?backoff, "accept failed; backing off");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning; give up only if
-                // the listener itself is broken.
+                // Anything else means the listener itself may be broken: give up
+                // if it keeps failing.
                 accept_errors += 1;
                 tracing::error!(error = %e, "accept failed");
                 if accept_errors > 100 {
@@ -101,6 +120,40 @@ pub async fn serve(
     result
 }
 
+/// First and longest wait after a transient accept error.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Accept errors that say nothing about the listener: out of descriptors or
+/// memory (they come back), or a peer that gave up before we accepted it.
+fn accept_error_is_transient(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::OutOfMemory
+    ) {
+        return true;
+    }
+    e.raw_os_error().is_some_and(|code| {
+        [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+            Errno::EPROTO,
+            Errno::EPERM,
+        ]
+        .contains(&Errno::from_raw(code))
+    })
+}
+
+/// Answers waiting to be written past which no more frames are taken in until
+/// they are: one connection's buffered output stays near this plus one answer.
+const OUT_HIGH: usize = 1 << 20;
+
 /// Tells a connection over the limit why it is closed.
 async fn refuse(mut stream: UnixStream, max: usize) {
     let frame = encode_err(
@@ -119,6 +172,7 @@ async fn serve_conn(mut stream: UnixStream, ctx: &Arc<Ctx>, drain: CancellationT
     let codec = FrameCodec::new(ctx.max_frame);
     let max_inflight = ctx.config.socket.max_inflight;
     let idle = ctx.config.socket.idle_timeout;
+    let write_timeout = ctx.config.socket.write_timeout;
     let mut inbuf = BytesMut::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
     let mut pending: Pending = FuturesUnordered::new();
@@ -129,8 +183,15 @@ async fn serve_conn(mut stream: UnixStream, ctx: &Arc<Ctx>, drain: CancellationT
     let mut last_activity = Instant::now();
 
     loop {
-        // Every complete frame already received becomes a request (bounded).
+        // Every complete frame already received becomes a request (bounded by
+        // requests in flight and by answers waiting to be written).
+        let mut frames_left = false;
         while !closing && pending.len() < max_inflight {
+            if out.len() >= OUT_HIGH {
+                // Write these first; what is left in `inbuf` is taken in after.
+                frames_left = true;
+                break;
+            }
             match codec.decode_frame(&mut inbuf) {
                 Ok(Some(body)) => {
                     last_activity = Instant::now();
@@ -159,18 +220,33 @@ async fn serve_conn(mut stream: UnixStream, ctx: &Arc<Ctx>, drain: CancellationT
             }
         }
         // Collect whatever finished without waiting (L1 hits finish on first poll).
-        while let Some(Some(frame)) = pending.next().now_or_never() {
+        while out.len() < OUT_HIGH {
+            let Some(Some(frame)) = pending.next().now_or_never() else {
+                break;
+            };
             ctx.stats.inflight.fetch_sub(1, Ordering::Relaxed);
             out.extend_from_slice(&frame);
         }
         if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                break;
+            match tokio::time::timeout(write_timeout, stream.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        ?write_timeout,
+                        buffered = out.len(),
+                        "peer stopped reading; disconnecting it"
+                    );
+                    break;
+                }
             }
             out.clear();
-            if out.capacity() > 1 << 20 {
+            if out.capacity() > 2 * OUT_HIGH {
                 out.shrink_to(8 * 1024);
             }
+        }
+        if frames_left {
+            continue;
         }
         let stop_reading = closing || draining || peer_done;
         if stop_reading && pending.is_empty() {

@@ -743,3 +743,278 @@ fn client_and_its_futures_can_cross_threads() {
         send(&client.get_or_load("k", None, || async { Ok::<u32, std::io::Error>(1) }));
     }
 }
+
+// ---- Cancellation (issue 12, hole 7): a caller dropped at any point of a call
+// never strands, corrupts or reorders other callers' frames. ----
+
+/// A peer that, after the handshake, takes in the first `gate` bytes (proof that
+/// a write has started), reports it, then reads nothing until `go`: the client's
+/// socket buffer stays full, so its writes block mid-frame. Afterwards it decodes
+/// every frame (a torn frame fails the decode), records `op key value-length`,
+/// and answers.
+struct Gated {
+    srv: Fake,
+    started: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Notify>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn gated_server(gate: usize) -> Gated {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::new(tokio::sync::Notify::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s, g, r) = (Arc::clone(&started), Arc::clone(&go), Arc::clone(&seen));
+    let srv = fake(8 << 20, move |_, mut peer| {
+        let (started, go, seen) = (Arc::clone(&s), Arc::clone(&g), Arc::clone(&r));
+        async move {
+            if !peer.handshake().await {
+                return;
+            }
+            while peer.buf.len() < gate {
+                if peer.stream.read_buf(&mut peer.buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+            started.notify_one();
+            go.notified().await;
+            while let Some(req) = peer.recv().await {
+                let line = match &req.op {
+                    Op::CacheSet { key, value, .. } if value.len() > 64 => {
+                        format!("set {key} <{}>", value.len())
+                    }
+                    Op::CacheSet { key, value, .. } => {
+                        format!("set {key} {}", String::from_utf8_lossy(value))
+                    }
+                    Op::Ping => "ping".to_owned(),
+                    Op::CacheGet { key, .. } => format!("get {key}"),
+                    other => panic!("unexpected op {other:?}"),
+                };
+                seen.lock().unwrap().push(line);
+                let frame = match req.op {
+                    Op::CacheSet { .. } => {
+                        encode_ok(req.id, &SetResult { stored: true }, peer.max_frame)
+                    }
+                    Op::Ping => encode_ok(req.id, "pong", peer.max_frame),
+                    Op::CacheGet { key, .. } => {
+                        let r = GetResult {
+                            hit: true,
+                            value: Some(Bytes::from(key.into_bytes())),
+                            from: Some(Source::L1),
+                            ..GetResult::default()
+                        };
+                        encode_ok(req.id, &r, peer.max_frame)
+                    }
+                    _ => unreachable!(),
+                };
+                peer.send(&frame).await;
+            }
+        }
+    });
+    Gated {
+        srv,
+        started,
+        go,
+        seen,
+    }
+}
+
+/// Far above any Unix socket send buffer: its write cannot finish while the peer
+/// does not read.
+const BIG: usize = 4 << 20;
+
+/// Polls (nothing to await) until the connection has `n` calls registered.
+async fn wait_pending(client: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.pending_len() != n {
+        assert!(
+            Instant::now() < deadline,
+            "pending calls stuck at {} (want {n})",
+            client.pending_len()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_mid_write_does_not_fail_the_others() {
+    let g = gated_server(64 * 1024);
+    let client = Client::connect(&g.srv.path).await.unwrap();
+    // A's 4 MiB frame is partly on the wire when A is dropped (a per-call
+    // timeout or a dropped HTTP handler future drop it the same way).
+    let a = tokio::spawn({
+        let c = client.clone();
+        async move { c.set_raw("big", vec![7u8; BIG], None).await }
+    });
+    g.started.notified().await;
+    let b = tokio::spawn({
+        let c = client.clone();
+        async move { c.ping().await }
+    });
+    let c2 = tokio::spawn({
+        let c = client.clone();
+        async move { c.set_raw("k", &b"after"[..], None).await }
+    });
+    wait_pending(&client, 3).await;
+    a.abort();
+    assert!(a.await.unwrap_err().is_cancelled());
+    g.go.notify_one();
+    b.await.unwrap().unwrap();
+    c2.await.unwrap().unwrap();
+    // One connection throughout, and on it A's frame completed, then the others.
+    assert_eq!(g.srv.accepts.load(Ordering::SeqCst), 1);
+    let seen = g.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0], format!("set big <{BIG}>"));
+    assert!(seen.contains(&"ping".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"set k after".to_owned()), "{seen:?}");
+    assert_eq!(client.pending_len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_before_it_was_written_is_never_written() {
+    let g = gated_server(64 * 1024);
+    let client = Client::connect(&g.srv.path).await.unwrap();
+    let p = tokio::spawn({
+        let c = client.clone();
+        async move { c.set_raw("big", vec![7u8; BIG], None).await }
+    });
+    g.started.notified().await;
+    // set(k, v1) queues behind the blocked write, and its caller gives up.
+    let x = tokio::spawn({
+        let c = client.clone();
+        async move { c.set_raw("k", &b"v1"[..], None).await }
+    });
+    wait_pending(&client, 2).await;
+    x.abort();
+    assert!(x.await.unwrap_err().is_cancelled());
+    wait_pending(&client, 1).await;
+    // The same client then writes v2; v1 must not land after it (here: at all).
+    let y = tokio::spawn({
+        let c = client.clone();
+        async move { c.set_raw("k", &b"v2"[..], None).await }
+    });
+    wait_pending(&client, 2).await;
+    g.go.notify_one();
+    p.await.unwrap().unwrap();
+    y.await.unwrap().unwrap();
+    let seen = g.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![format!("set big <{BIG}>"), "set k v2".to_owned()],
+        "the abandoned set(k, v1) reached the server"
+    );
+    assert_eq!(g.srv.accepts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_set_never_lands_after_a_later_set() {
+    // The per-call timeout variant: set(k, v1) times out while queued behind a
+    // blocked write; set(k, v2) follows from the same client.
+    let g = gated_server(64 * 1024);
+    let client = Client::builder(&g.srv.path)
+        .timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let p = tokio::spawn({
+        let c = client.clone();
+        async move { c.set_raw("big", vec![7u8; BIG], None).await }
+    });
+    g.started.notified().await;
+    let err = client.set_raw("k", &b"v1"[..], None).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    // The big write timed out too (same timeout), yet its frame is completed.
+    assert!(matches!(p.await.unwrap(), Err(Error::Timeout)));
+    let y = tokio::spawn({
+        let c = client.clone();
+        async move { c.set_raw("k", &b"v2"[..], None).await }
+    });
+    wait_pending(&client, 1).await;
+    g.go.notify_one();
+    y.await.unwrap().unwrap();
+    let seen = g.seen.lock().unwrap().clone();
+    let v1 = seen.iter().position(|s| s == "set k v1");
+    let v2 = seen.iter().position(|s| s == "set k v2");
+    assert!(v2.is_some(), "{seen:?}");
+    assert!(
+        v1.is_none_or(|v1| v1 < v2.unwrap()),
+        "v1 after v2: {seen:?}"
+    );
+    assert_eq!(seen[0], format!("set big <{BIG}>"));
+    assert_eq!(g.srv.accepts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cancelled_at_random_under_congestion_leave_the_stream_intact() {
+    // A peer that reads in small sips (the client's writes keep blocking) and
+    // answers every set with whether the value has the length its key names.
+    // Callers give up at random moments; every call that is not dropped must get
+    // its own answer, on the one connection.
+    let srv = fake(1 << 20, |_, mut peer| async move {
+        if !peer.handshake().await {
+            return;
+        }
+        let mut sip = vec![0u8; 4096];
+        loop {
+            while let Some(body) = peer.codec.decode_frame(&mut peer.buf).unwrap() {
+                let req = parse_request(&body, &Limits::default()).unwrap();
+                let Op::CacheSet { key, value, .. } = req.op else {
+                    peer.answer_simple(req).await;
+                    continue;
+                };
+                let want: usize = key.rsplit('-').next().unwrap().parse().unwrap();
+                let r = SetResult {
+                    stored: value.len() == want,
+                };
+                peer.ok(req.id, &r).await;
+            }
+            match peer.stream.read(&mut sip).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => peer.buf.extend_from_slice(&sip[..n]),
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let client = Client::connect(&srv.path).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..32u64 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut answered, mut dropped) = (0u32, 0u32);
+            for i in 0..40u64 {
+                // Values of up to 32 KiB, so frames straddle socket writes.
+                let len = rand::random_range(1..32 * 1024);
+                let key = format!("{t}-{i}-{len}");
+                let give_up = Duration::from_micros(rand::random_range(0..3000));
+                let call = c.set_with(&key, vec![1u8; len], SetOptions::default());
+                match tokio::time::timeout(give_up, call).await {
+                    Ok(r) => {
+                        let stored = r.expect("a call that was not dropped failed");
+                        assert!(stored, "{key}: the peer saw a different value length");
+                        answered += 1;
+                    }
+                    Err(_) => dropped += 1,
+                }
+            }
+            (answered, dropped)
+        }));
+    }
+    let (mut answered, mut dropped) = (0, 0);
+    for t in tasks {
+        let (a, d) = t.await.unwrap();
+        answered += a;
+        dropped += d;
+    }
+    assert!(
+        dropped > 0 && answered > 0,
+        "{answered} answered, {dropped} dropped"
+    );
+    // Still the first connection, and still in step.
+    assert_eq!(srv.accepts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        client.get_raw("last").await.unwrap().as_deref(),
+        Some(&b"last"[..])
+    );
+    assert_eq!(client.pending_len(), 0);
+}
