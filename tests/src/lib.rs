@@ -367,7 +367,16 @@ impl DaemonProcess {
     pub fn spawn(dir: &Path, node: &str, config_toml: &str) -> Result<DaemonProcess> {
         let file = dir.join(format!("{node}.toml"));
         std::fs::write(&file, config_toml)?;
-        let child = Command::new(workspace_bin("shoald")?)
+        let mut cmd = Command::new(workspace_bin("shoald")?);
+        // The daemon refuses `SHOAL_*` variables that name no config key; the
+        // test's own (`SHOAL_CAMPAIGN_SEED`, ...) are not for it: its config is
+        // the file.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SHOAL_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(&file)
             .env("SHOAL_LOG", "warn")
