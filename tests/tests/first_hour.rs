@@ -282,9 +282,11 @@ async fn logs_are_plain_off_a_terminal_and_name_redis_without_its_password() -> 
     drop(d);
 
     // Nobody listens on this port: the connection warnings name the address.
+    // (A configured token hash key keeps the start-up advice about it out of
+    // the way: the first WARN is about the connection.)
     let dead = shoal_tests::free_port()?;
     let config = format!(
-        "[redis]\nurl = \"redis://app:hunter2@127.0.0.1:{dead}\"\ntimeout = \"100ms\"\nwatch_interval = \"50ms\"\n[socket]\npath = \"d.sock\"\n[admin]\nlisten = \"\"\n"
+        "[redis]\nurl = \"redis://app:hunter2@127.0.0.1:{dead}\"\ntimeout = \"100ms\"\nwatch_interval = \"50ms\"\n[socket]\npath = \"d.sock\"\n[admin]\nlisten = \"\"\n[session]\ntoken_hash_key = \"first-hour-token-hash-key-0123456789\"\n"
     );
     let mut d = Logged::spawn(dir.path(), &config, &[])?;
     let warn = d.wait_for("WARN", Duration::from_secs(20))?;
