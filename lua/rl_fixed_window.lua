@@ -2,12 +2,16 @@
 -- Windows are aligned to multiples of the window length on the Redis clock, so
 -- every daemon of the fleet agrees on where a window starts. The state holds one
 -- count per window: the current one, and future ones booked by reservations.
--- A denied request never consumes; `peek` writes nothing.
+-- A denied request never consumes; `peek` writes nothing. "penalty" counts
+-- `cost` in the current window without asking (it may go over the limit);
+-- "reward" gives back up to `cost` of the current window's count. Both answer
+-- like "peek" after the change.
 --
 -- KEYS[1]  state hash  prefix .. "rl.fw{" .. policy .. ":" .. key .. "}"
 --          field = window start (ms, decimal), value = cost counted in it
--- ARGV[1]  mode: "check" | "peek" | "reserve"
--- ARGV[2]  cost (1 <= cost <= limit, checked by the daemon; peek uses 1)
+-- ARGV[1]  mode: "check" | "peek" | "reserve" | "penalty" | "reward"
+-- ARGV[2]  cost, or points for penalty/reward (1 <= cost <= limit, checked by
+--          the daemon; peek uses 1)
 -- ARGV[3]  limit per window
 -- ARGV[4]  window in ms
 -- ARGV[5]  burst (unused by this algorithm)
@@ -90,7 +94,21 @@ local function remaining()
   return math.max(0, limit - (counts[start] or 0))
 end
 
-if mode == 'peek' then
+if mode == 'penalty' then
+  book(start, cost)
+  used = counts[start]
+elseif mode == 'reward' then
+  used = math.max(0, used - cost)
+  if used == 0 then
+    redis.call('HDEL', KEYS[1], field(start))
+    counts[start] = nil
+  else
+    redis.call('HSET', KEYS[1], field(start), used)
+    counts[start] = used
+  end
+end
+
+if mode == 'peek' or mode == 'penalty' or mode == 'reward' then
   if used + 1 <= limit then
     return { 1, limit, remaining(), reset_after(), 0 }
   end

@@ -4,15 +4,19 @@
 -- while TAT - now stays within burst * T. T need not be a whole number of ms, so
 -- the TAT is kept exactly as m + r / limit ms (0 <= r < limit). A reservation
 -- advances the TAT past now; the caller waits until its slot.
--- A denied request never consumes; `peek` writes nothing. The key expires at the
+-- A denied request never consumes; `peek` writes nothing. "penalty" advances
+-- the TAT by `cost` cells without asking (it may go past the burst); "reward"
+-- moves it back by `cost` cells, never before now. Both answer like "peek"
+-- after. The key expires at the
 -- TAT, after which it is the same as no state.
 --
 -- KEYS[1]  state hash  prefix .. "rl.gcra{" .. policy .. ":" .. key .. "}"
 --          fields m (TAT, whole ms), r (TAT remainder, in 1/l ms), l (the limit
 --          r is counted in: an override may change the limit, and the remainder
 --          is then converted, rounded up, never reread in the new units)
--- ARGV[1]  mode: "check" | "peek" | "reserve"
--- ARGV[2]  cost (1 <= cost <= burst, checked by the daemon; peek uses 1)
+-- ARGV[1]  mode: "check" | "peek" | "reserve" | "penalty" | "reward"
+-- ARGV[2]  cost, or points for penalty/reward (1 <= cost <= burst, checked by
+--          the daemon; peek uses 1)
 -- ARGV[3]  limit per window (the sustained rate)
 -- ARGV[4]  window in ms
 -- ARGV[5]  burst: how many may pass at once
@@ -94,7 +98,19 @@ local function store(dd)
   redis.call('PEXPIRE', KEYS[1], math.max(1, reset_after(dd)))
 end
 
-if mode == 'peek' then
+if mode == 'penalty' then
+  d = d + cost * window
+  store(d)
+elseif mode == 'reward' then
+  d = math.max(0, d - cost * window)
+  if d == 0 then
+    redis.call('DEL', KEYS[1])
+  else
+    store(d)
+  end
+end
+
+if mode == 'peek' or mode == 'penalty' or mode == 'reward' then
   local wait = wait_for(d, window)
   return { wait == 0 and 1 or 0, burst, remaining(d), reset_after(d), wait }
 end

@@ -8,11 +8,15 @@
 -- whose requests all came at its very end); with evenly spread traffic it is exact.
 -- All comparisons are done in integers (units of 1/window request).
 -- A denied request never consumes; `peek` writes nothing. No reservations.
+-- "penalty" counts `cost` in the current window without asking; "reward" gives
+-- back `cost` from the current window's count, then the previous one's. Both
+-- answer like "peek" after the change.
 --
 -- KEYS[1]  state hash  prefix .. "rl.sc{" .. policy .. ":" .. key .. "}"
 --          fields s (current window start, ms), p (previous count), n (current count)
--- ARGV[1]  mode: "check" | "peek"
--- ARGV[2]  cost (1 <= cost <= limit, checked by the daemon; peek uses 1)
+-- ARGV[1]  mode: "check" | "peek" | "penalty" | "reward"
+-- ARGV[2]  cost, or points for penalty/reward (1 <= cost <= limit, checked by
+--          the daemon; peek uses 1)
 -- ARGV[3]  limit per window
 -- ARGV[4]  window in ms
 -- ARGV[5]  burst (unused by this algorithm)
@@ -93,6 +97,23 @@ local function retry_for(c)
   end
   local at = window - floor_div((limit - c) * window, n)
   return math.max(1, start + window + math.max(0, at) - now)
+end
+
+if mode == 'penalty' or mode == 'reward' then
+  if mode == 'penalty' then
+    n = n + cost
+  else
+    local back = math.min(n, cost)
+    n = n - back
+    p = math.max(0, p - (cost - back))
+  end
+  if n == 0 and p == 0 then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('HSET', KEYS[1], 's', start, 'p', p, 'n', n)
+    redis.call('PEXPIRE', KEYS[1], start + 2 * window - now)
+  end
+  mode = 'peek'
 end
 
 local c = cost

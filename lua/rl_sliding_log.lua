@@ -3,13 +3,17 @@
 -- after t - window. Entries carry their cost, so a weighted request is one entry.
 -- Reservations add entries in the future; counting every entry after t - window
 -- (future ones included) keeps any window of real time within the limit.
--- A denied request never consumes; `peek` writes nothing.
+-- A denied request never consumes; `peek` writes nothing. "penalty" adds an
+-- entry of `cost` now without asking (the total may go over the limit);
+-- "reward" takes `cost` back from the newest entries. Both answer like "peek"
+-- after the change.
 --
 -- KEYS[1]  log (sorted set)  prefix .. "rl.sl{" .. policy .. ":" .. key .. "}"
 --          score = time in ms, member = "<seq>:<cost>"
 -- KEYS[2]  meta (hash)       KEYS[1] .. ":n"   fields n (total cost in the log), s (seq)
--- ARGV[1]  mode: "check" | "peek" | "reserve"
--- ARGV[2]  cost (1 <= cost <= limit, checked by the daemon; peek uses 1)
+-- ARGV[1]  mode: "check" | "peek" | "reserve" | "penalty" | "reward"
+-- ARGV[2]  cost, or points for penalty/reward (1 <= cost <= limit, checked by
+--          the daemon; peek uses 1)
 -- ARGV[3]  limit per window
 -- ARGV[4]  window in ms
 -- ARGV[5]  burst (unused by this algorithm)
@@ -97,7 +101,37 @@ local function add(at, c)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 
-if mode == 'peek' then
+if mode == 'penalty' then
+  add(now, cost)
+elseif mode == 'reward' then
+  local left = cost
+  local entries = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(' .. edge, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    if left == 0 then
+      break
+    end
+    local c = cost_of(entries[i])
+    redis.call('ZREM', KEYS[1], entries[i])
+    if c <= left then
+      n = n - c
+      left = left - c
+    else
+      -- Part of this entry stays: it is written back with what is left of it.
+      local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
+      redis.call('ZADD', KEYS[1], entries[i + 1], seq .. ':' .. (c - left))
+      n = n - left
+      left = 0
+    end
+  end
+  if n <= 0 or redis.call('ZCARD', KEYS[1]) == 0 then
+    n = 0
+    redis.call('DEL', KEYS[1], KEYS[2])
+  else
+    redis.call('HSET', KEYS[2], 'n', n)
+  end
+end
+
+if mode == 'peek' or mode == 'penalty' or mode == 'reward' then
   if n + 1 <= limit then
     return { 1, limit, limit - n, reset_after(), 0 }
   end

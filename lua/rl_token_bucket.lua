@@ -3,13 +3,16 @@
 -- in integers, tokens are counted in units of 1/window token: the bucket holds
 -- burst * window units and refills `limit` units per ms. A reservation may take
 -- the bucket below zero; later requests wait until it has refilled.
--- A denied request never consumes; `peek` writes nothing. The key expires when
+-- A denied request never consumes; `peek` writes nothing. "penalty" takes
+-- `cost` tokens without asking (the bucket may go below zero); "reward" puts
+-- back `cost` tokens, never above `burst`. Both answer like "peek" after. The key expires when
 -- the bucket would be full again, which is the same as no state.
 --
 -- KEYS[1]  state hash  prefix .. "rl.tb{" .. policy .. ":" .. key .. "}"
 --          fields u (units in the bucket at time t), t (ms)
--- ARGV[1]  mode: "check" | "peek" | "reserve"
--- ARGV[2]  cost in tokens (1 <= cost <= burst, checked by the daemon; peek uses 1)
+-- ARGV[1]  mode: "check" | "peek" | "reserve" | "penalty" | "reward"
+-- ARGV[2]  cost (or points) in tokens (1 <= cost <= burst, checked by the
+--          daemon; peek uses 1)
 -- ARGV[3]  limit: tokens per window (the sustained rate)
 -- ARGV[4]  window in ms
 -- ARGV[5]  burst: bucket capacity in tokens
@@ -98,7 +101,19 @@ local function take(units)
   redis.call('PEXPIRE', KEYS[1], math.max(1, reset_after()))
 end
 
-if mode == 'peek' then
+if mode == 'penalty' then
+  take(cost * window)
+elseif mode == 'reward' then
+  u = math.min(cap, u + cost * window)
+  if u >= cap then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('HSET', KEYS[1], 'u', u, 't', t)
+    redis.call('PEXPIRE', KEYS[1], math.max(1, reset_after()))
+  end
+end
+
+if mode == 'peek' or mode == 'penalty' or mode == 'reward' then
   local wait = wait_for(window)
   return { wait == 0 and 1 or 0, burst, remaining(), reset_after(), wait }
 end

@@ -278,6 +278,35 @@ impl Client {
         Ok(r.reset)
     }
 
+    /// `ratelimit.penalty`: consumes `points` (at least 1, at most the policy's
+    /// capacity) without asking; the key may go over its limit, and later
+    /// checks are denied until the window or refill catches up. Returns what
+    /// [`peek`](Self::peek) would answer after the change.
+    pub async fn penalty(&self, policy: &str, key: &str, points: u64) -> Result<Decision> {
+        let d: RatelimitDecisionExt = self
+            .call(Op::RatelimitPenalty {
+                policy: policy.into(),
+                key: key.into(),
+                points,
+            })
+            .await?;
+        Ok(Decision::from_wire(policy, d))
+    }
+
+    /// `ratelimit.reward`: gives back `points` (at least 1, at most the policy's
+    /// capacity), never above full capacity; lifts denials cached by every
+    /// daemon. Returns what [`peek`](Self::peek) would answer after the change.
+    pub async fn reward(&self, policy: &str, key: &str, points: u64) -> Result<Decision> {
+        let d: RatelimitDecisionExt = self
+            .call(Op::RatelimitReward {
+                policy: policy.into(),
+                key: key.into(),
+                points,
+            })
+            .await?;
+        Ok(Decision::from_wire(policy, d))
+    }
+
     /// `ratelimit.reserve`: books the next slot for `cost` if it is at most
     /// `max_wait` away. The caller sleeps [`Reservation::wait`], then goes.
     pub async fn reserve(

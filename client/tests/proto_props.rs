@@ -87,6 +87,16 @@ fn op() -> impl Strategy<Value = Op> {
                 burst,
             }),
         (key(), key()).prop_map(|(policy, key)| Op::RatelimitClearOverride { policy, key }),
+        (key(), key(), 1..u64::MAX).prop_map(|(policy, key, points)| Op::RatelimitPenalty {
+            policy,
+            key,
+            points
+        }),
+        (key(), key(), 1..u64::MAX).prop_map(|(policy, key, points)| Op::RatelimitReward {
+            policy,
+            key,
+            points
+        }),
         (
             key(),
             proptest::option::of("[a-z:]{0,10}"),

@@ -255,6 +255,8 @@ async fn execute(ctx: &Arc<Ctx>, id: u64, op: Op) -> Result<Frame, OpError> {
         op @ (Op::RatelimitCheck { .. }
         | Op::RatelimitPeek { .. }
         | Op::RatelimitReset { .. }
+        | Op::RatelimitPenalty { .. }
+        | Op::RatelimitReward { .. }
         | Op::RatelimitReserve { .. }
         | Op::RatelimitAcquireConcurrent { .. }
         | Op::RatelimitRelease { .. }

@@ -704,8 +704,9 @@ fn locks() -> F {
 fn reserve_concurrency() -> F {
     let mut f = F::new(
         "05-ratelimit-extensions",
-        "extensions: ratelimit.reserve on vec-bucket (token_bucket, 2 per hour) and \
-         concurrency leases on vec-conc (2 in flight, 30 s leases)",
+        "extensions: ratelimit.reserve on vec-bucket (token_bucket, 2 per hour), \
+         concurrency leases on vec-conc (2 in flight, 30 s leases), and \
+         ratelimit.penalty / ratelimit.reward on vec-bucket",
     );
     f.hello();
     let pk = |id: u64, op: &str, policy: &str, key: &str| -> Vec<(&'static str, Value)> {
@@ -775,6 +776,43 @@ fn reserve_concurrency() -> F {
         &pk(14, "ratelimit.acquire_concurrent", "vec-bucket", "vec-job"),
     )
     .err();
+    f.req(
+        "start clean",
+        &pk(15, "ratelimit.reset", "vec-bucket", "vec-abuser"),
+    )
+    .vary("ok.reset", "type");
+    let mut pen = pk(16, "ratelimit.penalty", "vec-bucket", "vec-abuser");
+    pen.push(("points", 2.into()));
+    f.req(
+        "penalty: 2 points taken without asking; the answer is a peek after it (denied)",
+        &pen,
+    )
+    .vary("ok.reset_after_ms", range(1, HOUR_MS))
+    .vary("ok.retry_after_ms", range(1, HOUR_MS));
+    pen[0].1 = 17.into();
+    f.req(
+        "a penalty may go beyond the limit: the bucket owes 2 more (~90 min to the next)",
+        &pen,
+    )
+    .vary("ok.reset_after_ms", range(1, 3 * HOUR_MS))
+    .vary("ok.retry_after_ms", range(HOUR_MS, 2 * HOUR_MS));
+    let mut rew = pk(18, "ratelimit.reward", "vec-bucket", "vec-abuser");
+    rew.push(("points", 2.into()));
+    f.req("reward: 2 points back, still denied", &rew)
+        .vary("ok.reset_after_ms", range(1, 2 * HOUR_MS))
+        .vary("ok.retry_after_ms", range(1, HOUR_MS));
+    rew[0].1 = 19.into();
+    f.req(
+        "2 more back: full again (never above capacity); cached denials on every daemon lift",
+        &rew,
+    );
+    let mut zero = pk(20, "ratelimit.penalty", "vec-bucket", "vec-abuser");
+    zero.push(("points", 0.into()));
+    f.req("points 0: bad_request", &zero).err();
+    let mut conc = pk(21, "ratelimit.reward", "vec-conc", "vec-abuser");
+    conc.push(("points", 1.into()));
+    f.req("reward on a concurrency policy: bad_request", &conc)
+        .err();
     f
 }
 

@@ -1543,3 +1543,145 @@ async fn block_locks_a_key_out_fleet_wide_once_over_the_limit() -> Result<()> {
     wait_allowed(f.c(0), "login", "alice", Duration::from_secs(3)).await?;
     Ok(())
 }
+
+/// `(allowed, remaining, retry_after_ms)` of a decision.
+fn arr(d: &Decision) -> (bool, u64, u64) {
+    (d.allowed, d.remaining, ms(d.retry_after))
+}
+
+#[tokio::test]
+async fn penalty_and_reward_move_every_algorithm() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let policies = [
+        ("fw", pol(Algorithm::FixedWindow, 3, 10_000)),
+        ("sl", pol(Algorithm::SlidingLog, 3, 10_000)),
+        ("sc", pol(Algorithm::SlidingCounter, 3, 10_000)),
+        ("tb", with_burst(pol(Algorithm::TokenBucket, 10, 1_000), 5)),
+        ("gcra", with_burst(pol(Algorithm::Gcra, 10, 1_000), 5)),
+        ("cc", pol(Algorithm::Concurrency, 2, 1_000)),
+    ];
+    let f = Fleet::start(&redis, &policies, 2).await?;
+    let c = f.c(0);
+
+    // Fixed window, sliding log and sliding counter: 3 per 10 s, at T0 + 1 s.
+    f.set_now(Some(T0 + 1_000));
+    for name in ["fw", "sl", "sc"] {
+        assert_eq!(arr(&c.penalty(name, "k", 2).await?), (true, 1, 0), "{name}");
+        // Past the limit: nothing asks permission.
+        let d = c.penalty(name, "k", 3).await?;
+        assert!(!d.allowed && d.remaining == 0, "{name}: {d:?}");
+        let denied = f.c(1).check(name, "k").await?;
+        assert!(
+            !denied.allowed,
+            "{name}: the other daemon sees it: {denied:?}"
+        );
+        // 5 counted: giving back 1 leaves 4, still over; 2 more leave 2.
+        assert!(!c.reward(name, "k", 1).await?.allowed, "{name}");
+        assert_eq!(arr(&c.reward(name, "k", 2).await?), (true, 1, 0), "{name}");
+        // Never above full capacity, and nothing left behind at full.
+        assert_eq!(arr(&c.reward(name, "k", 3).await?), (true, 3, 0), "{name}");
+        assert_eq!(c.peek(name, "k").await?.remaining, 3, "{name}");
+        assert_eq!(c.check(name, "k").await?.remaining, 2, "{name}");
+    }
+    // A fixed-window penalty lasts until the window ends.
+    let d = c.penalty("fw", "w", 3).await?;
+    assert_eq!((d.allowed, ms(d.retry_after)), (false, 9_000));
+    f.set_now(Some(T0 + 10_000));
+    assert!(c.check("fw", "w").await?.allowed, "a new window forgives");
+    // A sliding-log penalty lasts until its entry leaves the window.
+    f.set_now(Some(T0 + 20_000));
+    let d = c.penalty("sl", "w", 3).await?;
+    assert_eq!((d.allowed, ms(d.retry_after)), (false, 10_000));
+    f.set_now(Some(T0 + 29_999));
+    assert!(!c.check("sl", "w").await?.allowed);
+    f.set_now(Some(T0 + 30_000));
+    assert!(c.check("sl", "w").await?.allowed);
+
+    // Token bucket and GCRA: burst 5, one token every 100 ms.
+    for name in ["tb", "gcra"] {
+        f.set_now(Some(T0 + 100_000));
+        assert_eq!(
+            arr(&c.penalty(name, "k", 5).await?),
+            (false, 0, 100),
+            "{name}"
+        );
+        // Below empty: 5 more owed, so 6 tokens (600 ms) until one passes.
+        assert_eq!(
+            arr(&c.penalty(name, "k", 5).await?),
+            (false, 0, 600),
+            "{name}"
+        );
+        let d = f.c(1).check(name, "k").await?;
+        assert_eq!((d.allowed, ms(d.retry_after)), (false, 600), "{name}");
+        f.set_now(Some(T0 + 100_300));
+        assert_eq!(arr(&c.peek(name, "k").await?), (false, 0, 300), "{name}");
+        // 3 refilled, 2 owed; giving back 4 leaves 2 in the bucket.
+        assert_eq!(arr(&c.reward(name, "k", 4).await?), (true, 2, 0), "{name}");
+        assert_eq!(arr(&c.reward(name, "k", 5).await?), (true, 5, 0), "{name}");
+        assert_eq!(c.peek(name, "k").await?.remaining, 5, "{name}: never above");
+        assert_eq!(c.check(name, "k").await?.remaining, 4, "{name}");
+    }
+
+    // Bad input: a concurrency policy, zero, more than the capacity, no points.
+    let e = c.penalty("cc", "k", 1).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest), "{e}");
+    let e = c.reward("cc", "k", 1).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest), "{e}");
+    let e = c.penalty("fw", "k", 4).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::BadRequest), "{e}");
+    assert!(e.to_string().contains("points 4"), "{e}");
+    let e = c.reward("nope", "k", 1).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::UnknownPolicy), "{e}");
+    let mut raw = RawConn::greeted(&f.daemons[0].socket).await?;
+    for (i, points) in [Some(Value::from(0)), Some(Value::from("2")), None]
+        .into_iter()
+        .enumerate()
+    {
+        for op in ["ratelimit.penalty", "ratelimit.reward"] {
+            let id = 10 + i as u64;
+            let mut fields = vec![
+                ("op", Value::from(op)),
+                ("id", id.into()),
+                ("policy", "fw".into()),
+                ("key", "k".into()),
+            ];
+            if let Some(p) = points.clone() {
+                fields.push(("points", p));
+            }
+            raw.send(&req(&fields)).await?;
+            let r = raw.recv().await?;
+            assert_eq!(
+                err_code(&r).as_deref(),
+                Some("bad_request"),
+                "{op} {i}: {r}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn reward_through_one_daemon_lifts_a_denial_cached_on_another() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let f = Fleet::start(
+        &redis,
+        &[("daily", pol(Algorithm::FixedWindow, 2, 86_400_000))],
+        2,
+    )
+    .await?;
+    f.set_now(Some(T0 + 1_000));
+    // A penalty through A is a denial on B (B asks Redis).
+    assert!(!f.c(0).penalty("daily", "k", 2).await?.allowed);
+    let d = f.c(1).check("daily", "k").await?;
+    assert!(!d.allowed, "{d:?}");
+    // B now answers from its deny cache (until midnight).
+    let before = f.rl(1, "ratelimit_denied_local");
+    assert_eq!(f.c(1).check("daily", "k").await?, d);
+    assert_eq!(f.rl(1, "ratelimit_denied_local"), before + 1);
+    // A reward through A: B lets go within its refresh, not at midnight.
+    let r = f.c(0).reward("daily", "k", 1).await?;
+    assert_eq!((r.allowed, r.remaining), (true, 1));
+    let d = wait_allowed(f.c(1), "daily", "k", Duration::from_secs(3)).await?;
+    assert_eq!(d.remaining, 0);
+    Ok(())
+}

@@ -111,6 +111,18 @@ pub enum Op {
         policy: String,
         key: String,
     },
+    /// Consumes `points` without asking (may go over the limit).
+    RatelimitPenalty {
+        policy: String,
+        key: String,
+        points: u64,
+    },
+    /// Gives back `points`, never above full capacity.
+    RatelimitReward {
+        policy: String,
+        key: String,
+        points: u64,
+    },
     /// Books the next slot of `cost` within `max_wait_ms` (smoothing outbound calls).
     RatelimitReserve {
         policy: String,
@@ -192,6 +204,8 @@ impl Op {
             Op::RatelimitCheck { .. } => "ratelimit.check",
             Op::RatelimitPeek { .. } => "ratelimit.peek",
             Op::RatelimitReset { .. } => "ratelimit.reset",
+            Op::RatelimitPenalty { .. } => "ratelimit.penalty",
+            Op::RatelimitReward { .. } => "ratelimit.reward",
             Op::RatelimitReserve { .. } => "ratelimit.reserve",
             Op::RatelimitAcquireConcurrent { .. } => "ratelimit.acquire_concurrent",
             Op::RatelimitRelease { .. } => "ratelimit.release",
@@ -217,6 +231,8 @@ impl Op {
             Op::RatelimitCheck { key, .. }
             | Op::RatelimitPeek { key, .. }
             | Op::RatelimitReset { key, .. }
+            | Op::RatelimitPenalty { key, .. }
+            | Op::RatelimitReward { key, .. }
             | Op::RatelimitReserve { key, .. }
             | Op::RatelimitAcquireConcurrent { key, .. }
             | Op::RatelimitRelease { key, .. }
@@ -563,6 +579,20 @@ impl Args<'_> {
                 policy: self.key("policy")?,
                 key: self.key("key")?,
             },
+            "ratelimit.penalty" => Op::RatelimitPenalty {
+                policy: self.key("policy")?,
+                key: self.key("key")?,
+                points: self
+                    .opt_positive("points")?
+                    .ok_or_else(|| self.bad("`points` is missing"))?,
+            },
+            "ratelimit.reward" => Op::RatelimitReward {
+                policy: self.key("policy")?,
+                key: self.key("key")?,
+                points: self
+                    .opt_positive("points")?
+                    .ok_or_else(|| self.bad("`points` is missing"))?,
+            },
             "ratelimit.reserve" => Op::RatelimitReserve {
                 policy: self.key("policy")?,
                 key: self.key("key")?,
@@ -784,6 +814,20 @@ impl Request {
             | Op::RatelimitClearOverride { policy, key } => {
                 w.field_str("policy", policy);
                 w.field_str("key", key);
+            }
+            Op::RatelimitPenalty {
+                policy,
+                key,
+                points,
+            }
+            | Op::RatelimitReward {
+                policy,
+                key,
+                points,
+            } => {
+                w.field_str("policy", policy);
+                w.field_str("key", key);
+                w.field_uint("points", *points);
             }
             Op::RatelimitReserve {
                 policy,

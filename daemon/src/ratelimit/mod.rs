@@ -374,6 +374,24 @@ impl RateLimits {
                 let reset = self.reset(&policy, &key).await?;
                 encode_ok(id, &ResetResult { reset }, max_frame)
             }
+            Op::RatelimitPenalty {
+                policy,
+                key,
+                points,
+            } => encode_ok(
+                id,
+                &self.adjust(&policy, &key, Mode::Penalty, points).await?,
+                max_frame,
+            ),
+            Op::RatelimitReward {
+                policy,
+                key,
+                points,
+            } => encode_ok(
+                id,
+                &self.adjust(&policy, &key, Mode::Reward, points).await?,
+                max_frame,
+            ),
             Op::RatelimitReserve {
                 policy,
                 key,
@@ -568,6 +586,52 @@ impl RateLimits {
         let _: Vec<i64> = self.store.invoke_script(&inv).await?;
         inc(&self.counters.resets);
         Ok(n > 0)
+    }
+
+    /// `ratelimit.penalty` / `ratelimit.reward`: consumes `points` without
+    /// asking (the key may go over its limit) or gives them back (never above
+    /// full capacity); answers like `peek` after the change. There is no fail
+    /// mode: without Redis the points cannot be recorded, so the error is the
+    /// answer (`unavailable`, retryable).
+    pub async fn adjust(
+        &self,
+        policy: &str,
+        key: &str,
+        mode: Mode,
+        points: u64,
+    ) -> Result<RatelimitDecisionExt, RatelimitError> {
+        let op = if mode == Mode::Reward {
+            "ratelimit.reward"
+        } else {
+            "ratelimit.penalty"
+        };
+        let p = self.rate_policy(policy, op)?;
+        let numbers = p.numbers(key);
+        // At most one full capacity per call, as for a cost: it keeps the
+        // scripts' integer arithmetic exact (a bigger penalty is several calls).
+        let cap = numbers.capacity(p.algorithm);
+        if points > cap {
+            return Err(RatelimitError::BadRequest(format!(
+                "points {points} is above the capacity of policy `{}` ({cap}); \
+                 penalize or reward at most {cap} per call",
+                p.name
+            )));
+        }
+        let v = self.decide(p, key, mode, points, numbers, 0).await?;
+        if mode == Mode::Reward {
+            // The points are back: a denial cached here, or on any other
+            // daemon, may no longer hold. Moving the policy's version makes
+            // every daemon drop its denials at its next refresh, as `reset` does.
+            p.deny.remove(key);
+            p.local.remove(key);
+            let mut inv = self.scripts.set_override.prepare_invoke();
+            inv.key(&p.overrides_key).arg("bump").arg("").arg("");
+            let _: Vec<i64> = self.store.invoke_script(&inv).await?;
+        } else if !v.allowed {
+            // Other daemons ask Redis on their next check and see the denial.
+            p.deny.insert(key, 1, self.clock.local_us(), v.into());
+        }
+        Ok(answer(p, v, None))
     }
 
     /// `ratelimit.reserve`: books the next slot for `cost` if it is at most

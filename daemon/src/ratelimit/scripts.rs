@@ -75,6 +75,10 @@ pub enum Mode {
     Check,
     Peek,
     Reserve,
+    /// Consume points without asking, then answer like `Peek`.
+    Penalty,
+    /// Give points back (never above capacity), then answer like `Peek`.
+    Reward,
 }
 
 impl Mode {
@@ -83,6 +87,8 @@ impl Mode {
             Mode::Check => "check",
             Mode::Peek => "peek",
             Mode::Reserve => "reserve",
+            Mode::Penalty => "penalty",
+            Mode::Reward => "reward",
         }
     }
 }
