@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SessionUnavailable};
 use crate::dispatch::OpError;
-use crate::stats::Stats;
+use crate::stats::{Stats, LAG_BUCKETS_MS};
 use crate::store::{Store, StoreError};
 use crate::streamid::StreamId;
 
@@ -104,6 +104,9 @@ struct Counters {
     flushes_trimmed: AtomicU64,
     flushes_identity: AtomicU64,
     flushes_bad_entry: AtomicU64,
+    /// Revocation lag histogram, bucketed like the invalidation lag
+    /// (`stats::LAG_BUCKETS_MS`; the last slot is above every bound).
+    lag_buckets: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
     lag_sum_ms: AtomicU64,
     lag_count: AtomicU64,
 }
@@ -329,6 +332,13 @@ impl Sessions {
         put("flushes_bad_entry", &c.flushes_bad_entry);
         put("revocation_lag_ms_sum", &c.lag_sum_ms);
         put("revocation_lag_count", &c.lag_count);
+        for (i, b) in LAG_BUCKETS_MS.iter().enumerate() {
+            put(&format!("revocation_lag_ms_le_{b}"), &c.lag_buckets[i]);
+        }
+        put(
+            "revocation_lag_ms_le_inf",
+            &c.lag_buckets[LAG_BUCKETS_MS.len()],
+        );
         let cursor = self.cursor();
         m.insert("session_local_entries".into(), self.local.entry_count());
         m.insert("session_reader_ready".into(), u64::from(self.ready()));
