@@ -1750,3 +1750,61 @@ async fn a_user_with_100k_sessions_is_listed_and_revoked_in_bounded_calls() -> R
     assert!(f.c[0].session_list(user).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn revoke_user_pages_keep_sessions_newer_than_the_new_epoch() -> Result<()> {
+    let f = fleet(1).await?;
+    let user = "otto";
+    let now = redis_now_ms(&f.redis).await?;
+    let mut conn = f.redis.conn().await?;
+    // 1000 sessions recorded before the revocation (epoch 0) and 700 that carry an
+    // epoch far ahead, as a session created while the pages are being deleted
+    // would: those rank first in the index (latest expiry), more than a page.
+    let mut pipe = redis::pipe();
+    for (i, (epoch, abs_at)) in (0..1000)
+        .map(|_| (0, now + 3_600_000))
+        .chain((0..700).map(|_| (now + 1_000_000_000, now + 7_200_000)))
+        .enumerate()
+    {
+        let member = format!("m{i:04}");
+        pipe.cmd("HSET")
+            .arg(format!("shoal:s:{member}"))
+            .arg(&[
+                ("u", user.to_string()),
+                ("d", String::new()),
+                ("c", now.to_string()),
+                ("s", now.to_string()),
+                ("i", "3600000".to_string()),
+                ("a", abs_at.to_string()),
+                ("e", epoch.to_string()),
+            ])
+            .ignore()
+            .cmd("ZADD")
+            .arg(format!("shoal:su:{user}"))
+            .arg(abs_at)
+            .arg(&member)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await?;
+    assert_eq!(f.c[0].session_revoke_user(user).await?, 1000);
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("shoal:su:{user}"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(left.len(), 700, "the newer sessions keep their members");
+    assert!(left.iter().all(|m| m.as_str() >= "m1000"), "{left:?}");
+    let old: bool = redis::cmd("EXISTS")
+        .arg("shoal:s:m0000")
+        .query_async(&mut conn)
+        .await?;
+    assert!(!old);
+    let kept: bool = redis::cmd("EXISTS")
+        .arg("shoal:s:m1000")
+        .query_async(&mut conn)
+        .await?;
+    assert!(kept);
+    assert_eq!(f.c[0].session_list(user).await?.len(), 700);
+    Ok(())
+}
