@@ -2,8 +2,10 @@
 -- absolute expiry, and members whose session is gone (idle expiry, revocation),
 -- are removed, so the index does not grow without bound.
 --
--- The caller reads the index first and passes its members, so that every key this
--- script touches is in KEYS. Sessions created in between are simply not listed.
+-- The caller reads one page of the index first (ZRANGE, a bounded count) and
+-- passes its members, so that every key this script touches is in KEYS and no
+-- call names every session of a user who has many. Sessions created in between
+-- are simply not listed.
 --
 -- KEYS[1]     user index (zset)   prefix .. "su:" .. user
 -- KEYS[2..n]  session hashes      prefix .. "s:" .. member, for each member below

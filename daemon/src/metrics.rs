@@ -69,14 +69,6 @@ impl Out<'_> {
         c.encode(m)
     }
 
-    fn counter_f(&mut self, name: &str, help: &str, v: f64) -> fmt::Result {
-        let c = ConstCounter::new(v);
-        let m = self
-            .enc
-            .encode_descriptor(name, help, None, c.metric_type())?;
-        c.encode(m)
-    }
-
     fn gauge(&mut self, name: &str, help: &str, v: i64) -> fmt::Result {
         let g = ConstGauge::new(v);
         let m = self
@@ -368,14 +360,31 @@ impl Collector for ShoalCollector {
         )?;
 
         // Sessions and rate limits report maps; see `service_metrics`.
-        if let Some(ms) = sessions.remove("session_revocation_lag_ms_sum") {
-            o.counter_f(
-                "shoal_session_revocation_lag_seconds",
-                "summed propagation lag of applied revocations (over \
-                 shoal_session_revocation_lag_measurements_total: the mean)",
-                ms as f64 / 1000.0,
-            )?;
-        }
+        // The revocation lag, a histogram with the invalidation lag's buckets.
+        let rev_sum = sessions
+            .remove("session_revocation_lag_ms_sum")
+            .unwrap_or(0);
+        let mut rev_counts: Vec<u64> = LAG_BUCKETS_MS
+            .iter()
+            .map(|b| {
+                sessions
+                    .remove(&format!("session_revocation_lag_ms_le_{b}"))
+                    .unwrap_or(0)
+            })
+            .collect();
+        rev_counts.push(
+            sessions
+                .remove("session_revocation_lag_ms_le_inf")
+                .unwrap_or(0),
+        );
+        o.histogram(
+            "shoal_session_revocation_lag_seconds",
+            "time from a session change (revoke, revoke_user, rotate, update) entering \
+             the revocation stream to its application here (Redis's clock against ours)",
+            &lag_bounds,
+            &rev_counts,
+            rev_sum as f64 / 1000.0,
+        )?;
         service_metrics(&mut o, SESSION_KEYS, sessions)?;
         let mut m = BTreeMap::new();
         ctx.ratelimits.stats_into(&mut m);

@@ -46,6 +46,16 @@ pub struct Stats {
     pub lag_count: AtomicU64,
 }
 
+/// The index in a `[_; LAG_BUCKETS_MS.len() + 1]` histogram of a lag of `ms`
+/// (the last slot: above every bound). The invalidation and the session
+/// revocation lag share these buckets.
+pub fn lag_bucket(ms: u64) -> usize {
+    LAG_BUCKETS_MS
+        .iter()
+        .position(|b| ms <= *b)
+        .unwrap_or(LAG_BUCKETS_MS.len())
+}
+
 impl Stats {
     pub fn record_flush(&self, reason: FlushReason) {
         let c = match reason {
@@ -58,11 +68,7 @@ impl Stats {
 
     /// Records the time from a change's log id to its application here.
     pub fn record_lag(&self, ms: u64) {
-        let i = LAG_BUCKETS_MS
-            .iter()
-            .position(|b| ms <= *b)
-            .unwrap_or(LAG_BUCKETS_MS.len());
-        self.lag_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.lag_buckets[lag_bucket(ms)].fetch_add(1, Ordering::Relaxed);
         self.lag_sum_ms.fetch_add(ms, Ordering::Relaxed);
         self.lag_count.fetch_add(1, Ordering::Relaxed);
     }

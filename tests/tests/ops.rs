@@ -450,6 +450,83 @@ async fn metrics_move_with_traffic_and_parse() -> Result<()> {
     d2.stop().await
 }
 
+/// The `le` bounds of a histogram's buckets, in exposition order.
+fn bucket_bounds(m: &Exposition, name: &str) -> Vec<String> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut les: Vec<(f64, String)> = m
+        .samples
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix("\"}"))
+        .map(|le| (le.parse().unwrap_or(f64::NAN), le.to_string()))
+        .collect();
+    les.sort_by(|a, b| a.0.total_cmp(&b.0));
+    les.into_iter().map(|(_, le)| le).collect()
+}
+
+#[tokio::test]
+async fn revocation_lag_is_a_histogram_with_the_invalidation_buckets() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let d1 = Daemon::start_ready(ops_config(&redis, dir.path(), "ops-r1")).await?;
+    let d2 = Daemon::start_ready(ops_config(&redis, dir.path(), "ops-r2")).await?;
+    let a2 = d2.admin_addr(Duration::from_secs(5)).await?;
+    let name = "shoal_session_revocation_lag_seconds";
+    let count = format!("{name}_count");
+    let before = scrape(a2).await?;
+    assert_eq!(
+        before.types.get(name).map(String::as_str),
+        Some("histogram")
+    );
+    assert_eq!(before.get(&count), 0.0);
+    // The same buckets as the invalidation lag, +Inf included.
+    let bounds = bucket_bounds(&before, name);
+    assert_eq!(
+        bounds,
+        bucket_bounds(&before, "shoal_propagation_lag_seconds")
+    );
+    assert_eq!(bounds.len(), 13, "{bounds:?}");
+
+    // A revocation on d1; d2's revocation reader applies it.
+    let c1 = d1.client().await?;
+    let created: SessionCreated = c1
+        .call(Op::SessionCreate {
+            user: "rita".into(),
+            data: bytes::Bytes::from_static(b"{}"),
+            idle_ttl_ms: None,
+            absolute_ttl_ms: None,
+        })
+        .await?;
+    assert!(c1.session_revoke(&created.token).await?);
+    let after = wait_metrics(a2, |m| m.get(&count) >= 1.0).await?;
+    assert_eq!(after.get(&count), 1.0, "one revocation applied on d2");
+    // Cumulative: the +Inf bucket holds it (the parser checked every bucket
+    // is at least the one before and +Inf equals _count), and the first bucket
+    // at or above the measured lag does too.
+    let inf = after.get(&format!("{name}_bucket{{le=\"+Inf\"}}"));
+    assert_eq!(inf, 1.0);
+    let sum = after.get(&format!("{name}_sum"));
+    assert!(sum >= 0.0, "{sum}");
+    let holding: Vec<&String> = bounds
+        .iter()
+        .filter(|le| after.get(&format!("{name}_bucket{{le=\"{le}\"}}")) == 1.0)
+        .collect();
+    let first = bounds
+        .iter()
+        .position(|le| le.parse::<f64>().is_ok_and(|b| b >= sum))
+        .unwrap_or(bounds.len() - 1);
+    assert_eq!(
+        holding,
+        bounds[first..].iter().collect::<Vec<_>>(),
+        "sum {sum}"
+    );
+    assert_eq!(
+        after.get("shoal_session_revocation_lag_measurements_total"),
+        1.0
+    );
+    d1.stop().await?;
+    d2.stop().await
+}
+
 async fn wait_metrics(addr: SocketAddr, pred: impl Fn(&Exposition) -> bool) -> Result<Exposition> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

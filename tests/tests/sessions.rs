@@ -1587,3 +1587,224 @@ async fn a_dropped_get_releases_the_sliding_touch_flag() -> Result<()> {
     assert_eq!(stat(&d, "session_touches"), touches + 1);
     Ok(())
 }
+
+/// How many sessions the big-user test gives one user (issue 13 §3).
+const BIG_USER_SESSIONS: usize = 100_000;
+
+/// Every EVAL/EVALSHA in Redis's slow log with its number of KEYS.
+async fn scripts_in_slowlog(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<Vec<(String, usize)>> {
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await?;
+    let mut out = Vec::new();
+    for entry in log {
+        let redis::Value::Array(fields) = entry else {
+            bail!("slowlog entry is not an array");
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            bail!("slowlog entry without arguments");
+        };
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            other => format!("{other:?}"),
+        };
+        let name = args.first().map(text).unwrap_or_default().to_uppercase();
+        if name == "EVAL" || name == "EVALSHA" {
+            let keys: usize = args.get(2).map(text).unwrap_or_default().parse()?;
+            out.push((name, keys));
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_user_with_100k_sessions_is_listed_and_revoked_in_bounded_calls() -> Result<()> {
+    let f = fleet(1).await?;
+    let user = "whale";
+    // Three sessions through the op (their tokens are known) ...
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let t = f.c[0]
+            .session_create_raw(user, b"w".to_vec(), SessionOptions::default())
+            .await?
+            .token;
+        tokens.push(t);
+    }
+    // ... and 100k written straight to Redis in the layout session_create.lua uses
+    // (hash under shoal:s:<member>, member in shoal:su:<user> scored by its
+    // absolute expiry, epoch 0).
+    let now = redis_now_ms(&f.redis).await?;
+    let abs_at = now + 3_600_000;
+    let mut conn = f.redis.conn().await?;
+    let started = Instant::now();
+    for chunk in (0..BIG_USER_SESSIONS).collect::<Vec<_>>().chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let member = format!("bulk{i:06}");
+            pipe.cmd("HSET")
+                .arg(format!("shoal:s:{member}"))
+                .arg(&[
+                    ("u", user.to_string()),
+                    ("d", String::new()),
+                    ("c", now.to_string()),
+                    ("s", now.to_string()),
+                    ("i", "3600000".to_string()),
+                    ("a", abs_at.to_string()),
+                    ("e", "0".to_string()),
+                ])
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(format!("shoal:s:{member}"))
+                .arg(abs_at)
+                .ignore()
+                .cmd("ZADD")
+                .arg(format!("shoal:su:{user}"))
+                .arg(abs_at)
+                .arg(&member)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+    println!(
+        "{BIG_USER_SESSIONS} sessions written in {:?}",
+        started.elapsed()
+    );
+    // From here on, every command that takes 100 µs or more lands in the slow log
+    // with its arguments: every script call naming hundreds of keys does (a page
+    // of 500 takes milliseconds), the commands a script runs inside (Redis 7
+    // logs those too) mostly do not.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(100)
+        .arg("slowlog-max-len")
+        .arg(100_000)
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(&mut conn)
+        .await?;
+
+    let t = Instant::now();
+    let listed = f.c[0].session_list(user).await?;
+    println!(
+        "session.list of {} entries in {:?}",
+        listed.len(),
+        t.elapsed()
+    );
+    assert_eq!(listed.len(), 1000, "session.list is capped at 1000 entries");
+    let t = Instant::now();
+    let revoked = f.c[0].session_revoke_user(user).await?;
+    let took = t.elapsed();
+    println!("revoke_user of {revoked} sessions in {took:?}");
+    assert_eq!(revoked, BIG_USER_SESSIONS as u64 + 3);
+
+    let scripts = scripts_in_slowlog(&mut conn).await?;
+    let most = scripts.iter().map(|(_, k)| *k).max().unwrap_or(0);
+    let pages = scripts.iter().filter(|(_, k)| *k > 400).count();
+    println!(
+        "{} slow script calls ({pages} with over 400 KEYS), at most {most} KEYS in one",
+        scripts.len()
+    );
+    assert!(
+        pages >= BIG_USER_SESSIONS / 500 / 2,
+        "the slow log saw the page calls"
+    );
+    assert!(
+        most <= 501,
+        "one script call named {most} keys (a page is at most 500 members + the index)"
+    );
+
+    for t in &tokens {
+        assert!(!valid(&f.c[0], t).await?, "a revoked session is refused");
+    }
+    let index: bool = redis::cmd("EXISTS")
+        .arg(format!("shoal:su:{user}"))
+        .query_async(&mut conn)
+        .await?;
+    assert!(!index, "the user index is emptied");
+    let mut left = 0usize;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("shoal:s:*")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        left += keys.len();
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "every session hash is deleted");
+    assert!(f.c[0].session_list(user).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoke_user_pages_keep_sessions_newer_than_the_new_epoch() -> Result<()> {
+    let f = fleet(1).await?;
+    let user = "otto";
+    let now = redis_now_ms(&f.redis).await?;
+    let mut conn = f.redis.conn().await?;
+    // 1000 sessions recorded before the revocation (epoch 0) and 700 that carry an
+    // epoch far ahead, as a session created while the pages are being deleted
+    // would: those rank first in the index (latest expiry), more than a page.
+    let mut pipe = redis::pipe();
+    for (i, (epoch, abs_at)) in (0..1000)
+        .map(|_| (0, now + 3_600_000))
+        .chain((0..700).map(|_| (now + 1_000_000_000, now + 7_200_000)))
+        .enumerate()
+    {
+        let member = format!("m{i:04}");
+        pipe.cmd("HSET")
+            .arg(format!("shoal:s:{member}"))
+            .arg(&[
+                ("u", user.to_string()),
+                ("d", String::new()),
+                ("c", now.to_string()),
+                ("s", now.to_string()),
+                ("i", "3600000".to_string()),
+                ("a", abs_at.to_string()),
+                ("e", epoch.to_string()),
+            ])
+            .ignore()
+            .cmd("ZADD")
+            .arg(format!("shoal:su:{user}"))
+            .arg(abs_at)
+            .arg(&member)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await?;
+    assert_eq!(f.c[0].session_revoke_user(user).await?, 1000);
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("shoal:su:{user}"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(left.len(), 700, "the newer sessions keep their members");
+    assert!(left.iter().all(|m| m.as_str() >= "m1000"), "{left:?}");
+    let old: bool = redis::cmd("EXISTS")
+        .arg("shoal:s:m0000")
+        .query_async(&mut conn)
+        .await?;
+    assert!(!old);
+    let kept: bool = redis::cmd("EXISTS")
+        .arg("shoal:s:m1000")
+        .query_async(&mut conn)
+        .await?;
+    assert!(kept);
+    assert_eq!(f.c[0].session_list(user).await?.len(), 700);
+    Ok(())
+}

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SessionUnavailable};
 use crate::dispatch::OpError;
-use crate::stats::Stats;
+use crate::stats::{Stats, LAG_BUCKETS_MS};
 use crate::store::{Store, StoreError};
 use crate::streamid::StreamId;
 
@@ -54,6 +54,13 @@ use scripts::{Context, Got, Record, Rotated, Scripts, Updated};
 
 /// Random bytes in a token: 256 bits.
 pub const TOKEN_BYTES: usize = 32;
+/// How many user-index members one script call names (`session.revoke_user`'s
+/// deletions, `session.list`'s reads): a user with 100k sessions costs many
+/// small calls, never one that blocks Redis past its timeout.
+pub const INDEX_PAGE: usize = 500;
+/// The most entries `session.list` returns: the live sessions with the latest
+/// absolute expiry first.
+pub const LIST_MAX: usize = 1000;
 
 /// Settings of the session service, from `[session]` and friends.
 #[derive(Debug, Clone)]
@@ -97,6 +104,9 @@ struct Counters {
     flushes_trimmed: AtomicU64,
     flushes_identity: AtomicU64,
     flushes_bad_entry: AtomicU64,
+    /// Revocation lag histogram, bucketed like the invalidation lag
+    /// (`stats::LAG_BUCKETS_MS`; the last slot is above every bound).
+    lag_buckets: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
     lag_sum_ms: AtomicU64,
     lag_count: AtomicU64,
 }
@@ -322,6 +332,13 @@ impl Sessions {
         put("flushes_bad_entry", &c.flushes_bad_entry);
         put("revocation_lag_ms_sum", &c.lag_sum_ms);
         put("revocation_lag_count", &c.lag_count);
+        for (i, b) in LAG_BUCKETS_MS.iter().enumerate() {
+            put(&format!("revocation_lag_ms_le_{b}"), &c.lag_buckets[i]);
+        }
+        put(
+            "revocation_lag_ms_le_inf",
+            &c.lag_buckets[LAG_BUCKETS_MS.len()],
+        );
         let cursor = self.cursor();
         m.insert("session_local_entries".into(), self.local.entry_count());
         m.insert("session_reader_ready".into(), u64::from(self.ready()));
@@ -721,53 +738,85 @@ impl Sessions {
         }
     }
 
-    async fn index_members(&self, user: &str) -> Result<Vec<String>, StoreError> {
+    /// One page of `user`'s index: `count` members from rank `from`, highest
+    /// score (latest absolute expiry) first.
+    async fn index_page(
+        &self,
+        user: &str,
+        from: usize,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
         self.store
             .cmd(
                 redis::cmd("ZRANGE")
                     .arg(self.cx.keys.index(user))
-                    .arg(0)
-                    .arg(-1),
+                    .arg(from)
+                    .arg(from + count - 1)
+                    .arg("REV"),
             )
             .await
     }
 
     async fn revoke_user(&self, user: &str) -> Result<u64, OpError> {
-        // The members are read first and confirmed inside the script; a session
-        // created in between makes the script ask for another round.
-        for _ in 0..8 {
-            let members = self.index_members(user).await?;
-            if let Some((id, deleted, epoch)) = self
+        // Raising the epoch revokes every session at once (Redis refuses older
+        // ones from then on); the deletions that follow are housekeeping, a
+        // page at a time, so no call carries every session of a big user.
+        let (id, epoch) = self
+            .scripts
+            .revoke_user(&self.store, &self.cx, user)
+            .await?;
+        bump(&self.counters.user_revocations);
+        self.local.apply_user(user, epoch, id);
+        let mut deleted = 0;
+        let mut from = 0;
+        loop {
+            let page = self.index_page(user, from, INDEX_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            let (d, kept) = self
                 .scripts
-                .revoke_user(&self.store, &self.cx, user, &members)
-                .await?
-            {
-                bump(&self.counters.user_revocations);
-                self.local.apply_user(user, epoch, id);
-                return Ok(deleted);
+                .revoke_page(&self.store, &self.cx, user, epoch, &page)
+                .await?;
+            deleted += d;
+            // Kept members (sessions created after the revocation) stay ahead of
+            // the next page; a member a concurrent create shifts past the cursor
+            // is still refused by its epoch and cleaned by session.list.
+            from += usize::try_from(kept).unwrap_or(INDEX_PAGE);
+            if page.len() < INDEX_PAGE {
+                break;
             }
         }
-        Err(StoreError::Timeout(self.settings.timeout).into())
+        Ok(deleted)
     }
 
     async fn list(&self, user: &str) -> Result<Vec<SessionListEntry>, OpError> {
-        let members = self.index_members(user).await?;
-        if members.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = self
-            .scripts
-            .list(&self.store, &self.cx, user, &members)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SessionListEntry {
+        // A page at a time, latest absolute expiry first, up to LIST_MAX live
+        // sessions; each page also drops dead members from the index.
+        let mut out = Vec::new();
+        let mut from = 0;
+        while out.len() < LIST_MAX {
+            let page = self.index_page(user, from, INDEX_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            let rows = self
+                .scripts
+                .list(&self.store, &self.cx, user, &page)
+                .await?;
+            from += rows.len();
+            out.extend(rows.into_iter().map(|r| SessionListEntry {
                 session_id: r.hash,
                 created_at_ms: r.created_at_ms,
                 last_seen_ms: r.last_seen_ms,
                 expires_at_ms: r.expires_at_ms,
-            })
-            .collect())
+            }));
+            if page.len() < INDEX_PAGE {
+                break;
+            }
+        }
+        out.truncate(LIST_MAX);
+        Ok(out)
     }
 
     fn flush(&self, reason: FlushReason) {

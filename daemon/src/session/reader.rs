@@ -425,9 +425,9 @@ impl Sessions {
         }
         bump(&self.counters.events_applied);
         // Lag for the metric only: the id's time is Redis's clock, ours may differ.
-        self.counters
-            .lag_sum_ms
-            .fetch_add(now_ms().saturating_sub(id.ms), Ordering::Relaxed);
+        let lag = now_ms().saturating_sub(id.ms);
+        bump(&self.counters.lag_buckets[crate::stats::lag_bucket(lag)]);
+        self.counters.lag_sum_ms.fetch_add(lag, Ordering::Relaxed);
         bump(&self.counters.lag_count);
         self.set_cursor(id);
         user_revoked

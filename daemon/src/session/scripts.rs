@@ -100,6 +100,7 @@ pub struct Scripts {
     revoke: Script,
     rotate: Script,
     revoke_user: Script,
+    revoke_page: Script,
     list: Script,
     hash_key: Script,
     check: Script,
@@ -202,6 +203,7 @@ impl Scripts {
             revoke: Script::new(include_str!("../../../lua/session_revoke.lua")),
             rotate: Script::new(include_str!("../../../lua/session_rotate.lua")),
             revoke_user: Script::new(include_str!("../../../lua/session_revoke_user.lua")),
+            revoke_page: Script::new(include_str!("../../../lua/session_revoke_page.lua")),
             list: Script::new(include_str!("../../../lua/session_list.lua")),
             hash_key: Script::new(include_str!("../../../lua/session_hash_key.lua")),
             check: Script::new(include_str!("../../../lua/session_check.lua")),
@@ -365,41 +367,57 @@ impl Scripts {
         }
     }
 
-    /// Revokes every session of `user`, given the index `members` just read.
-    /// `None` when the index changed meanwhile (read it again).
-    /// Otherwise the stream id, the number of sessions deleted and the new epoch.
+    /// Revokes every session of `user` by raising its epoch (one small call,
+    /// whatever the number of sessions): the stream id and the new epoch.
     pub async fn revoke_user(
         &self,
         store: &Store,
         cx: &Context,
         user: &str,
-        members: &[String],
-    ) -> Result<Option<(StreamId, u64, u64)>, StoreError> {
+    ) -> Result<(StreamId, u64), StoreError> {
         let mut inv = self.revoke_user.prepare_invoke();
-        inv.key(cx.keys.index(user))
-            .key(cx.keys.epoch(user))
-            .key(cx.keys.stream());
-        for m in members {
-            inv.key(cx.keys.session(m));
-        }
-        inv.arg(user)
+        inv.key(cx.keys.epoch(user))
+            .key(cx.keys.stream())
+            .arg(user)
             .arg(cx.log_len)
             .arg(&cx.node)
             .arg(cx.epoch_keep_ms);
+        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        match v.as_slice() {
+            [id, epoch] => match (as_pos(id), as_u64(epoch)) {
+                (Some(id), Some(e)) => Ok((id, e)),
+                _ => Err(bad_shape("session_revoke_user")),
+            },
+            _ => Err(bad_shape("session_revoke_user")),
+        }
+    }
+
+    /// Deletes the sessions among `members` (one page of `user`'s index) that
+    /// recorded an epoch below `epoch`: (deleted, members kept in the index).
+    pub async fn revoke_page(
+        &self,
+        store: &Store,
+        cx: &Context,
+        user: &str,
+        epoch: u64,
+        members: &[String],
+    ) -> Result<(u64, u64), StoreError> {
+        let mut inv = self.revoke_page.prepare_invoke();
+        inv.key(cx.keys.index(user));
+        for m in members {
+            inv.key(cx.keys.session(m));
+        }
+        inv.arg(epoch);
         for m in members {
             inv.arg(m);
         }
         let v: Vec<Value> = store.invoke_script(&inv).await?;
-        match status(&v) {
-            Some(0) => Ok(None),
-            Some(1) => match v.as_slice() {
-                [_, id, deleted, epoch] => match (as_pos(id), as_u64(deleted), as_u64(epoch)) {
-                    (Some(id), Some(d), Some(e)) => Ok(Some((id, d, e))),
-                    _ => Err(bad_shape("session_revoke_user")),
-                },
-                _ => Err(bad_shape("session_revoke_user")),
+        match v.as_slice() {
+            [deleted, kept] => match (as_u64(deleted), as_u64(kept)) {
+                (Some(d), Some(k)) => Ok((d, k)),
+                _ => Err(bad_shape("session_revoke_page")),
             },
-            _ => Err(bad_shape("session_revoke_user")),
+            _ => Err(bad_shape("session_revoke_page")),
         }
     }
 
