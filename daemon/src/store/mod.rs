@@ -652,7 +652,7 @@ impl Store {
     /// The dataset epoch (created if missing) and the server's run_id.
     pub async fn identity(&self) -> Result<(String, String), StoreError> {
         let mut conn = self.conn.clone();
-        let candidate = crate::random_token(16);
+        let candidate = crate::random::random_token(16);
         let mut inv = self.scripts.epoch.prepare_invoke();
         inv.key(self.keys.epoch()).arg(candidate);
         let epoch: String = self.call(inv.invoke_async(&mut conn)).await?;
