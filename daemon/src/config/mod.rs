@@ -7,23 +7,19 @@
 //! the file as given, or the variable), with the closest known name as a hint. A
 //! typo must not start a daemon on the default Redis.
 
+mod load;
 mod redact;
-mod unknown;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use load::{check_env, env_name, ENV_NOT_CONFIG, ENV_NOT_CONFIG_PREFIXES};
 pub use redact::{redact_url, redis_address};
-pub use unknown::{check_env, env_name, ENV_NOT_CONFIG, ENV_NOT_CONFIG_PREFIXES};
-
-use unknown::{check_file, env_is_config, render};
 
 /// The whole configuration of one daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -463,43 +459,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults, then `file` (if any), then `SHOAL_*` environment variables.
-    /// Flags are layered on top by the caller with [`Config::figment`].
-    /// Refuses a key or variable this version does not know.
-    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::MissingFile(path.to_path_buf()));
-            }
-            check_file(path)?;
-            fig = fig.merge(Toml::file_exact(path));
-        }
-        check_env(
-            std::env::vars_os().filter_map(|(k, v)| {
-                Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
-            }),
-        )?;
-        Ok(fig.merge(
-            Env::prefixed("SHOAL_")
-                .filter(|k| env_is_config(&format!("SHOAL_{k}")))
-                .split("__"),
-        ))
-    }
-
-    /// Extracts and validates a configuration from a figment. `file` is the
-    /// configuration file as the user gave it, for messages.
-    pub fn from_figment(fig: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let config: Config = fig.extract().map_err(|e| render(&e, file))?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Loads defaults + file + environment.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Config::from_figment(Config::figment(file)?, file)
-    }
-
     /// A copy safe to show: the Redis password and `session.token_hash_key` redacted.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();

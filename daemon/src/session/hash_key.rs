@@ -6,29 +6,8 @@ use std::sync::Arc;
 
 use crate::store::StoreError;
 
+use super::keys::FleetKey;
 use super::{FlushReason, Sessions, TokenHasher};
-
-/// The token hash key in use and its hasher. `Debug` shows neither.
-#[derive(Clone)]
-pub(super) struct FleetKey {
-    raw: Arc<str>,
-    hasher: Arc<TokenHasher>,
-}
-
-impl std::fmt::Debug for FleetKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FleetKey(..)")
-    }
-}
-
-impl FleetKey {
-    pub(super) fn new(raw: &str) -> Option<FleetKey> {
-        Some(FleetKey {
-            raw: Arc::from(raw),
-            hasher: Arc::new(TokenHasher::new(raw.as_bytes())?),
-        })
-    }
-}
 
 impl Sessions {
     /// The token hasher, loading the fleet key from Redis if none is configured.

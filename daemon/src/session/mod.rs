@@ -30,7 +30,6 @@ mod reader;
 mod revoke;
 mod scripts;
 
-use hash_key::FleetKey;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -50,6 +49,7 @@ use crate::ops::stats::{Stats, LAG_BUCKETS_MS};
 use crate::store::streamid::StreamId;
 use crate::store::{Store, StoreError};
 
+use keys::FleetKey;
 pub use keys::{plausible_session_id, plausible_token, SessionKeys, TokenHasher};
 pub use local::FlushReason;
 use local::{Cached, LocalCache};

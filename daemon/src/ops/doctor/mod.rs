@@ -21,13 +21,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::ops::redis_watch::parse_info;
-
-use checks::{
-    check_commands, check_eviction, check_latency, check_persistence, check_pubsub_buffer,
-    check_version,
-};
+pub use checks::run;
 
 /// Oldest Redis with every command shoal's scripts call (`PEXPIRETIME` is 7.0).
 pub const MIN_VERSION: (u64, u64, u64) = (7, 0, 0);
@@ -220,111 +214,6 @@ impl Conn {
         v.get(1)
             .cloned()
             .ok_or_else(|| format!("CONFIG GET {name} returned nothing"))
-    }
-}
-
-/// Runs every check against the Redis of `config`.
-pub async fn run(config: &Config) -> Report {
-    let mut f = Findings::default();
-    let mut facts = BTreeMap::new();
-    let url = redact_url(&config.redis.url);
-    // Generous deadline: doctor is interactive, and a slow answer is itself
-    // reported by the latency check rather than turned into a failure here.
-    let timeout = config.redis.timeout.max(Duration::from_secs(2));
-    let conn = match redis::Client::open(config.redis.url.as_str()) {
-        Ok(client) => {
-            match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
-                Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no connection within {timeout:?}")),
-            }
-        }
-        Err(e) => Err(format!("bad redis.url: {e}")),
-    };
-    let mut conn = match conn {
-        Ok(c) => Conn { conn: c, timeout },
-        Err(e) => {
-            f.add(
-                "connect",
-                Severity::Problem,
-                format!("cannot connect to Redis at {url}: {e}"),
-                Some("check redis.url (host, port, user, password, TLS) and that Redis is up"),
-            );
-            return finish(url, None, f, facts);
-        }
-    };
-    f.add("connect", Severity::Ok, format!("connected to {url}"), None);
-
-    let info = match conn.query::<String>(&redis::cmd("INFO")).await {
-        Ok(text) => parse_info(&text),
-        Err(e) => {
-            f.add(
-                "connect",
-                Severity::Problem,
-                format!("INFO failed: {e}"),
-                Some("grant the shoal user +info (and +config|get, +command|info) in its ACL"),
-            );
-            return finish(url, None, f, facts);
-        }
-    };
-    for k in [
-        "redis_version",
-        "redis_mode",
-        "maxmemory_policy",
-        "used_memory",
-        "maxmemory",
-        "evicted_keys",
-        "aof_enabled",
-        "role",
-    ] {
-        if let Some(v) = info.get(k) {
-            facts.insert(k.to_string(), v.clone());
-        }
-    }
-    let version = info.get("redis_version").cloned();
-
-    check_version(&mut f, version.as_deref());
-    check_commands(&mut f, &mut conn).await;
-    check_eviction(&mut f, &info);
-    check_persistence(&mut f, &mut conn, &info, &config.redis.prefix, &mut facts).await;
-    check_pubsub_buffer(&mut f, &mut conn).await;
-    check_latency(&mut f, &mut conn, config.redis.timeout).await;
-    if info.get("cluster_enabled").map(String::as_str) == Some("1")
-        || info.get("redis_mode").map(String::as_str) == Some("cluster")
-    {
-        f.add(
-            "cluster",
-            Severity::Problem,
-            "Redis runs in cluster mode; this version of shoal needs a standalone (or Sentinel) Redis"
-                .into(),
-            Some("point redis.url at a standalone primary"),
-        );
-    }
-    finish(url, version, f, facts)
-}
-
-fn finish(
-    redis_url: String,
-    redis_version: Option<String>,
-    f: Findings,
-    facts: BTreeMap<String, String>,
-) -> Report {
-    let problems =
-        f.0.iter()
-            .filter(|x| x.severity == Severity::Problem)
-            .count();
-    let warnings =
-        f.0.iter()
-            .filter(|x| x.severity == Severity::Warning)
-            .count();
-    Report {
-        redis_url,
-        redis_version,
-        ok: problems == 0,
-        problems,
-        warnings,
-        findings: f.0,
-        facts,
     }
 }
 

@@ -1,14 +1,57 @@
-//! Refusing what this version does not know: unknown keys in the file and
-//! unknown `SHOAL_*` variables, each with the closest known name, and figment's
+//! Loading a configuration: defaults, then the file, then `SHOAL_*` variables
+//! (figment); refusing what this version does not know (unknown keys in the file,
+//! unknown `SHOAL_*` variables, each with the closest known name); figment's
 //! errors rendered with the key and file they concern.
 
 use std::path::Path;
 
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+
 use super::{Config, ConfigError};
 
+impl Config {
+    /// Defaults, then `file` (if any), then `SHOAL_*` environment variables.
+    /// Flags are layered on top by the caller with [`Config::figment`].
+    /// Refuses a key or variable this version does not know.
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            check_file(path)?;
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        check_env(
+            std::env::vars_os().filter_map(|(k, v)| {
+                Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
+            }),
+        )?;
+        Ok(fig.merge(
+            Env::prefixed("SHOAL_")
+                .filter(|k| env_is_config(&format!("SHOAL_{k}")))
+                .split("__"),
+        ))
+    }
+
+    /// Extracts and validates a configuration from a figment. `file` is the
+    /// configuration file as the user gave it, for messages.
+    pub fn from_figment(fig: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = fig.extract().map_err(|e| render(&e, file))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads defaults + file + environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::from_figment(Config::figment(file)?, file)
+    }
+}
+
+/// where an app's client connects) or by the test and bench harness.
 /// `SHOAL_*` variables that are not configuration keys: read by shoald itself
 /// (the config file, the log and span filters), by applications (`SHOAL_SOCKET`,
-/// where an app's client connects) or by the test and bench harness.
 pub const ENV_NOT_CONFIG: &[&str] = &["SHOAL_CONFIG", "SHOAL_LOG", "SHOAL_TRACE", "SHOAL_SOCKET"];
 
 /// Prefixes of `SHOAL_*` variables that are not configuration keys.
