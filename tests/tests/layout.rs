@@ -33,7 +33,12 @@ async fn daemon_sources_have_no_circles_few_up_arrows_and_no_huge_file() -> Resu
         if let Some(rest) = line.strip_prefix("files: ") {
             // files: N  arrows: A  up: U (P %)
             let num = |key: &str| -> Option<usize> {
-                rest.split(key).nth(1)?.split_whitespace().next()?.parse().ok()
+                rest.split(key)
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
             };
             arrows = num("arrows: ").zip(num("up: "));
         } else if let Some(n) = line.strip_prefix("circles: ") {
@@ -55,7 +60,10 @@ async fn daemon_sources_have_no_circles_few_up_arrows_and_no_huge_file() -> Resu
         up * 10 <= arrows,
         "{up} of {arrows} import arrows point up the layers (at most 10 %):\n{text}"
     );
-    assert!(too_big.is_empty(), "files over {MAX_LINES} lines outside tests: {too_big:?}");
+    assert!(
+        too_big.is_empty(),
+        "files over {MAX_LINES} lines outside tests: {too_big:?}"
+    );
     Ok(())
 }
 
@@ -67,7 +75,10 @@ async fn the_measure_finds_a_circle_and_an_upward_import() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let src = dir.path();
     std::fs::create_dir_all(src.join("store"))?;
-    std::fs::write(src.join("lib.rs"), "pub mod config;\npub mod store;\npub struct Ctx;\n")?;
+    std::fs::write(
+        src.join("lib.rs"),
+        "pub mod config;\npub mod store;\npub struct Ctx;\n",
+    )?;
     // store (Redis) reaches up to lib.rs's Ctx, and config and store import each other
     std::fs::write(
         src.join("store/mod.rs"),
