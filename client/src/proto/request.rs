@@ -181,6 +181,9 @@ pub enum Op {
     /// daemon uses, its node id and version, so a tool that names a daemon acts
     /// on that daemon's Redis.
     AdminInfo,
+    /// Extension (issue 17): the daemon's shared-memory L1. The answer's frame
+    /// carries the segment's descriptor (SCM_RIGHTS) on its first byte.
+    ShmAttach,
 }
 
 impl Op {
@@ -217,6 +220,7 @@ impl Op {
             Op::LockRelease { .. } => "lock.release",
             Op::Stats => "stats",
             Op::AdminInfo => "admin.info",
+            Op::ShmAttach => "shm.attach",
         }
     }
 
@@ -504,6 +508,7 @@ impl Args<'_> {
             "ping" => Op::Ping,
             "stats" => Op::Stats,
             "admin.info" => Op::AdminInfo,
+            "shm.attach" => Op::ShmAttach,
             "cache.get" => Op::CacheGet {
                 key: self.key("key")?,
                 lease: self.opt_bool("lease")?.unwrap_or(false),
@@ -743,7 +748,7 @@ impl Request {
                     w.field_str("client", c);
                 }
             }
-            Op::Ping | Op::Stats | Op::AdminInfo => {}
+            Op::Ping | Op::Stats | Op::AdminInfo | Op::ShmAttach => {}
             Op::CacheGet { key, lease } => {
                 w.field_str("key", key);
                 if *lease {

@@ -234,6 +234,14 @@ pub struct AdminInfo {
     pub server: String,
 }
 
+/// `shm.attach` (extension): the shared-memory segment's size; its descriptor
+/// rides on the answer's first byte (SCM_RIGHTS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmAttachResult {
+    /// Bytes of the segment.
+    pub bytes: u64,
+}
+
 /// `quota.usage`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaUsageResult {
