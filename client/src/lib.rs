@@ -95,6 +95,7 @@ pub mod proto;
 pub mod ratelimit;
 pub mod session;
 pub mod shm;
+mod shm_local;
 
 pub use client::{Client, ClientBuilder, ClientConfig, SetOptions, DEFAULT_SOCKET_PATH};
 pub use error::{Error, Result};
@@ -103,3 +104,4 @@ pub use lock::{LockAcquired, LockGuard};
 pub use proto::{ErrorCode, GetResult, HelloResult, Op, Source};
 pub use ratelimit::{Acquired, Concurrent, Decision, Reservation};
 pub use session::{Session, SessionCookie, SessionOptions};
+pub use shm_local::ShmStats;

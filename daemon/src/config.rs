@@ -174,6 +174,12 @@ pub struct CacheConfig {
     /// a value overwritten more than Δ before the read began. At least 2 × heartbeat.
     #[serde(with = "humantime_serde")]
     pub max_staleness: Duration,
+    /// Size of the shared-memory L1 that same-host clients map read-only and
+    /// answer hits from without a system call (0 turns it off).
+    pub shm_bytes: ByteSize,
+    /// Size of one shared-memory slot; a key plus value longer than it (less 48
+    /// bytes of slot header) stays on the socket path.
+    pub shm_slot_bytes: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -187,6 +193,8 @@ impl Default for CacheConfig {
             ttl_jitter: 0.0,
             heartbeat: Duration::from_millis(50),
             max_staleness: Duration::from_millis(250),
+            shm_bytes: ByteSize::mib(16),
+            shm_slot_bytes: ByteSize::kib(1),
         }
     }
 }
@@ -786,6 +794,16 @@ impl Config {
         }
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return bad("redis.url", format!("is not a usable Redis URL: {e}"));
+        }
+        let (shm, slot) = (self.cache.shm_bytes.as_u64(), self.cache.shm_slot_bytes.as_u64());
+        if !(128..=1 << 20).contains(&slot) {
+            return bad("cache.shm_slot_bytes", "must be between 128B and 1MiB");
+        }
+        if shm != 0 && shm < 4096 + slot {
+            return bad(
+                "cache.shm_bytes",
+                "must be 0 (off) or hold a 4KiB header and one cache.shm_slot_bytes slot",
+            );
         }
         if self.cache.l1_max_ttl.is_zero() {
             return bad("cache.l1_max_ttl", "must be positive");

@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod redis_watch;
 pub mod server;
 pub mod session;
+pub mod shm;
 pub mod socket;
 pub mod stats;
 pub mod store;
@@ -54,6 +55,8 @@ pub struct Ctx {
     pub config: Config,
     pub store: store::Store,
     pub cache: Arc<cache::Cache>,
+    /// The shared-memory L1 (`cache.shm_bytes`), when on.
+    pub shm: Option<Arc<shm::Shm>>,
     pub stats: Arc<stats::Stats>,
     pub coherence: Arc<coherence::CoherenceState>,
     pub sessions: Arc<session::Sessions>,
@@ -73,12 +76,23 @@ impl Ctx {
     pub fn new(config: Config) -> Result<Ctx, RunError> {
         let stats = Arc::new(stats::Stats::default());
         let store = store::Store::new(&config)?;
-        let l1 = Arc::new(l1::L1::new(
-            config.cache.l1_max_bytes.as_u64(),
-            config.cache.l1_max_ttl,
-            config.cache.max_staleness,
-            stats.clone(),
-        ));
+        let shm = match shm::Shm::new(&config.cache) {
+            Ok(s) => s.map(Arc::new),
+            Err(e) => {
+                // Clients fall back to the socket; nothing else depends on it.
+                tracing::warn!(error = %e, "shared-memory L1 unavailable; serving over the socket only");
+                None
+            }
+        };
+        let l1 = Arc::new(
+            l1::L1::new(
+                config.cache.l1_max_bytes.as_u64(),
+                config.cache.l1_max_ttl,
+                config.cache.max_staleness,
+                stats.clone(),
+            )
+            .with_shm(shm.clone()),
+        );
         let cache = Arc::new(cache::Cache::new(
             l1,
             store.clone(),
@@ -105,6 +119,7 @@ impl Ctx {
             config,
             store,
             cache,
+            shm,
             stats,
             coherence: Arc::new(coherence::CoherenceState::default()),
             sessions,
@@ -181,6 +196,10 @@ pub async fn run_with(
 
     let result = server::serve(listener, ctx.clone(), shutdown).await;
 
+    // Same-host readers stop at once rather than when the proof runs out.
+    if let Some(shm) = &ctx.shm {
+        shm.close();
+    }
     background.cancel();
     tasks.close();
     tasks.wait().await;

@@ -1,12 +1,27 @@
-//! Model check of the seqlock (`RUSTFLAGS="--cfg loom" cargo test -p shoal-client
-//! --lib shm`): loom runs a writer and a reader in every interleaving (and every
-//! weak-memory outcome it models) and the reader never returns a torn record.
+//! Model check of the seqlock (`cargo test -p shoal-client --lib shm::loom`):
+//! loom runs a writer and a reader in every interleaving (and every weak-memory
+//! outcome it models, fences included) and the reader never returns a torn
+//! record, nor the old value after a retire it was told about. The seqlock
+//! functions are the ones the segment uses, instantiated with loom's atomics.
+#![allow(clippy::unwrap_used)]
 
 use loom::sync::atomic::AtomicU64;
 use loom::sync::Arc;
 use loom::thread;
 
 use super::*;
+
+impl Word for AtomicU64 {
+    fn load(&self, order: Ordering) -> u64 {
+        AtomicU64::load(self, order)
+    }
+    fn store(&self, v: u64, order: Ordering) {
+        AtomicU64::store(self, v, order)
+    }
+    fn fence(order: Ordering) {
+        loom::sync::atomic::fence(order)
+    }
+}
 
 const WORDS: usize = SLOT_HEAD + 2;
 

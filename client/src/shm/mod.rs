@@ -26,21 +26,38 @@
 //! finds no valid copy, or doubts one (odd or moved sequence, other generation,
 //! lengths out of bounds, expired, not trusted), answers "ask the socket".
 
-#[cfg(not(loom))]
 mod attach;
-#[cfg(not(loom))]
 #[allow(unsafe_code)]
 mod raw;
 
-#[cfg(loom)]
-use loom::sync::atomic::{fence, AtomicU64, Ordering};
-#[cfg(not(loom))]
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-#[cfg(not(loom))]
 pub use attach::attach;
-#[cfg(not(loom))]
 pub use raw::send_with_fd;
+
+/// A word of shared memory as the seqlock sees it: `std`'s `AtomicU64` in the
+/// segment, loom's in the model check (`loom_tests.rs`), so the very code that
+/// runs is the code checked.
+pub trait Word {
+    fn load(&self, order: Ordering) -> u64;
+    fn store(&self, v: u64, order: Ordering);
+    fn fence(order: Ordering);
+}
+
+impl Word for AtomicU64 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u64 {
+        AtomicU64::load(self, order)
+    }
+    #[inline]
+    fn store(&self, v: u64, order: Ordering) {
+        AtomicU64::store(self, v, order)
+    }
+    #[inline]
+    fn fence(order: Ordering) {
+        std::sync::atomic::fence(order)
+    }
+}
 
 /// `"SHOALSHM"` as a little-endian word.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALSHM");
@@ -157,7 +174,7 @@ pub struct Record<'a> {
 /// Writes `rec` into `slot` (or empties it with `None`) under the seqlock.
 /// The caller must be the slot's only writer (the daemon serialises writes).
 /// Returns false, writing nothing, if key and value do not fit.
-pub fn write_slot(slot: &[AtomicU64], rec: Option<&Record<'_>>) -> bool {
+pub fn write_slot<W: Word>(slot: &[W], rec: Option<&Record<'_>>) -> bool {
     if slot.len() < SLOT_HEAD {
         return false;
     }
@@ -177,7 +194,7 @@ pub fn write_slot(slot: &[AtomicU64], rec: Option<&Record<'_>>) -> bool {
     slot[S_SEQ].store(begin, Ordering::Relaxed);
     // Orders the odd sequence before every data store below: a reader that
     // sees any of them, then fences, sees the sequence move.
-    fence(Ordering::Release);
+    W::fence(Ordering::Release);
     match rec {
         None => {
             slot[S_LENS].store(0, Ordering::Relaxed);
@@ -230,8 +247,8 @@ pub enum SlotRead {
 /// Reads `key` from `slot` under the seqlock: a `Hit` only if the slot held this
 /// key, written in `generation`, unexpired at `now_ns`, and the sequence did not
 /// move while it was read.
-pub fn read_slot(
-    slot: &[AtomicU64],
+pub fn read_slot<W: Word>(
+    slot: &[W],
     hash: u64,
     key: &[u8],
     generation: u64,
@@ -267,7 +284,7 @@ pub fn read_slot(
     }
     // Orders the data loads above before the second sequence load: if any of
     // them saw a newer write, this load sees that write's odd (or later) sequence.
-    fence(Ordering::Acquire);
+    W::fence(Ordering::Acquire);
     if slot[S_SEQ].load(Ordering::Relaxed) != s1 {
         return SlotRead::Doubt;
     }
@@ -360,7 +377,6 @@ pub fn lookup(words: &[AtomicU64], layout: &Layout, seed: u64, key: &[u8], now_n
 
 /// CLOCK_MONOTONIC now, in ns: the clock every process of the host shares.
 /// `None` only if the kernel refuses it (never on Linux).
-#[cfg(not(loom))]
 pub fn mono_now_ns() -> Option<u64> {
     use nix::time::{clock_gettime, ClockId};
     let t = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
@@ -371,14 +387,12 @@ pub fn mono_now_ns() -> Option<u64> {
 
 /// Converts `Instant`s (the daemon's clock) to CLOCK_MONOTONIC ns without ever
 /// making a deadline later than it is: the base is read before the `Instant`.
-#[cfg(not(loom))]
 #[derive(Debug, Clone, Copy)]
 pub struct MonoClock {
     base_ns: u64,
     base: std::time::Instant,
 }
 
-#[cfg(not(loom))]
 impl MonoClock {
     pub fn new() -> MonoClock {
         // No clock: every deadline lands near 0, so readers refuse.
@@ -401,7 +415,6 @@ impl MonoClock {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for MonoClock {
     fn default() -> Self {
         MonoClock::new()
@@ -419,7 +432,6 @@ pub enum ShmError {
 
 /// The daemon's side: creates the segment and writes it. Slot writes take
 /// `&mut self`, so there is one writer per segment, as the seqlock requires.
-#[cfg(not(loom))]
 #[derive(Debug)]
 pub struct Segment {
     map: raw::Mapping,
@@ -427,7 +439,6 @@ pub struct Segment {
     seed: u64,
 }
 
-#[cfg(not(loom))]
 impl Segment {
     /// A new segment of about `total_bytes` with `slot_bytes` slots: a sealed
     /// memfd (it can never shrink or grow, and no one else can write it), mapped
@@ -520,7 +531,6 @@ impl Segment {
 }
 
 /// The client's side: a segment mapped read-only, its header checked once.
-#[cfg(not(loom))]
 #[derive(Debug)]
 pub struct View {
     map: raw::Mapping,
@@ -528,7 +538,6 @@ pub struct View {
     seed: u64,
 }
 
-#[cfg(not(loom))]
 impl View {
     /// Maps the segment behind `fd` read-only. Refuses a file that could shrink
     /// under the mapping (not sealed) and a header whose geometry does not fit
@@ -579,8 +588,8 @@ impl View {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(test)]
 mod tests;
 
-#[cfg(all(test, loom))]
+#[cfg(test)]
 mod loom_tests;

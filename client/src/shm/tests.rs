@@ -138,7 +138,7 @@ fn readers_racing_a_writer_never_see_a_torn_value() {
         .collect();
     let started = std::time::Instant::now();
     let mut version = 0u8;
-    while started.elapsed() < std::time::Duration::from_millis(300) {
+    while started.elapsed() < std::time::Duration::from_millis(800) {
         version = version.wrapping_add(1);
         let value = vec![version; 1 + usize::from(version) % 300];
         assert!(put(&mut s, "hot", &value, LATER));
