@@ -32,8 +32,8 @@ use shoal_client::shm::{MonoClock, Record, Segment, ShmError};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-use crate::l1::Entry;
-use crate::streamid::StreamId;
+use crate::cache::l1::Entry;
+use crate::store::streamid::StreamId;
 
 /// What the daemon knows about one slot it wrote.
 #[derive(Debug, Clone)]

@@ -26,8 +26,8 @@ use bytes::Bytes;
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::stats::Stats;
-use crate::streamid::StreamId;
+use crate::ops::stats::Stats;
+use crate::store::streamid::StreamId;
 
 /// Bytes charged per entry on top of key and value (moka node, Arc, our struct).
 pub const ENTRY_OVERHEAD: usize = 128;
@@ -41,6 +41,8 @@ pub struct Entry {
     pub pos: StreamId,
     /// When L2's copy expires, as far as the read could tell.
     pub l2_expires_at: Option<Instant>,
+    /// L1's flush count when it was filled: a later flush voids it.
+    flushes: u64,
 }
 
 struct EntryExpiry;
@@ -95,13 +97,17 @@ pub struct L1 {
     /// Δ in µs.
     max_staleness_us: u64,
     generation: AtomicU64,
+    /// Flushes so far. Hits check it themselves, so no moka subtlety
+    /// (`invalidate_all` compares timestamps, and two racing calls can move its
+    /// cut-off back) can make a flushed entry readable.
+    flushes: AtomicU64,
     marks: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
     max_ttl: Duration,
     max_bytes: u64,
     stats: Arc<Stats>,
     /// The shared-memory L1 (issue 17), kept under the same rules: see `shm.rs`.
-    shm: Option<Arc<crate::shm::Shm>>,
+    shm: Option<Arc<crate::cache::shm::Shm>>,
 }
 
 impl std::fmt::Debug for L1 {
@@ -142,6 +148,7 @@ impl L1 {
             proof_us: AtomicU64::new(0),
             max_staleness_us: u64::try_from(max_staleness.as_micros()).unwrap_or(u64::MAX),
             generation: AtomicU64::new(1),
+            flushes: AtomicU64::new(0),
             marks: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             max_ttl,
@@ -152,7 +159,7 @@ impl L1 {
     }
 
     /// Mirrors this L1's hot entries and trust in `shm` (same-host readers).
-    pub fn with_shm(mut self, shm: Option<Arc<crate::shm::Shm>>) -> L1 {
+    pub fn with_shm(mut self, shm: Option<Arc<crate::cache::shm::Shm>>) -> L1 {
         self.shm = shm;
         self
     }
@@ -240,6 +247,11 @@ impl L1 {
             return None;
         }
         let e = self.cache.get(key).await?;
+        // A change of this key removed it from moka (exactly); a flush is checked
+        // here rather than trusted to `invalidate_all`.
+        if self.flushes.load(Ordering::SeqCst) != e.flushes {
+            return None;
+        }
         // moka expires lazily on its own clock; never serve past our deadline.
         if e.expires_at <= Instant::now() {
             return None;
@@ -279,6 +291,7 @@ impl L1 {
             return false;
         }
         let stripe = self.stripe(key);
+        let flushes = self.flushes.load(Ordering::SeqCst);
         let admissible =
             |l1: &L1| l1.ticket_valid(ticket) && stripe.load(Ordering::SeqCst) <= pos.pack_down();
         if !admissible(self) {
@@ -292,6 +305,7 @@ impl L1 {
             expires_at: now + ttl,
             pos,
             l2_expires_at: l2_ttl_ms.map(|ms| now + Duration::from_millis(ms)),
+            flushes,
         };
         self.cache.insert(key.clone(), entry).await;
         // A change applied between the check and the insert has not seen our entry;
@@ -326,6 +340,7 @@ impl L1 {
     /// Empties L1 and voids every fill in flight.
     pub fn flush(&self, reason: FlushReason) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
         // The generation bump voids fills read before this point, so old marks
         // (which may be from a previous Redis whose ids were larger) can go.
