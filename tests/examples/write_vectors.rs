@@ -130,7 +130,7 @@ const HOUR_MS: u64 = 3_600_000;
 fn handshake() -> F {
     let mut f = F::new(
         "01-handshake",
-        "hello first, ping (with and without a trace), a second hello refused without closing, stats, admin.info",
+        "hello first, ping (with and without a trace), a second hello refused without closing, stats, admin.info, shm.attach",
     );
     f.hello();
     f.call("ping", 1, "ping", &[]);
@@ -161,6 +161,13 @@ fn handshake() -> F {
     )
     .vary("ok.redis", "type")
     .vary("ok.server", "type");
+    f.call(
+        "extension: shm.attach, the shared-memory L1; the segment's descriptor rides on this response (SCM_RIGHTS), which a plain read drops",
+        7,
+        "shm.attach",
+        &[],
+    )
+    .vary("ok.bytes", "type");
     f
 }
 
