@@ -4,6 +4,7 @@
 //! The binary (`main.rs`) only loads configuration, binds the socket and calls
 //! [`run`]; tests call the same [`run`] in-process. See ARCHITECTURE.md for the
 //! code map and the invariants.
+#![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod config;

@@ -10,6 +10,7 @@
 //!
 //! `cargo bench -p shoal-tests --bench compare` (`BENCH_SECS` sets the time per
 //! row, default 1.5). Prints markdown tables.
+#![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

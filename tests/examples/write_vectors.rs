@@ -11,6 +11,7 @@
 //! ```
 //!
 //! A new op gets its steps in the file of its area (or a new `NN-area.json`).
+#![forbid(unsafe_code)]
 
 use anyhow::Result;
 use rmpv::Value;

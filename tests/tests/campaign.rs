@@ -4,6 +4,7 @@
 //! staleness; any stale read, revoked session accepted past Δ, or daemon that does
 //! not converge after a fault fails the test. The seed is printed;
 //! `SHOAL_CAMPAIGN_SEED=<seed>` replays a run's fault schedule.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

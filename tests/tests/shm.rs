@@ -2,6 +2,7 @@
 //! answers hits from the daemon's segment without the socket, and the coherence
 //! rules hold for it unchanged — read-your-writes, invalidations from other
 //! daemons, loss of trust, flushes, the Δ deadline — with real daemons and Redis.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
