@@ -3,7 +3,9 @@
 //! processes) and an echo server, then measures at 1 and 64 callers:
 //! the raw Unix-socket floor (echo server in a separate process, as shoald is);
 //! redis-rs GET straight to Redis; redis-rs client-side caching (RESP3 tracking);
-//! shoal ping, L1 hit, L2 hit and `cache.mget` of 16 keys; the same with a
+//! shoal ping, L1 hit (socket, and shared memory: issue 17), L2 hit and
+//! `cache.mget` of 16 keys; latency and CPU per operation of one caller (client
+//! and server process) for the GET, client-side caching and L1 rows; the same with a
 //! modelled network (200 µs each way between the client side and Redis); a
 //! zipfian read-mostly mix through 2 daemons with 1 % invalidations (hit ratio,
 //! ops/s, stale reads); invalidation propagation to 4 daemons.
@@ -290,12 +292,19 @@ async fn bench() -> Result<()> {
     for p in &mut procs {
         clients.push(p.wait_ready(Duration::from_secs(60)).await?);
     }
+    // The shared-memory L1 has rows of its own; every other shoal row measures
+    // the socket path, as before it existed.
+    let socket_only = |p: &shoal_tests::DaemonProcess| {
+        shoal_client::Client::builder(&p.socket).shm(false).connect()
+    };
+    let local_shm = clients[0].clone();
     let (local, l2, netl1, netl2) = (
-        clients[0].clone(),
-        clients[1].clone(),
-        clients[2].clone(),
-        clients[3].clone(),
+        socket_only(&procs[0]).await?,
+        socket_only(&procs[1]).await?,
+        socket_only(&procs[2]).await?,
+        socket_only(&procs[3]).await?,
     );
+    anyhow::ensure!(local_shm.shm_stats().attached, "the shm client did not attach");
     let value = bytes::Bytes::from(vec![b'x'; 100]);
     local
         .set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
@@ -310,6 +319,9 @@ async fn bench() -> Result<()> {
     for c in [&local, &netl1] {
         c.get_raw("hot").await?;
     }
+    // Published on that socket hit; the shm client now finds it in the segment.
+    local_shm.get_raw("hot").await?;
+    anyhow::ensure!(local_shm.shm_stats().hits == 1, "hot is not in shared memory");
     local.check("shut", "k").await?; // over its limit from now on: denied locally
     let session = local
         .session_create_raw(
@@ -355,7 +367,8 @@ async fn bench() -> Result<()> {
             )
             .await?,
         );
-        rows.push(shoal_get("shoal L1 hit", callers, &local).await?);
+        rows.push(shoal_get("shoal L1 hit (socket)", callers, &local).await?);
+        rows.push(shoal_get("shoal L1 hit (shared memory)", callers, &local_shm).await?);
         rows.push(shoal_get("shoal L2 hit", callers, &l2).await?);
         rows.push(shoal_mget("shoal cache.mget 16 keys (L1)", callers, &local, &mkeys).await?);
         let c = local.clone();
@@ -455,6 +468,43 @@ async fn bench() -> Result<()> {
         rows.insert(first, best);
     }
     print_table(&rows);
+    let (redis_pid, shoald_pid) = (redis.pid().unwrap_or(0), procs[0].child.id());
+    let mut cpu = Vec::new();
+    cpu.push(cpu_row("redis-rs GET direct", redis_pid, || {
+        let mut d = direct.clone();
+        async move {
+            let _: Option<Vec<u8>> = redis::cmd("GET").arg("shoal:c:hot").query_async(&mut d).await?;
+            Ok(())
+        }
+    })
+    .await?);
+    cpu.push(cpu_row("redis-rs client-side caching hit (RESP3)", redis_pid, || {
+        let mut d = csc.clone();
+        async move {
+            let _: Option<Vec<u8>> = redis::cmd("GET").arg("shoal:c:hot").query_async(&mut d).await?;
+            Ok(())
+        }
+    })
+    .await?);
+    cpu.push(cpu_row("shoal L1 hit (socket)", shoald_pid, || {
+        let c = local.clone();
+        async move {
+            c.get_raw("hot").await?;
+            Ok(())
+        }
+    })
+    .await?);
+    let hits_before = local_shm.shm_stats().hits;
+    cpu.push(cpu_row("shoal L1 hit (shared memory)", shoald_pid, || {
+        let c = local_shm.clone();
+        async move {
+            c.get_raw("hot").await?;
+            Ok(())
+        }
+    })
+    .await?);
+    let shm = local_shm.shm_stats();
+    print_cpu_table(&cpu, shm.hits - hits_before, shm.fallbacks);
     zipf_mix(&[clients[0].clone(), clients[4].clone()]).await?;
     propagation(&[
         clients[0].clone(),
@@ -484,6 +534,82 @@ async fn bench() -> Result<()> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// One caller, sequential: latency and CPU per operation, of this process and
+/// of the server process (`/proc/<pid>/stat` utime + stime, USER_HZ = 100).
+struct CpuRow {
+    name: String,
+    ops: u64,
+    p50_ns: u64,
+    client_us: f64,
+    server_us: f64,
+}
+
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime is the
+    // 12th and stime the 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum()
+}
+
+async fn cpu_row<F, Fut>(name: &str, server_pid: u32, op: F) -> Result<CpuRow>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let dur = secs().max(Duration::from_secs(2));
+    let server = server_pid.to_string();
+    for _ in 0..1000 {
+        op().await?;
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let (c0, s0) = (cpu_ticks("self"), cpu_ticks(&server));
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        op().await?;
+        hist.record(t.elapsed().as_nanos() as u64)?;
+        ops += 1;
+    }
+    let (c1, s1) = (cpu_ticks("self"), cpu_ticks(&server));
+    let per_op = |ticks: u64| ticks as f64 * 10_000.0 / ops.max(1) as f64;
+    Ok(CpuRow {
+        name: name.to_string(),
+        ops,
+        p50_ns: hist.value_at_quantile(0.5),
+        client_us: per_op(c1.saturating_sub(c0)),
+        server_us: per_op(s1.saturating_sub(s0)),
+    })
+}
+
+fn print_cpu_table(rows: &[CpuRow], shm_hits: u64, shm_fallbacks: u64) {
+    println!();
+    println!("One caller, back to back: latency and CPU per operation (client process, server process)");
+    println!();
+    println!("| operation | ops | p50 µs | client CPU µs/op | server CPU µs/op | total CPU µs/op |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.name,
+            r.ops,
+            r.p50_ns as f64 / 1000.0,
+            r.client_us,
+            r.server_us,
+            r.client_us + r.server_us
+        );
+    }
+    println!();
+    println!("shared-memory row: {shm_hits} hits from the segment, {shm_fallbacks} lookups sent to the socket (whole run)");
 }
 
 async fn redis_get(

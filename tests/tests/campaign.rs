@@ -43,6 +43,11 @@ async fn campaign() -> Result<()> {
         report.l1_hits > 1_000,
         "too few L1 hits: the oracle saw no cache"
     );
+    assert!(
+        report.shm_hits > 100,
+        "too few shared-memory hits ({}): the oracle saw no shm reader",
+        report.shm_hits
+    );
     assert!(report.verdict.session_reads_checked > 500);
     assert!(
         report.ok(),
