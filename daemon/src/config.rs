@@ -795,7 +795,10 @@ impl Config {
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return bad("redis.url", format!("is not a usable Redis URL: {e}"));
         }
-        let (shm, slot) = (self.cache.shm_bytes.as_u64(), self.cache.shm_slot_bytes.as_u64());
+        let (shm, slot) = (
+            self.cache.shm_bytes.as_u64(),
+            self.cache.shm_slot_bytes.as_u64(),
+        );
         if !(128..=1 << 20).contains(&slot) {
             return bad("cache.shm_slot_bytes", "must be between 128B and 1MiB");
         }

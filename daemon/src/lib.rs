@@ -74,10 +74,10 @@ impl Ctx {
         };
         let l1 = Arc::new(
             cache::l1::L1::new(
-            config.cache.l1_max_bytes.as_u64(),
-            config.cache.l1_max_ttl,
-            config.cache.max_staleness,
-            stats.clone(),
+                config.cache.l1_max_bytes.as_u64(),
+                config.cache.l1_max_ttl,
+                config.cache.max_staleness,
+                stats.clone(),
             )
             .with_shm(shm.clone()),
         );

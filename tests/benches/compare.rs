@@ -295,7 +295,9 @@ async fn bench() -> Result<()> {
     // The shared-memory L1 has rows of its own; every other shoal row measures
     // the socket path, as before it existed.
     let socket_only = |p: &shoal_tests::DaemonProcess| {
-        shoal_client::Client::builder(&p.socket).shm(false).connect()
+        shoal_client::Client::builder(&p.socket)
+            .shm(false)
+            .connect()
     };
     let local_shm = clients[0].clone();
     let (local, l2, netl1, netl2) = (
@@ -304,7 +306,10 @@ async fn bench() -> Result<()> {
         socket_only(&procs[2]).await?,
         socket_only(&procs[3]).await?,
     );
-    anyhow::ensure!(local_shm.shm_stats().attached, "the shm client did not attach");
+    anyhow::ensure!(
+        local_shm.shm_stats().attached,
+        "the shm client did not attach"
+    );
     let value = bytes::Bytes::from(vec![b'x'; 100]);
     local
         .set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
@@ -321,7 +326,10 @@ async fn bench() -> Result<()> {
     }
     // Published on that socket hit; the shm client now finds it in the segment.
     local_shm.get_raw("hot").await?;
-    anyhow::ensure!(local_shm.shm_stats().hits == 1, "hot is not in shared memory");
+    anyhow::ensure!(
+        local_shm.shm_stats().hits == 1,
+        "hot is not in shared memory"
+    );
     local.check("shut", "k").await?; // over its limit from now on: denied locally
     let session = local
         .session_create_raw(
@@ -470,39 +478,57 @@ async fn bench() -> Result<()> {
     print_table(&rows);
     let (redis_pid, shoald_pid) = (redis.pid().unwrap_or(0), procs[0].child.id());
     let mut cpu = Vec::new();
-    cpu.push(cpu_row("redis-rs GET direct", redis_pid, || {
-        let mut d = direct.clone();
-        async move {
-            let _: Option<Vec<u8>> = redis::cmd("GET").arg("shoal:c:hot").query_async(&mut d).await?;
-            Ok(())
-        }
-    })
-    .await?);
-    cpu.push(cpu_row("redis-rs client-side caching hit (RESP3)", redis_pid, || {
-        let mut d = csc.clone();
-        async move {
-            let _: Option<Vec<u8>> = redis::cmd("GET").arg("shoal:c:hot").query_async(&mut d).await?;
-            Ok(())
-        }
-    })
-    .await?);
-    cpu.push(cpu_row("shoal L1 hit (socket)", shoald_pid, || {
-        let c = local.clone();
-        async move {
-            c.get_raw("hot").await?;
-            Ok(())
-        }
-    })
-    .await?);
+    cpu.push(
+        cpu_row("redis-rs GET direct", redis_pid, || {
+            let mut d = direct.clone();
+            async move {
+                let _: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg("shoal:c:hot")
+                    .query_async(&mut d)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?,
+    );
+    cpu.push(
+        cpu_row(
+            "redis-rs client-side caching hit (RESP3)",
+            redis_pid,
+            || {
+                let mut d = csc.clone();
+                async move {
+                    let _: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg("shoal:c:hot")
+                        .query_async(&mut d)
+                        .await?;
+                    Ok(())
+                }
+            },
+        )
+        .await?,
+    );
+    cpu.push(
+        cpu_row("shoal L1 hit (socket)", shoald_pid, || {
+            let c = local.clone();
+            async move {
+                c.get_raw("hot").await?;
+                Ok(())
+            }
+        })
+        .await?,
+    );
     let hits_before = local_shm.shm_stats().hits;
-    cpu.push(cpu_row("shoal L1 hit (shared memory)", shoald_pid, || {
-        let c = local_shm.clone();
-        async move {
-            c.get_raw("hot").await?;
-            Ok(())
-        }
-    })
-    .await?);
+    cpu.push(
+        cpu_row("shoal L1 hit (shared memory)", shoald_pid, || {
+            let c = local_shm.clone();
+            async move {
+                c.get_raw("hot").await?;
+                Ok(())
+            }
+        })
+        .await?,
+    );
     let shm = local_shm.shm_stats();
     print_cpu_table(&cpu, shm.hits - hits_before, shm.fallbacks);
     zipf_mix(&[clients[0].clone(), clients[4].clone()]).await?;
@@ -593,9 +619,13 @@ where
 
 fn print_cpu_table(rows: &[CpuRow], shm_hits: u64, shm_fallbacks: u64) {
     println!();
-    println!("One caller, back to back: latency and CPU per operation (client process, server process)");
+    println!(
+        "One caller, back to back: latency and CPU per operation (client process, server process)"
+    );
     println!();
-    println!("| operation | ops | p50 µs | client CPU µs/op | server CPU µs/op | total CPU µs/op |");
+    println!(
+        "| operation | ops | p50 µs | client CPU µs/op | server CPU µs/op | total CPU µs/op |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(

@@ -5,7 +5,6 @@
 //! the Redis address without its password), and release builds without test
 //! hooks.
 #![forbid(unsafe_code)]
-
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};

@@ -46,8 +46,12 @@ async fn a_hit_is_served_from_shared_memory_without_the_socket() -> Result<()> {
     let d = Daemon::start_ready(test_config(&redis, dir.path(), "a")).await?;
     let c = d.client().await?;
     assert!(c.shm_stats().attached, "attached at connect");
-    c.set_raw("user:1", Bytes::from_static(b"alice"), Some(Duration::from_secs(60)))
-        .await?;
+    c.set_raw(
+        "user:1",
+        Bytes::from_static(b"alice"),
+        Some(Duration::from_secs(60)),
+    )
+    .await?;
     let first = c.get_full("user:1", false).await?;
     assert_eq!(first.from, Some(Source::L1), "through the socket, from L1");
     assert_eq!(c.shm_stats().hits, 0);
@@ -82,7 +86,10 @@ async fn writes_and_invalidations_through_the_same_daemon_are_read_at_once() -> 
         assert_eq!(read_until_shm(&c, "k").await?, Some(value));
     }
     c.invalidate(["k"]).await?;
-    assert!(c.get_raw("k").await?.is_none(), "invalidated: never the old value");
+    assert!(
+        c.get_raw("k").await?.is_none(),
+        "invalidated: never the old value"
+    );
     assert!(daemon_stat(&c, "shm_retired").await? >= 20);
     Ok(())
 }
@@ -101,13 +108,18 @@ async fn a_change_through_another_daemon_is_never_read_from_shm_once_applied() -
         let seq = if v % 2 == 0 {
             cb.invalidate(["row"]).await?
         } else {
-            cb.set_raw("row", Bytes::from(format!("new{v}")), None).await?;
+            cb.set_raw("row", Bytes::from(format!("new{v}")), None)
+                .await?;
             // The set's log id: the next invalidation of another key is after it.
             cb.invalidate(["marker"]).await?
         };
         a.wait_applied(&seq, Duration::from_secs(5)).await?;
         let now = ca.get_raw("row").await?;
-        assert_ne!(now, Some(old), "round {v}: the old value after the change was applied");
+        assert_ne!(
+            now,
+            Some(old),
+            "round {v}: the old value after the change was applied"
+        );
     }
     Ok(())
 }
@@ -170,7 +182,11 @@ async fn readers_stop_within_the_bound_when_delivery_proofs_stop() -> Result<()>
             Lookup::Untrusted => break stopped.elapsed(),
             Lookup::Miss => anyhow::bail!("the copy vanished instead of being refused"),
         }
-        assert!(stopped.elapsed() < delta * 4, "still served {:?} after the stall", stopped.elapsed());
+        assert!(
+            stopped.elapsed() < delta * 4,
+            "still served {:?} after the stall",
+            stopped.elapsed()
+        );
         tokio::task::yield_now().await;
     };
     redis.signal(nix::sys::signal::Signal::SIGCONT)?;
@@ -180,7 +196,10 @@ async fn readers_stop_within_the_bound_when_delivery_proofs_stop() -> Result<()>
         "served from shm until {last_hit:?} (Δ {delta:?})"
     );
     // ...and refused soon after (this loop shares its runtime with the daemon).
-    assert!(refused < delta + Duration::from_millis(100), "refused after {refused:?}");
+    assert!(
+        refused < delta + Duration::from_millis(100),
+        "refused after {refused:?}"
+    );
     Ok(())
 }
 
@@ -195,7 +214,8 @@ async fn shm_is_off_with_zero_bytes_or_when_the_client_opts_out() -> Result<()> 
     assert!(!c.shm_stats().attached);
     let err = shoal_client::shm::attach(&off.socket, "t").await.err();
     assert!(
-        err.as_ref().is_some_and(|e| e.to_string().contains("cache.shm_bytes = 0")),
+        err.as_ref()
+            .is_some_and(|e| e.to_string().contains("cache.shm_bytes = 0")),
         "{err:?}"
     );
     c.set_raw("k", Bytes::from_static(b"v"), None).await?;

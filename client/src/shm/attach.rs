@@ -59,7 +59,11 @@ pub async fn attach(socket_path: &Path, client_name: &str) -> Result<View> {
                 Error::Protocol("shm.attach answered without a descriptor".into())
             })?;
             let view = View::from_fd(fd).map_err(|e| Error::Protocol(e.to_string()))?;
-            tracing::debug!(bytes = size, slots = view.layout().slot_count, "shared-memory L1 attached");
+            tracing::debug!(
+                bytes = size,
+                slots = view.layout().slot_count,
+                "shared-memory L1 attached"
+            );
             return Ok(view);
         }
         stream.readable().await.map_err(Error::Io)?;

@@ -80,7 +80,10 @@ fn a_retired_slot_is_never_read_as_the_old_value_after_the_retire() {
             d.store(1, Ordering::Release);
         });
         if done.load(Ordering::Acquire) == 1 {
-            assert!(!matches!(read_slot(&slot, 7, b"k", 1, 0), SlotRead::Hit { .. }));
+            assert!(!matches!(
+                read_slot(&slot, 7, b"k", 1, 0),
+                SlotRead::Hit { .. }
+            ));
         }
         writer.join().unwrap();
     });

@@ -101,7 +101,8 @@ impl Layout {
     /// The layout of a segment of about `total_bytes` with slots of `slot_bytes`
     /// (rounded down to whole words). `None` if not even one slot fits.
     pub fn for_bytes(total_bytes: u64, slot_bytes: u64) -> Option<Layout> {
-        let slot_words = usize::try_from(slot_bytes.clamp(MIN_SLOT_BYTES, MAX_SLOT_BYTES) / 8).ok()?;
+        let slot_words =
+            usize::try_from(slot_bytes.clamp(MIN_SLOT_BYTES, MAX_SLOT_BYTES) / 8).ok()?;
         let words = usize::try_from(total_bytes / 8).ok()?;
         let slot_count = words.checked_sub(HEADER_WORDS)? / slot_words;
         (slot_count > 0).then_some(Layout {

@@ -38,10 +38,16 @@ impl Mapping {
         let mut seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
         // Linux ≥ 5.1; the read-only descriptor handed out (`share`) covers
         // older kernels.
-        if fcntl(&fd, FcntlArg::F_ADD_SEALS(seals | SealFlag::F_SEAL_FUTURE_WRITE)).is_ok() {
+        if fcntl(
+            &fd,
+            FcntlArg::F_ADD_SEALS(seals | SealFlag::F_SEAL_FUTURE_WRITE),
+        )
+        .is_ok()
+        {
             seals |= SealFlag::F_SEAL_FUTURE_WRITE;
         }
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals | SealFlag::F_SEAL_SEAL)).map_err(io::Error::from)?;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals | SealFlag::F_SEAL_SEAL))
+            .map_err(io::Error::from)?;
         Ok(Mapping {
             map,
             fd,
@@ -121,7 +127,10 @@ pub fn send_with_fd(sock: RawFd, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<
 
 /// Receives bytes into `buf` and the first descriptor attached to them, if any
 /// (any further descriptors are closed). Non-blocking.
-pub(super) fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+pub(super) fn recv_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut iov = [io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 2]);
     let msg = recvmsg::<()>(

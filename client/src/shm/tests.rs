@@ -53,7 +53,10 @@ fn a_reader_sees_what_the_writer_published_through_its_own_mapping() {
     assert!(put(&mut s, "user:1", b"alice", LATER));
     let view = View::from_fd(s.share().unwrap()).unwrap();
     assert_eq!(view.layout(), s.layout());
-    assert_eq!(hit(view.get_at(b"user:1", NOW)).as_deref(), Some(&b"alice"[..]));
+    assert_eq!(
+        hit(view.get_at(b"user:1", NOW)).as_deref(),
+        Some(&b"alice"[..])
+    );
     assert_eq!(view.get_at(b"user:2", NOW), Lookup::Miss);
 }
 
@@ -63,8 +66,16 @@ fn entries_expire_and_trust_has_a_deadline() {
     assert!(put(&mut s, "k", b"v", 5_000));
     let view = View::from_fd(s.share().unwrap()).unwrap();
     assert!(hit(view.get_at(b"k", 4_999)).is_some());
-    assert_eq!(view.get_at(b"k", 5_000), Lookup::Miss, "expired at its expiry");
-    assert_eq!(view.get_at(b"k", LATER), Lookup::Untrusted, "at the deadline: refused");
+    assert_eq!(
+        view.get_at(b"k", 5_000),
+        Lookup::Miss,
+        "expired at its expiry"
+    );
+    assert_eq!(
+        view.get_at(b"k", LATER),
+        Lookup::Untrusted,
+        "at the deadline: refused"
+    );
     s.advance_trust(2 * LATER);
     assert!(hit(view.get_at(b"k", 4_000)).is_some());
     s.advance_trust(10); // never moves back
@@ -73,7 +84,11 @@ fn entries_expire_and_trust_has_a_deadline() {
     assert_eq!(view.get_at(b"k", 4_000), Lookup::Untrusted, "loss of trust");
     s.set_ready(true);
     s.advance_trust(LATER);
-    assert_eq!(view.get_at(b"k", 4_000), Lookup::Miss, "the old generation is dead");
+    assert_eq!(
+        view.get_at(b"k", 4_000),
+        Lookup::Miss,
+        "the old generation is dead"
+    );
 }
 
 #[test]
@@ -125,7 +140,11 @@ fn readers_racing_a_writer_never_see_a_torn_value() {
                     match view.get_at(b"hot", NOW) {
                         Lookup::Hit { value, .. } => {
                             let v = value[0];
-                            assert_eq!(value.len(), 1 + usize::from(v) % 300, "length of version {v}");
+                            assert_eq!(
+                                value.len(),
+                                1 + usize::from(v) % 300,
+                                "length of version {v}"
+                            );
                             assert!(value.iter().all(|&b| b == v), "torn value {value:?}");
                             hits += 1;
                         }
@@ -159,7 +178,11 @@ fn sealed_memfd(bytes: &[u8]) -> OwnedFd {
     let mut f = std::fs::File::from(fd);
     std::io::Write::write_all(&mut f, bytes).unwrap();
     let fd = OwnedFd::from(f);
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW)).unwrap();
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )
+    .unwrap();
     fd
 }
 
@@ -183,12 +206,18 @@ fn truncated_unsealed_and_foreign_segments_are_refused() {
     // A header claiming more slots than the file holds.
     let mut bytes = header(32, 10);
     bytes.extend(vec![0u8; 32 * 8 * 9]);
-    assert!(View::from_fd(sealed_memfd(&bytes)).is_err(), "9 slots of 10");
+    assert!(
+        View::from_fd(sealed_memfd(&bytes)).is_err(),
+        "9 slots of 10"
+    );
     bytes.extend(vec![0u8; 32 * 8]);
     assert!(View::from_fd(sealed_memfd(&bytes)).is_ok(), "all 10 slots");
     // Geometry that overflows.
     assert!(View::from_fd(sealed_memfd(&header(u64::MAX, u64::MAX))).is_err());
-    assert!(View::from_fd(sealed_memfd(&header(2, 1))).is_err(), "slot smaller than its head");
+    assert!(
+        View::from_fd(sealed_memfd(&header(2, 1))).is_err(),
+        "slot smaller than its head"
+    );
     // Not a shoal segment.
     let mut foreign = header(32, 1);
     foreign[0] ^= 1;
@@ -212,7 +241,9 @@ fn garbage_slots_never_crash_a_reader() {
         let slot_words = rng.random_range(7..64u64);
         let slot_count = rng.random_range(1..32u64);
         let mut bytes = header(slot_words, slot_count);
-        let body: Vec<u8> = (0..slot_words * slot_count * 8).map(|_| rng.random()).collect();
+        let body: Vec<u8> = (0..slot_words * slot_count * 8)
+            .map(|_| rng.random())
+            .collect();
         bytes.extend(body);
         // Make some slots look like the key we ask for, with hostile lengths.
         let view_seed = 0u64;
@@ -227,7 +258,11 @@ fn garbage_slots_never_crash_a_reader() {
                 set(S_GEN, 1);
                 set(S_EXPIRES, u64::MAX);
                 set(S_HASH, h);
-                let key_len = if rng.random_bool(0.5) { 3 } else { rng.random() };
+                let key_len = if rng.random_bool(0.5) {
+                    3
+                } else {
+                    rng.random()
+                };
                 set(S_LENS, key_len | rng.random::<u64>() << 32);
             }
         }

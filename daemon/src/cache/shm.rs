@@ -134,9 +134,10 @@ impl Shm {
             m.as_ref().filter(|m| m.generation == generation)
         }
         // Already there (the same copy): nothing to do.
-        if probe.iter().any(|&i| {
-            live(&meta[i], generation).is_some_and(|m| *m.key == *key && m.pos == e.pos)
-        }) {
+        if probe
+            .iter()
+            .any(|&i| live(&meta[i], generation).is_some_and(|m| *m.key == *key && m.pos == e.pos))
+        {
             return;
         }
         if !admissible() {
@@ -147,7 +148,12 @@ impl Shm {
             .iter()
             .copied()
             .find(|&i| live(&meta[i], generation).is_some_and(|m| *m.key == *key))
-            .or_else(|| probe.iter().copied().find(|&i| live(&meta[i], generation).is_none()))
+            .or_else(|| {
+                probe
+                    .iter()
+                    .copied()
+                    .find(|&i| live(&meta[i], generation).is_none())
+            })
             .unwrap_or_else(|| {
                 let exp = |i: usize| live(&meta[i], generation).map_or(0, |m| m.expires_ns);
                 if exp(probe[0]) <= exp(probe[1]) {

@@ -164,7 +164,11 @@ fn shm_attach(ctx: &Ctx, id: u64) -> Next {
     };
     match shm.share() {
         Ok((fd, bytes)) => Next::ReplyFd(
-            encode_ok(id, &shoal_client::proto::ShmAttachResult { bytes }, ctx.max_frame),
+            encode_ok(
+                id,
+                &shoal_client::proto::ShmAttachResult { bytes },
+                ctx.max_frame,
+            ),
             fd,
         ),
         Err(e) => Next::Reply(encode_err(
@@ -185,7 +189,10 @@ fn stats(ctx: &Ctx) -> std::collections::BTreeMap<String, u64> {
     m.insert("ready".into(), u64::from(ctx.ready()));
     if let Some(shm) = &ctx.shm {
         m.insert("shm_attaches".into(), shm.attaches.load(Ordering::Relaxed));
-        m.insert("shm_published".into(), shm.published.load(Ordering::Relaxed));
+        m.insert(
+            "shm_published".into(),
+            shm.published.load(Ordering::Relaxed),
+        );
         m.insert("shm_retired".into(), shm.retired.load(Ordering::Relaxed));
     }
     let applied = ctx.coherence.applied();
