@@ -356,7 +356,9 @@ pub fn lookup(words: &[AtomicU64], layout: &Layout, seed: u64, key: &[u8], now_n
                 expires_ns,
             } => {
                 // A flush or loss of trust while we read: the copy may predate it.
-                if read_trust(header) != t {
+                // (The deadline moving forward meanwhile is no reason to doubt.)
+                let after = read_trust(header);
+                if after.generation != t.generation || !after.ready {
                     return Lookup::Untrusted;
                 }
                 let until = if l2_expires_ns != 0 {
