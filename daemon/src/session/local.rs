@@ -587,13 +587,11 @@ mod race {
                     let floor = applied[u as usize].load(Ordering::SeqCst);
                     if let Some(e) = cache.get(&h.to_string()) {
                         reads.fetch_add(1, Ordering::Relaxed);
-                        if e.epoch < floor {
-                            if violations.fetch_add(1, Ordering::SeqCst) < 5 {
-                                eprintln!(
-                                    "violation: h={h} epoch={} pos={:?} floor={floor}",
-                                    e.epoch, e.pos
-                                );
-                            }
+                        if e.epoch < floor && violations.fetch_add(1, Ordering::SeqCst) < 5 {
+                            eprintln!(
+                                "violation: h={h} epoch={} pos={:?} floor={floor}",
+                                e.epoch, e.pos
+                            );
                         }
                     }
                 }
