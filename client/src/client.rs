@@ -507,15 +507,30 @@ impl Client {
             // The protocol requires a non-empty list; the answer is known anyway.
             return Ok(Vec::new());
         }
-        let n = keys.len();
-        let rs: Vec<GetResult> = self.call(Op::CacheMget { keys }).await?;
+        // Hits from shared memory first; the rest in one `cache.mget`.
+        let mut out: Vec<Option<GetResult>> = keys.iter().map(|k| self.inner.shm.get(k)).collect();
+        let missing: Vec<String> = keys
+            .into_iter()
+            .zip(&out)
+            .filter(|(_, r)| r.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        if missing.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let n = missing.len();
+        let rs: Vec<GetResult> = self.call(Op::CacheMget { keys: missing }).await?;
         if rs.len() != n {
             return Err(Error::Protocol(format!(
                 "cache.mget of {n} keys answered {} results",
                 rs.len()
             )));
         }
-        Ok(rs)
+        let mut rs = rs.into_iter();
+        for slot in out.iter_mut().filter(|r| r.is_none()) {
+            *slot = rs.next();
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// Stores `value` under `key` for the whole fleet, replacing any value and

@@ -73,6 +73,39 @@ async fn a_hit_is_served_from_shared_memory_without_the_socket() -> Result<()> {
 }
 
 #[tokio::test]
+async fn mget_answers_hits_from_shared_memory_and_asks_the_socket_for_the_rest() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let d = Daemon::start_ready(test_config(&redis, dir.path(), "a")).await?;
+    let c = d.client().await?;
+    for k in ["a", "b", "c"] {
+        c.set_raw(k, Bytes::from(k.to_uppercase()), None).await?;
+    }
+    read_until_shm(&c, "b").await?;
+    let before = c.shm_stats().hits;
+    let r = c.mget_full(["a", "b", "nobody", "c"]).await?;
+    assert_eq!(c.shm_stats().hits, before + 1, "b from shared memory");
+    let values: Vec<Option<&[u8]>> = r.iter().map(|g| g.value.as_deref()).collect();
+    assert_eq!(
+        values,
+        [Some(&b"A"[..]), Some(&b"B"[..]), None, Some(&b"C"[..])],
+        "in order"
+    );
+    assert!(r.iter().all(|g| g.from.is_some() == g.hit));
+    // Every key in shared memory: no call at all.
+    read_until_shm(&c, "a").await?;
+    read_until_shm(&c, "c").await?;
+    let requests = d.stat("requests");
+    assert_eq!(c.mget_raw(["c", "a", "b"]).await?.len(), 3);
+    assert_eq!(d.stat("requests"), requests, "answered without the socket");
+    // A change is seen by mget as by get.
+    c.set_raw("b", Bytes::from_static(b"B2"), None).await?;
+    let r = c.mget_raw(["a", "b"]).await?;
+    assert_eq!(r[1].as_deref(), Some(&b"B2"[..]));
+    Ok(())
+}
+
+#[tokio::test]
 async fn writes_and_invalidations_through_the_same_daemon_are_read_at_once() -> Result<()> {
     let redis = RedisServer::start().await?;
     let dir = tempfile::tempdir()?;
