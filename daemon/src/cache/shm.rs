@@ -269,3 +269,133 @@ pub async fn send_with_fd(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))?
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cache::l1::{FlushReason, L1};
+    use crate::ops::stats::Stats;
+    use bytes::Bytes;
+    use shoal_client::shm::{Lookup, View};
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    /// An L1 mirrored in a segment, a reader attached, trusted for Δ.
+    fn setup(delta: Duration) -> (L1, Arc<Shm>, View) {
+        let config = crate::config::CacheConfig {
+            shm_bytes: bytesize::ByteSize::mib(1),
+            max_staleness: delta,
+            ..Default::default()
+        };
+        let shm = Arc::new(Shm::new(&config).unwrap().unwrap());
+        let l1 = L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            delta,
+            Arc::new(Stats::default()),
+        )
+        .with_shm(Some(shm.clone()));
+        let view = View::from_fd(shm.share().unwrap().0).unwrap();
+        l1.prove_delivery(Instant::now());
+        l1.set_ready();
+        (l1, shm, view)
+    }
+
+    fn hit(l: Lookup) -> Option<Vec<u8>> {
+        match l {
+            Lookup::Hit { value, .. } => Some(value.to_vec()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hit_publishes_and_only_a_newer_change_retires() {
+        let (l1, shm, view) = setup(Duration::from_secs(60));
+        let t = l1.ticket();
+        assert!(l1.fill("k", Bytes::from_static(b"v"), None, id(5), t).await);
+        assert_eq!(view.get(b"k"), Lookup::Miss, "filled, not yet read");
+        assert!(l1.get("k").await.is_some());
+        assert_eq!(hit(view.get(b"k")).as_deref(), Some(&b"v"[..]));
+        l1.apply_change("k", id(5)).await;
+        assert!(
+            hit(view.get(b"k")).is_some(),
+            "its own write does not retire it"
+        );
+        l1.apply_change("k", id(6)).await;
+        assert_eq!(
+            view.get(b"k"),
+            Lookup::Miss,
+            "retired when apply_change returned"
+        );
+        assert_eq!(shm.retired.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn loss_of_trust_and_flushes_reach_readers() {
+        let (l1, _shm, view) = setup(Duration::from_secs(60));
+        let t = l1.ticket();
+        assert!(l1.fill("k", Bytes::from_static(b"v"), None, id(1), t).await);
+        l1.get("k").await;
+        assert!(hit(view.get(b"k")).is_some());
+        l1.set_unready();
+        assert_eq!(view.get(b"k"), Lookup::Untrusted);
+        l1.prove_delivery(Instant::now());
+        l1.set_ready();
+        assert_eq!(
+            view.get(b"k"),
+            Lookup::Miss,
+            "a copy from before the gap is dead"
+        );
+        l1.get("k").await;
+        assert!(hit(view.get(b"k")).is_some());
+        l1.flush(FlushReason::BadMessage);
+        assert_eq!(view.get(b"k"), Lookup::Miss);
+    }
+
+    #[tokio::test]
+    async fn readers_trust_the_proof_for_delta_only() {
+        let delta = Duration::from_millis(200);
+        let (l1, _shm, view) = setup(delta);
+        let t = l1.ticket();
+        assert!(l1.fill("k", Bytes::from_static(b"v"), None, id(1), t).await);
+        l1.get("k").await;
+        let now = shoal_client::shm::mono_now_ns().unwrap();
+        assert!(hit(view.get_at(b"k", now)).is_some());
+        let delta_ns = delta.as_nanos() as u64;
+        assert_eq!(
+            view.get_at(b"k", now + delta_ns),
+            Lookup::Untrusted,
+            "proof + Δ has passed"
+        );
+        // A newer proof moves the deadline; an older one never moves it back.
+        l1.prove_delivery(Instant::now() + Duration::from_millis(100));
+        assert!(hit(view.get_at(b"k", now + delta_ns)).is_some());
+        l1.prove_delivery(Instant::now() - Duration::from_secs(10));
+        assert!(hit(view.get_at(b"k", now + delta_ns)).is_some());
+    }
+
+    #[tokio::test]
+    async fn nothing_is_published_before_a_client_attaches() {
+        let config = crate::config::CacheConfig::default();
+        let shm = Arc::new(Shm::new(&config).unwrap().unwrap());
+        let l1 = L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Arc::new(Stats::default()),
+        )
+        .with_shm(Some(shm.clone()));
+        l1.prove_delivery(Instant::now());
+        l1.set_ready();
+        let t = l1.ticket();
+        assert!(l1.fill("k", Bytes::from_static(b"v"), None, id(1), t).await);
+        l1.get("k").await;
+        assert_eq!(shm.published.load(Ordering::Relaxed), 0);
+        let view = View::from_fd(shm.share().unwrap().0).unwrap();
+        l1.get("k").await;
+        assert!(hit(view.get(b"k")).is_some());
+    }
+}
