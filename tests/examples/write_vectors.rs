@@ -168,7 +168,8 @@ fn handshake() -> F {
         "shm.attach",
         &[],
     )
-    .vary("ok.bytes", "type");
+    .vary("ok.bytes", "type")
+    .vary("ok.mono_ns", "type");
     f
 }
 

@@ -240,6 +240,10 @@ pub struct AdminInfo {
 pub struct ShmAttachResult {
     /// Bytes of the segment.
     pub bytes: u64,
+    /// The daemon's CLOCK_MONOTONIC (ns) when it answered. The segment's
+    /// deadlines are on that clock: a reader whose clock reads less after the
+    /// answer arrived (another time namespace) must not use the segment.
+    pub mono_ns: u64,
 }
 
 /// `quota.usage`.

@@ -50,14 +50,24 @@ pub async fn attach(socket_path: &Path, client_name: &str) -> Result<View> {
                 }
                 continue;
             }
-            let size = match decode_response::<ShmAttachResult>(&body) {
-                Ok(Ok(r)) => r.bytes,
+            let (size, daemon_ns) = match decode_response::<ShmAttachResult>(&body) {
+                Ok(Ok(r)) => (r.bytes, r.mono_ns),
                 Ok(Err(e)) => return Err(Error::from_body(e)),
                 Err(e) => return Err(Error::Protocol(format!("bad shm.attach reply: {e}"))),
             };
             let fd = fd.ok_or_else(|| {
                 Error::Protocol("shm.attach answered without a descriptor".into())
             })?;
+            // Deadlines in the segment are on the daemon's monotonic clock. Ours
+            // reading less than the daemon's did before it answered means
+            // another time namespace, where the deadlines would mean later.
+            let now = super::mono_now_ns().unwrap_or(0);
+            if now < daemon_ns {
+                return Err(Error::Protocol(format!(
+                    "this process's CLOCK_MONOTONIC is {} ms behind shoald's (another time namespace?); not using shared memory",
+                    (daemon_ns - now) / 1_000_000
+                )));
+            }
             let view = View::from_fd(fd).map_err(|e| Error::Protocol(e.to_string()))?;
             tracing::debug!(
                 bytes = size,

@@ -163,14 +163,13 @@ fn shm_attach(ctx: &Ctx, id: u64) -> Next {
         ));
     };
     match shm.share() {
-        Ok((fd, bytes)) => Next::ReplyFd(
-            encode_ok(
-                id,
-                &shoal_client::proto::ShmAttachResult { bytes },
-                ctx.max_frame,
-            ),
-            fd,
-        ),
+        Ok((fd, bytes)) => {
+            let result = shoal_client::proto::ShmAttachResult {
+                bytes,
+                mono_ns: shoal_client::shm::mono_now_ns().unwrap_or(u64::MAX),
+            };
+            Next::ReplyFd(encode_ok(id, &result, ctx.max_frame), fd)
+        }
         Err(e) => Next::Reply(encode_err(
             id,
             ErrorCode::Internal,
