@@ -302,3 +302,55 @@ async fn a_restarted_daemon_hands_out_a_new_segment_on_reconnect() -> Result<()>
     drop(d);
     Ok(())
 }
+
+/// The example `shm_probe`, built now (a no-op when it is current).
+async fn probe_bin() -> Result<std::path::PathBuf> {
+    let mut cmd = tokio::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "shoal-tests", "--example", "shm_probe"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    anyhow::ensure!(cmd.status().await?.success(), "building shm_probe failed");
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/shm-<hash> -> target/<profile>/examples/shm_probe
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
+    Ok(dir.join("examples").join("shm_probe"))
+}
+
+#[tokio::test]
+async fn a_client_whose_monotonic_clock_is_behind_the_daemons_does_not_use_the_segment(
+) -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let d = Daemon::start_ready(test_config(&redis, dir.path(), "a")).await?;
+    let c = d.client().await?;
+    c.set_raw("probe", Bytes::from_static(b"v"), None).await?;
+    let run = |cmd: &mut tokio::process::Command| {
+        let out = cmd.output();
+        async move {
+            let out = out.await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "probe failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok::<_, anyhow::Error>(String::from_utf8(out.stdout)?.trim().to_string())
+        }
+    };
+    let bin = probe_bin().await?;
+    // Same clock: the second read comes from shared memory.
+    let same = run(tokio::process::Command::new(&bin).arg(&d.socket)).await?;
+    assert_eq!(same, "attached=true hits=1 value=v");
+    // A time namespace whose CLOCK_MONOTONIC is 5 s behind: the segment's
+    // deadlines would mean 5 s later there, so the client reads through the socket.
+    let behind = run(tokio::process::Command::new("unshare")
+        .args(["--time", "--monotonic", "-5", "--fork"])
+        .arg(&bin)
+        .arg(&d.socket))
+    .await?;
+    assert_eq!(behind, "attached=false hits=0 value=v");
+    Ok(())
+}
