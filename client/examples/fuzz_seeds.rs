@@ -1,6 +1,7 @@
 //! Writes the fuzz seed corpus (`fuzz/corpus/frames/`): one valid frame stream per
 //! op, so the fuzzer starts from requests the parser accepts.
 //! Run: `cargo run -p shoal-client --example fuzz_seeds -- fuzz/corpus/frames`.
+#![forbid(unsafe_code)]
 
 use bytes::Bytes;
 use shoal_client::proto::{encode_frame_header, Op, Request, RevokeTarget};

@@ -48,6 +48,10 @@ pub struct ClientConfig {
     /// How long `get_or_load` waits for another caller's fill before loading
     /// itself. Default 1 s.
     pub lease_wait_max: Duration,
+    /// Map the daemon's shared-memory L1 (when it offers one) and answer `get`
+    /// hits from it without a system call, under the same staleness bound;
+    /// anything doubtful goes to the socket. Default true.
+    pub shm: bool,
 }
 
 impl ClientConfig {
@@ -61,6 +65,7 @@ impl ClientConfig {
             reconnect_backoff_max: Duration::from_secs(1),
             client_name: concat!("shoal-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
             lease_wait_max: Duration::from_secs(1),
+            shm: true,
         }
     }
 }
@@ -107,6 +112,12 @@ impl ClientBuilder {
     /// Longest `get_or_load` waits for another caller's fill (default 1 s).
     pub fn lease_wait_max(mut self, wait: Duration) -> Self {
         self.config.lease_wait_max = wait;
+        self
+    }
+
+    /// Whether to read hits from the daemon's shared-memory L1 (default true).
+    pub fn shm(mut self, on: bool) -> Self {
+        self.config.shm = on;
         self
     }
 
@@ -182,6 +193,8 @@ struct Inner {
     /// can tell that one happened while it waited.
     attempts: AtomicU64,
     hello: Mutex<HelloResult>,
+    /// The daemon's shared-memory L1, when attached (`shm_local.rs`).
+    shm: crate::shm_local::Local,
 }
 
 #[derive(Default)]
@@ -264,6 +277,8 @@ impl Inner {
                     return Err(Error::Closed);
                 }
                 tracing::debug!(node = %conn.hello.node, "reconnected to shoald");
+                // Possibly another daemon process: its segment, not the old one.
+                self.shm.attach(&self.config).await;
                 Ok(conn)
             }
             Err(e) => {
@@ -340,8 +355,10 @@ impl Client {
                 node: String::new(),
                 max_frame: 0,
             }),
+            shm: crate::shm_local::Local::default(),
         };
         let conn = Arc::new(inner.establish().await?);
+        inner.shm.attach(&inner.config).await;
         *lock(&inner.hello) = conn.hello.clone();
         *lock(&inner.conn) = Some(conn);
         Ok(Client {
@@ -458,6 +475,10 @@ impl Client {
     /// lease (you should load and [`set_with`](Self::set_with) it) or `wait_ms`
     /// (someone else is filling). [`get_or_load`](Self::get_or_load) does all that.
     pub async fn get_full(&self, key: &str, lease: bool) -> Result<GetResult> {
+        // A hit needs no lease; a miss asks the daemon (with the lease, if asked).
+        if let Some(hit) = self.inner.shm.get(key) {
+            return Ok(hit);
+        }
         self.call(Op::CacheGet {
             key: key.to_owned(),
             lease,
@@ -486,15 +507,30 @@ impl Client {
             // The protocol requires a non-empty list; the answer is known anyway.
             return Ok(Vec::new());
         }
-        let n = keys.len();
-        let rs: Vec<GetResult> = self.call(Op::CacheMget { keys }).await?;
+        // Hits from shared memory first; the rest in one `cache.mget`.
+        let mut out: Vec<Option<GetResult>> = keys.iter().map(|k| self.inner.shm.get(k)).collect();
+        let missing: Vec<String> = keys
+            .into_iter()
+            .zip(&out)
+            .filter(|(_, r)| r.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        if missing.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let n = missing.len();
+        let rs: Vec<GetResult> = self.call(Op::CacheMget { keys: missing }).await?;
         if rs.len() != n {
             return Err(Error::Protocol(format!(
                 "cache.mget of {n} keys answered {} results",
                 rs.len()
             )));
         }
-        Ok(rs)
+        let mut rs = rs.into_iter();
+        for slot in out.iter_mut().filter(|r| r.is_none()) {
+            *slot = rs.next();
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// Stores `value` under `key` for the whole fleet, replacing any value and
@@ -564,6 +600,12 @@ impl Client {
             })
             .await?;
         Ok((r.seq, r.keys))
+    }
+
+    /// How this client's shared-memory reads went: attached or not, hits served
+    /// from it, lookups that went to the socket.
+    pub fn shm_stats(&self) -> crate::shm_local::ShmStats {
+        self.inner.shm.stats()
     }
 
     /// The daemon's counters (a free-form map).

@@ -78,6 +78,13 @@
 //! ```
 //!
 //! Errors say whether retrying can help: [`Error::is_retryable`].
+//!
+//! On the same host, a client also maps the daemon's shared-memory L1 (the
+//! [`shm`] module) and answers `get` hits from it without a system call, falling
+//! back to the socket on any doubt; [`ClientConfig::shm`] turns that off.
+
+// `unsafe` is allowed in exactly one module, `shm::raw` (mapping the segment).
+#![deny(unsafe_code)]
 
 mod client;
 mod conn;
@@ -87,6 +94,8 @@ pub mod lock;
 pub mod proto;
 pub mod ratelimit;
 pub mod session;
+pub mod shm;
+mod shm_local;
 
 pub use client::{Client, ClientBuilder, ClientConfig, SetOptions, DEFAULT_SOCKET_PATH};
 pub use error::{Error, Result};
@@ -95,3 +104,4 @@ pub use lock::{LockAcquired, LockGuard};
 pub use proto::{ErrorCode, GetResult, HelloResult, Op, Source};
 pub use ratelimit::{Acquired, Concurrent, Decision, Reservation};
 pub use session::{Session, SessionCookie, SessionOptions};
+pub use shm_local::ShmStats;

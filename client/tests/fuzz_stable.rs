@@ -2,6 +2,7 @@
 //! findings a nightly fuzzing run added there), then a bounded, seeded randomized
 //! run of mutations of those seeds. CI runs this; `cargo fuzz run frames` (nightly)
 //! runs the same body under libFuzzer.
+#![forbid(unsafe_code)]
 
 use rand::{Rng, SeedableRng};
 use shoal_client::proto::fuzz::fuzz_frames;

@@ -1,6 +1,7 @@
 //! Property tests of the wire codec: any sequence of valid frames, split at random
 //! byte boundaries, decodes to exactly the same requests; arbitrary bytes never
 //! panic the decoder or the parser; every request survives encode -> parse.
+#![forbid(unsafe_code)]
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;

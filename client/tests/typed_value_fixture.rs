@@ -5,6 +5,7 @@
 //! value, so a value the Rust typed API writes is readable by Node and back. If
 //! this test fails, rmp-serde's encoding changed and the other clients must be
 //! checked before the fixture is regenerated (`SHOAL_WRITE_FIXTURE=1`).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 

@@ -13,6 +13,8 @@ pub struct Ctx {
     pub config: Config,
     pub store: store::Store,
     pub cache: Arc<cache::Cache>,
+    /// The shared-memory L1 (`cache.shm_bytes`), when on.
+    pub shm: Option<Arc<cache::shm::Shm>>,
     pub stats: Arc<ops::stats::Stats>,
     pub coherence: Arc<cache::coherence::CoherenceState>,
     pub sessions: Arc<session::Sessions>,
@@ -32,12 +34,23 @@ impl Ctx {
     pub fn new(config: Config) -> Result<Ctx, store::StoreError> {
         let stats = Arc::new(ops::stats::Stats::default());
         let store = store::Store::new(&config)?;
-        let l1 = Arc::new(cache::l1::L1::new(
-            config.cache.l1_max_bytes.as_u64(),
-            config.cache.l1_max_ttl,
-            config.cache.max_staleness,
-            stats.clone(),
-        ));
+        let shm = match cache::shm::Shm::new(&config.cache) {
+            Ok(s) => s.map(Arc::new),
+            Err(e) => {
+                // Clients fall back to the socket; nothing else depends on it.
+                tracing::warn!(error = %e, "shared-memory L1 unavailable; serving over the socket only");
+                None
+            }
+        };
+        let l1 = Arc::new(
+            cache::l1::L1::new(
+                config.cache.l1_max_bytes.as_u64(),
+                config.cache.l1_max_ttl,
+                config.cache.max_staleness,
+                stats.clone(),
+            )
+            .with_shm(shm.clone()),
+        );
         let cache = Arc::new(cache::Cache::new(
             l1,
             store.clone(),
@@ -64,6 +77,7 @@ impl Ctx {
             config,
             store,
             cache,
+            shm,
             stats,
             coherence: Arc::new(cache::coherence::CoherenceState::default()),
             sessions,

@@ -4,6 +4,7 @@
 //! The binary (`main.rs`) only loads configuration, binds the socket and calls
 //! [`run`]; tests call the same [`run`] in-process. See ARCHITECTURE.md for the
 //! code map and the invariants.
+#![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod config;
@@ -96,6 +97,10 @@ pub async fn run_with(
         .await
         .map_err(RunError::Accept);
 
+    // Same-host readers stop at once rather than when the proof runs out.
+    if let Some(shm) = &ctx.shm {
+        shm.close();
+    }
     background.cancel();
     tasks.close();
     tasks.wait().await;

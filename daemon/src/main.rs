@@ -2,6 +2,7 @@
 //!
 //! Kept thin on purpose: everything testable lives in the library, and tests call
 //! the same [`shoald::run`] this binary does.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,6 +2,7 @@
 //! --minutes N` (or `SHOAL_CAMPAIGN_MINUTES=N`; `SHOAL_CAMPAIGN_SEED` replays a
 //! fault schedule, `SHOAL_CAMPAIGN_DAEMONS` sets the fleet size, default 3).
 //! Prints the report table and every failure; exits non-zero on any failure.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

@@ -11,6 +11,7 @@
 //! share.
 //!
 //! `cargo bench -p shoal-tests --bench propagation`. Prints a markdown table.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

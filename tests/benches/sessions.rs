@@ -9,6 +9,7 @@
 //!
 //! `cargo bench -p shoal-tests --bench sessions` (set `BENCH_N` to change the
 //! sample count, default 2000). Prints a markdown table.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

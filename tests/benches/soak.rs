@@ -4,6 +4,7 @@
 //! under a stream of values totalling several times `cache.l1_max_bytes`.
 //!
 //! `cargo bench -p shoal-tests --bench soak` (`SOAK_SECS`, default 20).
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -11,6 +11,7 @@
 //! ```
 //!
 //! A new op gets its steps in the file of its area (or a new `NN-area.json`).
+#![forbid(unsafe_code)]
 
 use anyhow::Result;
 use rmpv::Value;
@@ -130,7 +131,7 @@ const HOUR_MS: u64 = 3_600_000;
 fn handshake() -> F {
     let mut f = F::new(
         "01-handshake",
-        "hello first, ping (with and without a trace), a second hello refused without closing, stats, admin.info",
+        "hello first, ping (with and without a trace), a second hello refused without closing, stats, admin.info, shm.attach",
     );
     f.hello();
     f.call("ping", 1, "ping", &[]);
@@ -161,6 +162,14 @@ fn handshake() -> F {
     )
     .vary("ok.redis", "type")
     .vary("ok.server", "type");
+    f.call(
+        "extension: shm.attach, the shared-memory L1; the segment's descriptor rides on this response (SCM_RIGHTS), which a plain read drops",
+        7,
+        "shm.attach",
+        &[],
+    )
+    .vary("ok.bytes", "type")
+    .vary("ok.mono_ns", "type");
     f
 }
 

@@ -193,6 +193,8 @@ pub struct Report {
     pub verdict: Verdict,
     /// Reads served from L1 (of all successful reads).
     pub l1_hits: u64,
+    /// Of those, reads served from the daemon's shared-memory L1 (issue 17).
+    pub shm_hits: u64,
     pub convergence_failures: Vec<String>,
 }
 
@@ -379,7 +381,7 @@ impl Report {
         let _ = writeln!(
             s,
             "\n| check | value |\n|---|---:|\n\
-             | cache reads checked (L1 hits) | {} ({}) |\n\
+             | cache reads checked (L1 hits, of them from shared memory) | {} ({}, {}) |\n\
              | reads returning an overwritten value (any lag) | {} |\n\
              | stale reads (overwritten more than Δ before the read began) | **{}** |\n\
              | phantom reads | **{}** |\n\
@@ -390,6 +392,7 @@ impl Report {
              | convergence failures | **{}** |",
             reads_ok,
             self.l1_hits,
+            self.shm_hits,
             v.reads_of_overwritten,
             v.stale.len(),
             v.phantoms.len(),
@@ -501,7 +504,13 @@ struct Node {
 }
 
 async fn client(socket: &Path) -> Result<Client> {
+    client_with(socket, false).await
+}
+
+/// A client reading hits from the daemon's shared-memory L1 when `shm`.
+async fn client_with(socket: &Path, shm: bool) -> Result<Client> {
     Ok(Client::builder(socket)
+        .shm(shm)
         .timeout(Duration::from_secs(2))
         .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(100))
         .connect()
@@ -579,6 +588,8 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     let sockets: Vec<PathBuf> = nodes.iter().map(|n| n.socket.clone()).collect();
+    // Half the readers (one per daemon) read hits from shared memory.
+    let mut shm_readers = Vec::new();
     for (i, socket) in sockets.iter().enumerate() {
         let d = i as u8;
         let seed = config.seed.wrapping_add(1000 * (i as u64 + 1));
@@ -590,9 +601,13 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
             stop.clone(),
         )));
         for r in 0..2 {
+            let c = client_with(socket, r == 0).await?;
+            if r == 0 {
+                shm_readers.push(c.clone());
+            }
             tasks.push(tokio::spawn(reader(
                 shared.clone(),
-                client(socket).await?,
+                c,
                 d,
                 StdRng::seed_from_u64(seed + 1 + r),
                 stop.clone(),
@@ -688,6 +703,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
     let elapsed = started.elapsed();
     let recorded = shared.history.snapshot();
     let l1_hits = recorded.reads.iter().filter(|r| r.from_l1).count() as u64;
+    let shm_hits = shm_readers.iter().map(|c| c.shm_stats().hits).sum();
     let verdict = crate::history::check(&recorded, config.max_staleness);
     let ops = shared.ops.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for n in &mut nodes {
@@ -707,6 +723,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         faults,
         verdict,
         l1_hits,
+        shm_hits,
         convergence_failures,
     })
 }

@@ -4,6 +4,7 @@
 //!
 //! Nothing here mocks Redis. Every Redis is private to its test (a temp dir and a
 //! free port; the machine's own 6379 is never touched) and dies with its handle.
+#![forbid(unsafe_code)]
 
 pub mod campaign;
 pub mod echo;

@@ -1,4 +1,5 @@
 //! The two-level cache across several daemons sharing one real Redis.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

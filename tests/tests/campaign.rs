@@ -4,6 +4,7 @@
 //! staleness; any stale read, revoked session accepted past Δ, or daemon that does
 //! not converge after a fault fails the test. The seed is printed;
 //! `SHOAL_CAMPAIGN_SEED=<seed>` replays a run's fault schedule.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
@@ -41,6 +42,11 @@ async fn campaign() -> Result<()> {
     assert!(
         report.l1_hits > 1_000,
         "too few L1 hits: the oracle saw no cache"
+    );
+    assert!(
+        report.shm_hits > 100,
+        "too few shared-memory hits ({}): the oracle saw no shm reader",
+        report.shm_hits
     );
     assert!(report.verdict.session_reads_checked > 500);
     assert!(

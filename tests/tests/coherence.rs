@@ -1,5 +1,6 @@
 //! The coherence protocol under faults: races, leases, lost subscribers, trimmed
 //! logs, external writers, and a randomized checker across three daemons.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

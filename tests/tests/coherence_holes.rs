@@ -3,6 +3,7 @@
 //! trimmed between two replay batches, a flight abandoned by its caller, data lost
 //! while subscribed, a bogus id on the channel, and a mis-called script. Each test
 //! reads as a user would after the bound Δ (`cache.max_staleness`) has passed.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

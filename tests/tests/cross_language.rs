@@ -7,6 +7,7 @@
 //! Python runs with `python/` on its path (needs `msgpack`, which scripts/test
 //! installs); Node loads `node/` (its `dist/` is committed; `@msgpack/msgpack`
 //! comes from `npm ci` in node/, which scripts/test runs first).
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::time::Duration;

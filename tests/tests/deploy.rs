@@ -12,7 +12,7 @@
 //!   that build produces.
 //!
 //! The systemd tools are skipped (with a message) where the machine has none.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

@@ -9,6 +9,7 @@
 //! `#anchor` names a heading of the target document (GitHub's slugs) or an
 //! explicit `id`/`name` anchor. External links (`https:`, `mailto:` ...) are not
 //! fetched.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};

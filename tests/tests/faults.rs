@@ -2,6 +2,7 @@
 //! killed repeatedly, clients vanishing mid-frame and mid-pipeline by the hundred,
 //! a daemon SIGKILLed and restarted. After each fault: the daemon still serves,
 //! no stale value is read, and memory stays bounded.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! file or a log collector (no colour codes off a terminal, JSON on request,
 //! the Redis address without its password), and release builds without test
 //! hooks.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};

@@ -3,6 +3,7 @@
 //! `socket.write_timeout` passes (freeing what was buffered for it) while other
 //! clients are served, and running out of file descriptors (EMFILE at accept)
 //! never stops the daemon.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::BufRead;

@@ -3,6 +3,7 @@
 //! pauses past its TTL, and a resource that refuses the paused holder's late
 //! write by its fence. Then the client's guard: held by automatic extension
 //! well past the TTL, released on drop.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! configured Redis; sessions, quotas and overrides through a daemon), and
 //! trace continuity from a client span to the daemon's span (in memory, and
 //! over OTLP/HTTP from the real binary).
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! The `shoald` binary as operators run it: configuration errors, the socket
 //! file's life cycle, and SIGTERM with requests in flight.
+#![forbid(unsafe_code)]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

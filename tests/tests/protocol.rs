@@ -1,6 +1,7 @@
 //! Every rule of PROTOCOL.md, spoken byte by byte through a raw socket against a
 //! real daemon and a real Redis, including each kind of bad input. After each bad
 //! peer, another connection must still be served and its data intact.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 //! hand; rollover, refill and retry-after are then exact to the millisecond. A few
 //! tests run on Redis TIME on purpose (exactness with real time, `acquire`
 //! spacing) and assert only lower bounds there, never on sleeps as synchronisation.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //!
 //! One test in this binary: it changes the working directory, so that the
 //! README's `./shoal.sock` is the dev daemon's socket.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;

@@ -10,6 +10,7 @@
 //! never reach a client as `internal`. A hung Redis must open the circuit so
 //! requests stop paying `redis.timeout` each, and a half-open probe closes it
 //! when Redis answers again.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -11,6 +11,7 @@
 //! Tests await events (the reader's readiness and cursor, exposed as `watch`
 //! channels) rather than sleeping; expiry waits are computed from Redis's own
 //! clock (`TIME`), the one clock session deadlines are made of.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,7 @@
 //! protocol's three descriptions together: every op the parser accepts is
 //! documented in PROTOCOL.md and exercised by a vector, and `values.json` is
 //! what the Rust client's typed helpers really write.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::path::Path;

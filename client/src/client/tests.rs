@@ -3,7 +3,9 @@
 //! The fake speaks the real framing and request parser from `proto`, so these
 //! tests pin the client's connection handling (id matching under pipelining,
 //! timeouts, disconnects, reconnect backoff, connection-level errors) and the
-//! `get_or_load` lease protocol without Redis or the daemon.
+//! `get_or_load` lease protocol without Redis or the daemon. The fake offers no
+//! shared-memory L1, so the clients here do not ask for it (`shm(false)`): each
+//! test counts the connections it sees.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -161,7 +163,11 @@ fn simple_server() -> Fake {
 #[tokio::test]
 async fn connect_does_the_handshake() {
     let srv = simple_server();
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let info = client.server_info();
     assert_eq!(info.node, "node-a");
     assert_eq!(info.max_frame, 1 << 20);
@@ -202,7 +208,11 @@ async fn pipelined_responses_are_matched_by_id() {
             }
         }
     });
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let calls = (0..N).map(|i| {
         let client = client.clone();
         async move {
@@ -236,6 +246,7 @@ async fn timeout_removes_the_pending_entry_and_late_replies_are_dropped() {
         }
     });
     let client = Client::builder(&srv.path)
+        .shm(false)
         .timeout(Duration::from_millis(50))
         .connect()
         .await
@@ -265,7 +276,11 @@ async fn disconnect_fails_pending_calls_and_the_next_call_reconnects() {
         }
         while peer.serve_one().await {}
     });
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let results = futures::future::join_all((0..3).map(|_| client.ping())).await;
     for r in results {
         let err = r.unwrap_err();
@@ -292,7 +307,11 @@ async fn an_id_zero_error_fails_every_pending_call() {
         }
         while peer.serve_one().await {}
     });
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let (a, b) = tokio::join!(client.ping(), client.get_raw("k"));
     for err in [a.unwrap_err(), b.unwrap_err()] {
         assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err:?}");
@@ -318,7 +337,11 @@ async fn requests_above_max_frame_are_refused_before_sending() {
             }
         }
     });
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let err = client
         .set_raw("k", vec![0u8; 2000], None)
         .await
@@ -340,6 +363,7 @@ async fn reconnects_share_one_attempt_and_back_off() {
         }
     });
     let client = Client::builder(&srv.path)
+        .shm(false)
         .reconnect_backoff(Duration::from_millis(200), Duration::from_secs(2))
         .connect()
         .await
@@ -386,7 +410,11 @@ async fn dropping_the_last_clone_closes_the_connection() {
             }
         }
     });
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let clone = client.clone();
     clone.ping().await.unwrap();
     drop(client);
@@ -407,7 +435,11 @@ async fn close_fails_in_flight_and_later_calls() {
         // Never answer.
         while peer.recv().await.is_some() {}
     });
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let in_flight = tokio::spawn({
         let client = client.clone();
         async move { client.ping().await }
@@ -544,7 +576,11 @@ const TTL: Option<Duration> = Some(Duration::from_secs(60));
 async fn typed_values_roundtrip() {
     let state = Arc::new(Mutex::new(CacheState::default()));
     let srv = cache_server(Arc::clone(&state));
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
 
     client.set("user:1", &alice(), TTL).await.unwrap();
     assert_eq!(client.get::<User>("user:1").await.unwrap(), Some(alice()));
@@ -595,7 +631,13 @@ async fn get_or_load_runs_one_loader_for_the_whole_fleet() {
     // Three "processes", each with its own connection, eight callers each.
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(Client::connect(&srv.path).await.unwrap());
+        clients.push(
+            Client::builder(&srv.path)
+                .shm(false)
+                .connect()
+                .await
+                .unwrap(),
+        );
     }
     let loads = Arc::new(AtomicUsize::new(0));
     let calls = clients
@@ -632,7 +674,11 @@ async fn get_or_load_runs_one_loader_for_the_whole_fleet() {
 async fn get_or_load_returns_the_value_when_the_fill_is_refused() {
     let state = Arc::new(Mutex::new(CacheState::default()));
     let srv = cache_server(Arc::clone(&state));
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let st = Arc::clone(&state);
     let u: User = client
         .get_or_load("user:1", TTL, || async move {
@@ -653,7 +699,11 @@ async fn get_or_load_degrades_to_the_loader_on_retryable_errors() {
         ..CacheState::default()
     }));
     let srv = cache_server(Arc::clone(&state));
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let u: User = client
         .get_or_load("user:1", TTL, || async { Ok::<_, std::io::Error>(alice()) })
         .await
@@ -692,6 +742,7 @@ async fn get_or_load_stops_waiting_after_lease_wait_max() {
     }));
     let srv = cache_server(Arc::clone(&state));
     let client = Client::builder(&srv.path)
+        .shm(false)
         .lease_wait_max(Duration::from_millis(100))
         .connect()
         .await
@@ -839,7 +890,11 @@ async fn wait_pending(client: &Client, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_dropped_mid_write_does_not_fail_the_others() {
     let g = gated_server(64 * 1024);
-    let client = Client::connect(&g.srv.path).await.unwrap();
+    let client = Client::builder(&g.srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     // A's 4 MiB frame is partly on the wire when A is dropped (a per-call
     // timeout or a dropped HTTP handler future drop it the same way).
     let a = tokio::spawn({
@@ -874,7 +929,11 @@ async fn a_caller_dropped_mid_write_does_not_fail_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_dropped_before_it_was_written_is_never_written() {
     let g = gated_server(64 * 1024);
-    let client = Client::connect(&g.srv.path).await.unwrap();
+    let client = Client::builder(&g.srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let p = tokio::spawn({
         let c = client.clone();
         async move { c.set_raw("big", vec![7u8; BIG], None).await }
@@ -913,6 +972,7 @@ async fn a_timed_out_set_never_lands_after_a_later_set() {
     // blocked write; set(k, v2) follows from the same client.
     let g = gated_server(64 * 1024);
     let client = Client::builder(&g.srv.path)
+        .shm(false)
         .timeout(Duration::from_millis(300))
         .connect()
         .await
@@ -976,7 +1036,11 @@ async fn callers_cancelled_at_random_under_congestion_leave_the_stream_intact() 
             tokio::task::yield_now().await;
         }
     });
-    let client = Client::connect(&srv.path).await.unwrap();
+    let client = Client::builder(&srv.path)
+        .shm(false)
+        .connect()
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for t in 0..32u64 {
         let c = client.clone();

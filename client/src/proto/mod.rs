@@ -28,7 +28,7 @@ pub use response::{
 pub use response::{
     AdminInfo, ClearOverrideResult, ConcurrentResult, LockAcquireResult, LockExtendResult,
     LockReleaseResult, OverrideResult, QuotaKeyUsage, QuotaUsageResult, RatelimitDecisionExt,
-    ReleaseResult, ReserveResult,
+    ReleaseResult, ReserveResult, ShmAttachResult,
 };
 pub use value::{from_value, to_value};
 

@@ -234,6 +234,18 @@ pub struct AdminInfo {
     pub server: String,
 }
 
+/// `shm.attach` (extension): the shared-memory segment's size; its descriptor
+/// rides on the answer's first byte (SCM_RIGHTS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmAttachResult {
+    /// Bytes of the segment.
+    pub bytes: u64,
+    /// The daemon's CLOCK_MONOTONIC (ns) when it answered. The segment's
+    /// deadlines are on that clock: a reader whose clock reads less after the
+    /// answer arrived (another time namespace) must not use the segment.
+    pub mono_ns: u64,
+}
+
 /// `quota.usage`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaUsageResult {

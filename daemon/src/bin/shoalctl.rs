@@ -13,6 +13,7 @@
 //! Output is for people by default; `--json` prints one JSON document for
 //! scripts. Exit status: 0 success, 1 failure (and `doctor` found problems),
 //! 64 unusable configuration.
+#![forbid(unsafe_code)]
 
 use std::io::Read as _;
 use std::path::PathBuf;

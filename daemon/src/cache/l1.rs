@@ -86,6 +86,8 @@ pub struct L1 {
     max_ttl: Duration,
     max_bytes: u64,
     stats: Arc<Stats>,
+    /// The shared-memory L1 (issue 17), kept under the same rules: see `shm.rs`.
+    shm: Option<Arc<crate::cache::shm::Shm>>,
 }
 
 impl std::fmt::Debug for L1 {
@@ -132,7 +134,14 @@ impl L1 {
             max_ttl,
             max_bytes,
             stats,
+            shm: None,
         }
+    }
+
+    /// Mirrors this L1's hot entries and trust in `shm` (same-host readers).
+    pub fn with_shm(mut self, shm: Option<Arc<crate::cache::shm::Shm>>) -> L1 {
+        self.shm = shm;
+        self
     }
 
     fn stripe(&self, key: &str) -> &AtomicU64 {
@@ -146,6 +155,9 @@ impl L1 {
     /// L1 is trusted again (subscriber connected and caught up).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+        if let Some(shm) = &self.shm {
+            shm.set_ready();
+        }
     }
 
     /// L1 can no longer be trusted: reads bypass it, in-flight fills are void.
@@ -153,6 +165,9 @@ impl L1 {
         self.ready.store(false, Ordering::SeqCst);
         self.proof_us.store(0, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(shm) = &self.shm {
+            shm.set_unready();
+        }
     }
 
     fn micros_at(&self, t: Instant) -> u64 {
@@ -167,6 +182,9 @@ impl L1 {
     pub fn prove_delivery(&self, sent: Instant) {
         self.proof_us
             .fetch_max(self.micros_at(sent), Ordering::SeqCst);
+        if let Some(shm) = &self.shm {
+            shm.prove(sent);
+        }
     }
 
     /// How old the newest delivery proof is (`None`: there is none).
@@ -202,6 +220,8 @@ impl L1 {
 
     /// An L1 hit, if L1 is trusted and holds the key.
     pub async fn get(&self, key: &str) -> Option<Entry> {
+        // Taken before the entry is read: a publish checks it did not change.
+        let generation = self.generation();
         if !self.is_trusted() {
             self.stats.bypassed_reads.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -213,7 +233,19 @@ impl L1 {
             return None;
         }
         // moka expires lazily on its own clock; never serve past our deadline.
-        (e.expires_at > Instant::now()).then_some(e)
+        if e.expires_at <= Instant::now() {
+            return None;
+        }
+        if let Some(shm) = &self.shm {
+            // The same admission rule as a fill, checked under the writer lock.
+            let stripe = self.stripe(key);
+            shm.publish(key, &e, || {
+                self.generation() == generation
+                    && self.is_trusted()
+                    && stripe.load(Ordering::SeqCst) <= e.pos.pack_down()
+            });
+        }
+        Some(e)
     }
 
     /// Stores a value read from (or written to) L2 at log position `pos`, if the
@@ -270,6 +302,11 @@ impl L1 {
     /// marks the key's stripe and evicts any copy older than the change.
     pub async fn apply_change(&self, key: &str, id: StreamId) {
         self.stripe(key).fetch_max(id.pack_up(), Ordering::SeqCst);
+        // Retired before the change counts as applied (the caller advances
+        // `applied` or answers the request only after this returns).
+        if let Some(shm) = &self.shm {
+            shm.retire(key, id);
+        }
         if let Some(e) = self.cache.get(key).await {
             if e.pos < id {
                 self.cache.invalidate(key).await;
@@ -289,6 +326,9 @@ impl L1 {
         // (which may be from a previous Redis whose ids were larger) can go.
         for m in self.marks.iter() {
             m.store(0, Ordering::SeqCst);
+        }
+        if let Some(shm) = &self.shm {
+            shm.flush();
         }
         self.stats.record_flush(reason);
         tracing::warn!(reason = reason.as_str(), "L1 flushed");

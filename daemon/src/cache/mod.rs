@@ -16,6 +16,7 @@
 
 pub mod coherence;
 pub mod l1;
+pub mod shm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

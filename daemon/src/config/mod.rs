@@ -179,6 +179,12 @@ pub struct CacheConfig {
     /// a value overwritten more than Δ before the read began. At least 2 × heartbeat.
     #[serde(with = "humantime_serde")]
     pub max_staleness: Duration,
+    /// Size of the shared-memory L1 that same-host clients map read-only and
+    /// answer hits from without a system call (0 turns it off).
+    pub shm_bytes: ByteSize,
+    /// Size of one shared-memory slot; a key plus value longer than it (less 48
+    /// bytes of slot header) stays on the socket path.
+    pub shm_slot_bytes: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -192,6 +198,8 @@ impl Default for CacheConfig {
             ttl_jitter: 0.0,
             heartbeat: Duration::from_millis(50),
             max_staleness: Duration::from_millis(250),
+            shm_bytes: ByteSize::mib(16),
+            shm_slot_bytes: ByteSize::kib(1),
         }
     }
 }

@@ -83,6 +83,19 @@ impl Config {
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return bad("redis.url", format!("is not a usable Redis URL: {e}"));
         }
+        let (shm, slot) = (
+            self.cache.shm_bytes.as_u64(),
+            self.cache.shm_slot_bytes.as_u64(),
+        );
+        if !(128..=1 << 20).contains(&slot) {
+            return bad("cache.shm_slot_bytes", "must be between 128B and 1MiB");
+        }
+        if shm != 0 && shm < 4096 + slot {
+            return bad(
+                "cache.shm_bytes",
+                "must be 0 (off) or hold a 4KiB header and one cache.shm_slot_bytes slot",
+            );
+        }
         if self.cache.l1_max_ttl.is_zero() {
             return bad("cache.l1_max_ttl", "must be positive");
         }

@@ -30,6 +30,9 @@ pub enum Next {
     Pending(BoxFuture<'static, Frame>),
     /// Write this response, answer what is in flight, then close.
     Close(Frame),
+    /// Write what is buffered, then this response with the descriptor attached
+    /// to its first byte (`shm.attach`).
+    ReplyFd(Frame, std::os::fd::OwnedFd),
 }
 
 impl std::fmt::Debug for Next {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for Next {
             Next::Reply(_) => "Reply",
             Next::Pending(_) => "Pending",
             Next::Close(_) => "Close",
+            Next::ReplyFd(..) => "ReplyFd",
         })
     }
 }
@@ -117,10 +121,36 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
             },
             ctx.max_frame,
         )),
+        Op::ShmAttach => shm_attach(ctx, id),
         op => {
             let ctx = ctx.clone();
             Next::Pending(async move { run_op(&ctx, id, op, trace).await }.boxed())
         }
+    }
+}
+
+/// `shm.attach`: the segment's descriptor rides on the answer.
+fn shm_attach(ctx: &Ctx, id: u64) -> Next {
+    let Some(shm) = &ctx.shm else {
+        return Next::Reply(encode_err(
+            id,
+            ErrorCode::Unavailable,
+            "shared memory is off on this daemon (cache.shm_bytes = 0)",
+        ));
+    };
+    match shm.share() {
+        Ok((fd, bytes)) => {
+            let result = shoal_client::proto::ShmAttachResult {
+                bytes,
+                mono_ns: shoal_client::shm::mono_now_ns().unwrap_or(u64::MAX),
+            };
+            Next::ReplyFd(encode_ok(id, &result, ctx.max_frame), fd)
+        }
+        Err(e) => Next::Reply(encode_err(
+            id,
+            ErrorCode::Internal,
+            &format!("cannot share the segment: {e}"),
+        )),
     }
 }
 
@@ -132,6 +162,14 @@ fn stats(ctx: &Ctx) -> std::collections::BTreeMap<String, u64> {
     m.insert("l1_max_bytes".into(), l1.max_bytes());
     m.insert("l1_ready".into(), u64::from(l1.is_ready()));
     m.insert("ready".into(), u64::from(ctx.ready()));
+    if let Some(shm) = &ctx.shm {
+        m.insert("shm_attaches".into(), shm.attaches.load(Ordering::Relaxed));
+        m.insert(
+            "shm_published".into(),
+            shm.published.load(Ordering::Relaxed),
+        );
+        m.insert("shm_retired".into(), shm.retired.load(Ordering::Relaxed));
+    }
     let applied = ctx.coherence.applied();
     m.insert("applied_ms".into(), applied.ms);
     m.insert("applied_seq".into(), applied.seq);
@@ -242,7 +280,7 @@ async fn execute(ctx: &Arc<Ctx>, id: u64, op: Op) -> Result<Frame, OpError> {
         op @ (Op::LockAcquire { .. } | Op::LockExtend { .. } | Op::LockRelease { .. }) => {
             return ctx.locks.handle(id, op, max).await
         }
-        Op::Hello { .. } | Op::Ping | Op::Stats | Op::AdminInfo => {
+        Op::Hello { .. } | Op::Ping | Op::Stats | Op::AdminInfo | Op::ShmAttach => {
             return Err(OpError::new(ErrorCode::Internal, "handled before dispatch"))
         }
     })

@@ -208,6 +208,21 @@ async fn serve_conn(mut stream: UnixStream, ctx: &Arc<Ctx>, drain: CancellationT
                             out.extend_from_slice(&frame);
                             closing = true;
                         }
+                        Next::ReplyFd(frame, fd) => {
+                            // The descriptor rides on its answer's first byte, so
+                            // what is buffered goes first (shm.rs).
+                            let sent = crate::cache::shm::send_with_fd(
+                                &mut stream,
+                                &mut out,
+                                &frame,
+                                &fd,
+                                write_timeout,
+                            )
+                            .await;
+                            if sent.is_err() {
+                                closing = true;
+                            }
+                        }
                     }
                 }
                 Ok(None) => break,

@@ -63,7 +63,7 @@ impl Request {
                     w.field_str("client", c);
                 }
             }
-            Op::Ping | Op::Stats | Op::AdminInfo => {}
+            Op::Ping | Op::Stats | Op::AdminInfo | Op::ShmAttach => {}
             Op::CacheGet { key, lease } => {
                 w.field_str("key", key);
                 if *lease {

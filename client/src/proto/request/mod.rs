@@ -187,6 +187,9 @@ pub enum Op {
     /// daemon uses, its node id and version, so a tool that names a daemon acts
     /// on that daemon's Redis.
     AdminInfo,
+    /// Extension (issue 17): the daemon's shared-memory L1. The answer's frame
+    /// carries the segment's descriptor (SCM_RIGHTS) on its first byte.
+    ShmAttach,
 }
 
 impl Op {
@@ -223,6 +226,7 @@ impl Op {
             Op::LockRelease { .. } => "lock.release",
             Op::Stats => "stats",
             Op::AdminInfo => "admin.info",
+            Op::ShmAttach => "shm.attach",
         }
     }
 

@@ -240,6 +240,7 @@ impl<'f> Args<'f, '_> {
             "ping" => Op::Ping,
             "stats" => Op::Stats,
             "admin.info" => Op::AdminInfo,
+            "shm.attach" => Op::ShmAttach,
             "cache.get" => Op::CacheGet {
                 key: self.key("key")?,
                 lease: self.opt_bool("lease")?.unwrap_or(false),
