@@ -110,17 +110,110 @@ pub struct RedisConfig {
     /// first answer closes the circuit.
     #[serde(with = "humantime_serde")]
     pub circuit_probe: Duration,
+    /// Redis behind Sentinel: the primary is found through the sentinels and
+    /// followed across failovers. Exclusive with `url` and `cluster`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster (seed nodes). Exclusive with `url` and `sentinel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `redis.url` unless the user set it: with `[redis.sentinel]` or
+/// `[redis.cluster]` it must stay unset.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// `[redis.sentinel]`: where the sentinels are and which primary to follow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    pub master: String,
+    /// Sentinel addresses, `redis://host:26379` (credentials may be given here
+    /// or as `sentinel_username` / `sentinel_password`).
+    pub urls: Vec<String>,
+    /// ACL user of the sentinels (empty: none or the one in the URL).
+    pub sentinel_username: String,
+    /// Password of the sentinels (empty: none or the one in the URL).
+    pub sentinel_password: Secret,
+    /// ACL user of the data nodes (primary and replicas).
+    pub username: String,
+    /// Password of the data nodes (`requirepass` / ACL).
+    pub password: Secret,
+    /// Database number on the data nodes.
+    pub db: i64,
+    /// Replicas that must confirm a cache write, invalidation, session or lock
+    /// change (`WAIT`) before shoal acknowledges it: an acknowledged change
+    /// survives a failover. 0 acknowledges on the primary's word alone (a
+    /// failover may then lose acknowledged invalidations and revocations).
+    pub wait_replicas: u32,
+}
+
+impl Default for SentinelConfig {
+    fn default() -> Self {
+        SentinelConfig {
+            master: String::new(),
+            urls: Vec::new(),
+            sentinel_username: String::new(),
+            sentinel_password: Secret::default(),
+            username: String::new(),
+            password: Secret::default(),
+            db: 0,
+            wait_replicas: 1,
+        }
+    }
+}
+
+/// `[redis.cluster]`: seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Seed nodes, `redis://host:port`; the rest of the cluster is discovered.
+    pub urls: Vec<String>,
+}
+
+/// Which Redis deployment shoal talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+impl Topology {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::Standalone => "standalone",
+            Topology::Sentinel => "sentinel",
+            Topology::Cluster => "cluster",
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The topology the configuration names.
+    pub fn topology(&self) -> Topology {
+        if self.sentinel.is_some() {
+            Topology::Sentinel
+        } else if self.cluster.is_some() {
+            Topology::Cluster
+        } else {
+            Topology::Standalone
+        }
+    }
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
+            url: DEFAULT_REDIS_URL.into(),
             prefix: "shoal:".into(),
             timeout: Duration::from_millis(500),
             watch_interval: Duration::from_secs(10),
             circuit_timeouts: 3,
             circuit_probe: Duration::from_millis(500),
+            sentinel: None,
+            cluster: None,
         }
     }
 }
@@ -472,7 +565,11 @@ fn env_is_config(var: &str) -> bool {
 
 /// The key tree of the configuration: every section and key this version knows.
 fn schema() -> serde_json::Value {
-    serde_json::to_value(Config::default()).unwrap_or_default()
+    // The optional sections are absent from the defaults but known keys.
+    let mut c = Config::default();
+    c.redis.sentinel = Some(SentinelConfig::default());
+    c.redis.cluster = Some(ClusterConfig::default());
+    serde_json::to_value(c).unwrap_or_default()
 }
 
 /// Below this path names are the user's (policy names, tenant keys).
@@ -692,6 +789,21 @@ impl Config {
     /// configuration file as the user gave it, for messages.
     pub fn from_figment(fig: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
         let config: Config = fig.extract().map_err(|e| render(&e, file))?;
+        // `redis.url` given by the user (file, variable or flag), even when it
+        // equals the default, next to another topology: which one was meant?
+        let url_given = fig
+            .find_metadata("redis.url")
+            .is_some_and(|m| m.name != std::any::type_name::<Config>());
+        if url_given && config.redis.topology() != Topology::Standalone {
+            return Err(ConfigError::Invalid {
+                key: "redis.url".into(),
+                problem: format!(
+                    "is set together with [redis.{}]: configure exactly one of redis.url, \
+                     [redis.sentinel] and [redis.cluster]",
+                    config.redis.topology().as_str()
+                ),
+            });
+        }
         config.validate()?;
         Ok(config)
     }
@@ -705,6 +817,17 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.redis.url = redact_url(&c.redis.url);
+        if let Some(s) = c.redis.sentinel.as_mut() {
+            s.urls = s.urls.iter().map(|u| redact_url(u)).collect();
+            for p in [&mut s.password, &mut s.sentinel_password] {
+                if !p.is_empty() {
+                    *p = Secret("<redacted>".into());
+                }
+            }
+        }
+        if let Some(c) = c.redis.cluster.as_mut() {
+            c.urls = c.urls.iter().map(|u| redact_url(u)).collect();
+        }
         if !c.session.token_hash_key.is_empty() {
             c.session.token_hash_key = Secret("<redacted>".into());
         }
@@ -787,6 +910,7 @@ impl Config {
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return bad("redis.url", format!("is not a usable Redis URL: {e}"));
         }
+        self.validate_topology()?;
         if self.cache.l1_max_ttl.is_zero() {
             return bad("cache.l1_max_ttl", "must be positive");
         }
@@ -892,6 +1016,77 @@ impl Config {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Exactly one of `redis.url`, `[redis.sentinel]`, `[redis.cluster]`, each complete.
+    fn validate_topology(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, problem: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                problem: problem.into(),
+            })
+        }
+        let r = &self.redis;
+        if r.sentinel.is_some() && r.cluster.is_some() {
+            return bad(
+                "redis.cluster",
+                "is set together with [redis.sentinel]: configure exactly one of redis.url, \
+                 [redis.sentinel] and [redis.cluster]",
+            );
+        }
+        if r.topology() != Topology::Standalone && r.url != DEFAULT_REDIS_URL {
+            return bad(
+                "redis.url",
+                format!(
+                    "is set together with [redis.{}]: configure exactly one of redis.url, \
+                     [redis.sentinel] and [redis.cluster]",
+                    r.topology().as_str()
+                ),
+            );
+        }
+        let check_urls = |key: &str, urls: &[String]| -> Result<(), ConfigError> {
+            if urls.is_empty() {
+                return bad(key, "must list at least one address (redis://host:port)");
+            }
+            for u in urls {
+                if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+                    return bad(
+                        key,
+                        format!("{:?} is not a redis:// or rediss:// address", redact_url(u)),
+                    );
+                }
+                if let Err(e) = redis::Client::open(u.as_str()) {
+                    return bad(
+                        key,
+                        format!("{:?} is not a usable address: {e}", redact_url(u)),
+                    );
+                }
+            }
+            Ok(())
+        };
+        if let Some(s) = &r.sentinel {
+            if s.master.is_empty() {
+                return bad(
+                    "redis.sentinel.master",
+                    "must name the primary the sentinels monitor (`sentinel monitor NAME ...`)",
+                );
+            }
+            check_urls("redis.sentinel.urls", &s.urls)?;
+            if s.db < 0 {
+                return bad("redis.sentinel.db", "must not be negative");
+            }
+        }
+        if let Some(c) = &r.cluster {
+            check_urls("redis.cluster.urls", &c.urls)?;
+            return bad(
+                "redis.cluster",
+                "Redis Cluster is not supported by this version of shoald yet (issue #16): \
+                 use redis.url (standalone) or [redis.sentinel]",
+            );
         }
         Ok(())
     }

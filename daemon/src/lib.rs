@@ -13,6 +13,7 @@ pub mod config;
 pub mod dev;
 pub mod dispatch;
 pub mod doctor;
+pub mod endpoint;
 pub mod l1;
 pub mod lock;
 pub mod metrics;
@@ -158,6 +159,8 @@ pub async fn run_with(
         instance: format!("{}:{}", ctx.config.node.id, random_token(8)),
     };
     tasks.spawn(subscriber.run(background.child_token()));
+    // Sentinel: follows `+switch-master` (returns at once otherwise).
+    tasks.spawn(ctx.store.endpoint().clone().follow(background.child_token()));
     tasks.spawn(l1_maintenance(ctx.clone(), background.child_token()));
     tasks.spawn(ctx.sessions.clone().run(background.child_token()));
     tasks.spawn(ctx.ratelimits.clone().run(background.child_token()));

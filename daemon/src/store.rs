@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use crate::circuit::{Circuit, Gate};
 use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::streamid::StreamId;
 
 /// The scripts, loaded from `lua/` at compile time.
@@ -157,8 +158,10 @@ pub struct LeaseRequest {
 /// Shared handle to Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where the primary is (fixed, or followed through the sentinels).
+    endpoint: Arc<Endpoint>,
+    /// Replicas that must confirm a durable write (`WAIT`); 0: none.
+    wait_replicas: u32,
     timeout: Duration,
     keys: KeyNames,
     node: String,
@@ -168,8 +171,6 @@ pub struct Store {
     /// expires while Redis is known to be down is reported as `unavailable`.
     down: Arc<AtomicBool>,
     latency: Arc<Latency>,
-    /// `redis.url` without credentials, for logs and `admin.info`.
-    address: Arc<str>,
     circuit: Arc<Circuit>,
     errors: Arc<ErrorCounts>,
 }
@@ -324,8 +325,8 @@ impl Store {
     /// Creates the handle without connecting: the daemon starts (and reports not
     /// ready) while Redis is down, and connects when Redis comes up.
     /// Where this store's Redis is, without credentials (`redis://host:port/db`).
-    pub fn address(&self) -> &str {
-        &self.address
+    pub fn address(&self) -> String {
+        self.endpoint.address()
     }
 
     /// The prefix of every key, channel and stream.
@@ -334,21 +335,14 @@ impl Store {
     }
 
     pub fn new(config: &Config) -> Result<Store, StoreError> {
-        let client = redis::Client::open(config.redis.url.as_str())
-            .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
         let timeout = config.redis.timeout;
-        let mgr_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(3);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_config)
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
         Ok(Store {
-            address: crate::config::redis_address(&config.redis.url).into(),
-            client,
-            conn,
+            endpoint: Arc::new(Endpoint::new(config)?),
+            wait_replicas: config
+                .redis
+                .sentinel
+                .as_ref()
+                .map_or(0, |s| s.wait_replicas),
             timeout,
             keys: KeyNames::new(&config.redis.prefix),
             node: config.node.id.clone(),
@@ -365,8 +359,21 @@ impl Store {
         })
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for a dedicated connection (Pub/Sub, blocking reads) to the
+    /// current primary (asked of the sentinels afresh with Sentinel).
+    pub async fn client(&self) -> Result<redis::Client, StoreError> {
+        self.endpoint.client().await.map_err(|e| self.trouble("unreachable", e))
+    }
+
+    /// Where the primary is; its `changes()` tell dedicated connections to
+    /// reconnect (Sentinel failover).
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// The shared command connection to the current primary.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.endpoint.conn().await.map_err(|e| self.trouble("unreachable", e))
     }
 
     pub fn keys(&self) -> &KeyNames {
@@ -406,6 +413,10 @@ impl Store {
 
     fn trouble(&self, kind: &str, e: StoreError) -> StoreError {
         self.errors.record(kind, &e.to_string());
+        if matches!(kind, "readonly" | "masterdown" | "unreachable" | "noreplicas") {
+            // A failover explains these: ask the sentinels (no-op otherwise).
+            self.endpoint.suspect();
+        }
         if matches!(e, StoreError::Unavailable(_)) {
             self.down.store(true, Ordering::Relaxed);
         }
@@ -471,8 +482,42 @@ impl Store {
 
     /// Runs an arbitrary command (used by background tasks and admin paths).
     pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.call(cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs a change whose acknowledgement must survive a failover: with
+    /// `redis.sentinel.wait_replicas` > 0 the script is followed, in one
+    /// pipeline on the same connection, by `WAIT`, and a change fewer replicas
+    /// confirmed within `redis.timeout` is `unavailable` (it may or may not
+    /// have been applied, as with any failed write).
+    pub async fn invoke_durable<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.wait_replicas == 0 {
+            return self.invoke_script(inv).await;
+        }
+        let mut conn = WaitConn {
+            inner: self.conn().await?,
+            replicas: self.wait_replicas,
+            wait_ms: (self.timeout.as_millis() as u64 / 2).max(1),
+            confirmed: None,
+        };
+        let v = self.call(inv.invoke_async(&mut conn)).await?;
+        match conn.confirmed {
+            Some(n) if n >= i64::from(self.wait_replicas) => Ok(v),
+            n => Err(self.trouble(
+                "noreplicas",
+                StoreError::Unavailable(format!(
+                    "the change was not confirmed by {} replica(s) within {}ms (confirmed by {}); \
+                     it may or may not have been applied",
+                    self.wait_replicas,
+                    conn.wait_ms,
+                    n.unwrap_or(0)
+                )),
+            )),
+        }
     }
 
     /// Runs a prepared script invocation under the deadline, on the shared
@@ -481,7 +526,7 @@ impl Store {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.call(inv.invoke_async(&mut conn)).await
     }
 
@@ -490,7 +535,7 @@ impl Store {
         key: &str,
         lease: Option<&LeaseRequest>,
     ) -> Result<L2Get, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.get.prepare_invoke();
         inv.key(self.keys.value(key))
             .key(self.keys.lease(key))
@@ -512,7 +557,7 @@ impl Store {
 
     /// Reads many keys in one round trip; returns the values in order and the log position.
     pub async fn cache_mget(&self, keys: &[&str]) -> Result<(Vec<L2Value>, StreamId), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.mget.prepare_invoke();
         inv.key(self.keys.log());
         for k in keys {
@@ -533,6 +578,14 @@ impl Store {
         Ok((out, pos))
     }
 
+    /// A script that changes what readers see, durable when configured.
+    async fn change<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.invoke_durable(inv).await
+    }
+
     pub async fn cache_set(
         &self,
         key: &str,
@@ -541,7 +594,6 @@ impl Store {
         lease: Option<&str>,
         tags: &[String],
     ) -> Result<SetOutcome, StoreError> {
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.set.prepare_invoke();
         inv.key(self.keys.value(key))
             .key(self.keys.lease(key))
@@ -556,7 +608,7 @@ impl Store {
             .arg(self.keys.channel())
             .arg(&self.node)
             .arg(key);
-        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        let v: Vec<Value> = self.change(&inv).await?;
         match v.as_slice() {
             [Value::Int(1), id] => Ok(SetOutcome::Stored(parse_pos(id)?)),
             [Value::Int(0), ..] => Ok(SetOutcome::LeaseLost),
@@ -567,7 +619,6 @@ impl Store {
     }
 
     pub async fn cache_invalidate(&self, keys: &[String]) -> Result<StreamId, StoreError> {
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.invalidate.prepare_invoke();
         inv.key(self.keys.log());
         for k in keys {
@@ -579,7 +630,7 @@ impl Store {
         for k in keys {
             inv.arg(k);
         }
-        let v: Value = self.call(inv.invoke_async(&mut conn)).await?;
+        let v: Value = self.change(&inv).await?;
         parse_pos(&v)
     }
 
@@ -596,7 +647,6 @@ impl Store {
                 sunion.arg(self.keys.tag(t));
             }
             let members: Vec<String> = self.cmd(&sunion).await?;
-            let mut conn = self.conn.clone();
             let mut inv = self.scripts.invalidate_tags.prepare_invoke();
             inv.key(self.keys.log());
             for t in tags {
@@ -612,7 +662,7 @@ impl Store {
             for m in &members {
                 inv.arg(m);
             }
-            let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+            let v: Vec<Value> = self.change(&inv).await?;
             match v.as_slice() {
                 [Value::Int(1), id, _] => return Ok((parse_pos(id)?, members)),
                 [Value::Int(0), ..] => continue,
@@ -640,7 +690,7 @@ impl Store {
             &s.heartbeat,
             &s.log_replay,
         ] {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             self.call(script.load_async(&mut conn)).await?;
         }
         Ok(())
@@ -648,7 +698,7 @@ impl Store {
 
     /// The dataset epoch (created if missing) and the server's run_id.
     pub async fn identity(&self) -> Result<(String, String), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let candidate = crate::random_token(16);
         let mut inv = self.scripts.epoch.prepare_invoke();
         inv.key(self.keys.epoch()).arg(candidate);
@@ -660,6 +710,23 @@ impl Store {
             .unwrap_or("")
             .trim()
             .to_string();
+        let info: String = self.cmd(redis::cmd("INFO").arg("replication")).await?;
+        let role = info
+            .lines()
+            .find_map(|l| l.strip_prefix("role:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if role != "master" {
+            // Catching up against a demoted primary would prove nothing about
+            // the changes the new one acknowledges.
+            return Err(self.trouble(
+                "readonly",
+                StoreError::Unavailable(format!(
+                    "connected to a redis {role}, not the primary (failover in progress?)"
+                )),
+            ));
+        }
         Ok((epoch, run_id))
     }
 
@@ -695,7 +762,7 @@ impl Store {
     /// One batch of log entries after `after` (exclusive), at most `count`, read
     /// atomically with the proof that the log still reaches back to `after`.
     pub async fn log_replay(&self, after: StreamId, count: usize) -> Result<Replay, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.log_replay.prepare_invoke();
         inv.key(self.keys.log()).arg(after.to_string()).arg(count);
         let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
@@ -739,7 +806,7 @@ impl Store {
 
     /// Publishes this daemon's heartbeat (see `lua/heartbeat.lua`).
     pub async fn heartbeat(&self, channel: &str, token: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.heartbeat.prepare_invoke();
         inv.key(self.keys.epoch())
             .key(self.keys.log())
@@ -751,6 +818,57 @@ impl Store {
     /// Publishes on a channel through the command connection.
     pub async fn publish(&self, channel: &str, msg: &str) -> Result<u64, StoreError> {
         self.cmd(redis::cmd("PUBLISH").arg(channel).arg(msg)).await
+    }
+}
+
+/// The command connection, with `WAIT` pipelined after every script run
+/// through it: the reply of `WAIT` (replicas that confirmed everything this
+/// connection wrote so far) is kept in `confirmed`. One pipeline, so both go
+/// over the same connection even if the manager reconnects in between.
+struct WaitConn {
+    inner: ConnectionManager,
+    replicas: u32,
+    wait_ms: u64,
+    confirmed: Option<i64>,
+}
+
+impl redis::aio::ConnectionLike for WaitConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let is_eval = cmd
+                .args_iter()
+                .next()
+                .is_some_and(|a| matches!(a, redis::Arg::Simple(n) if n.eq_ignore_ascii_case(b"EVALSHA") || n.eq_ignore_ascii_case(b"EVAL")));
+            if !is_eval {
+                return self.inner.req_packed_command(cmd).await;
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone())
+                .cmd("WAIT")
+                .arg(self.replicas)
+                .arg(self.wait_ms);
+            let mut replies = self.inner.req_packed_commands(&pipe, 0, 2).await?;
+            let wait = replies.pop();
+            let reply = replies.pop().unwrap_or(Value::Nil);
+            self.confirmed = match wait {
+                Some(Value::Int(n)) => Some(n),
+                _ => None,
+            };
+            reply.extract_error()
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod history;
 pub mod proxy;
 pub mod raw;
+pub mod sentinel;
 pub mod vectors;
 
 use std::net::TcpListener;
