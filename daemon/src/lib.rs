@@ -5,27 +5,14 @@
 //! [`run`]; tests call the same [`run`] in-process. See ARCHITECTURE.md for the
 //! code map and the invariants.
 
-pub mod admin;
 pub mod cache;
-pub mod circuit;
-pub mod coherence;
 pub mod config;
-pub mod dev;
-pub mod dispatch;
-pub mod doctor;
-pub mod endpoint;
-pub mod l1;
 pub mod lock;
-pub mod metrics;
+pub mod ops;
 pub mod ratelimit;
-pub mod redis_watch;
 pub mod server;
 pub mod session;
-pub mod socket;
-pub mod stats;
 pub mod store;
-pub mod streamid;
-pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -33,7 +20,7 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError};
-pub use socket::{bind, BindError};
+pub use server::socket::{bind, BindError};
 
 /// Name and version sent in `hello`.
 pub const SERVER_NAME: &str = concat!("shoald/", env!("CARGO_PKG_VERSION"));
@@ -46,7 +33,7 @@ pub enum RunError {
     #[error("accept failed: {0}")]
     Accept(std::io::Error),
     #[error(transparent)]
-    Admin(#[from] admin::AdminError),
+    Admin(#[from] ops::admin::AdminError),
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -55,15 +42,15 @@ pub struct Ctx {
     pub config: Config,
     pub store: store::Store,
     pub cache: Arc<cache::Cache>,
-    pub stats: Arc<stats::Stats>,
-    pub coherence: Arc<coherence::CoherenceState>,
+    pub stats: Arc<ops::stats::Stats>,
+    pub coherence: Arc<cache::coherence::CoherenceState>,
     pub sessions: Arc<session::Sessions>,
     pub ratelimits: Arc<ratelimit::RateLimits>,
     pub locks: Arc<lock::Locks>,
     pub limits: shoal_client::proto::Limits,
     pub max_frame: usize,
     /// What the Redis health watch saw last (for `/metrics` and `/readyz`).
-    pub redis_health: Arc<redis_watch::RedisHealth>,
+    pub redis_health: Arc<ops::redis_watch::RedisHealth>,
     /// The admin server's bound address, once it listens (`admin.listen` may
     /// ask for port 0).
     pub admin_addr: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
@@ -72,9 +59,9 @@ pub struct Ctx {
 impl Ctx {
     /// Builds the shared state; connects to nothing yet.
     pub fn new(config: Config) -> Result<Ctx, RunError> {
-        let stats = Arc::new(stats::Stats::default());
+        let stats = Arc::new(ops::stats::Stats::default());
         let store = store::Store::new(&config)?;
-        let l1 = Arc::new(l1::L1::new(
+        let l1 = Arc::new(cache::l1::L1::new(
             config.cache.l1_max_bytes.as_u64(),
             config.cache.l1_max_ttl,
             config.cache.max_staleness,
@@ -107,7 +94,7 @@ impl Ctx {
             store,
             cache,
             stats,
-            coherence: Arc::new(coherence::CoherenceState::default()),
+            coherence: Arc::new(cache::coherence::CoherenceState::default()),
             sessions,
             ratelimits,
             locks,
@@ -146,10 +133,10 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     // Bound before anything starts: a taken admin port is a startup error.
-    let admin_listener = admin::bind(&ctx.config.admin.listen).await?;
+    let admin_listener = ops::admin::bind(&ctx.config.admin.listen).await?;
     let background = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
-    let subscriber = coherence::Subscriber {
+    let subscriber = cache::coherence::Subscriber {
         store: ctx.store.clone(),
         cache: ctx.cache.clone(),
         stats: ctx.stats.clone(),
@@ -164,7 +151,7 @@ pub async fn run_with(
     tasks.spawn(l1_maintenance(ctx.clone(), background.child_token()));
     tasks.spawn(ctx.sessions.clone().run(background.child_token()));
     tasks.spawn(ctx.ratelimits.clone().run(background.child_token()));
-    let watcher = redis_watch::Watcher {
+    let watcher = ops::redis_watch::Watcher {
         store: ctx.store.clone(),
         health: ctx.redis_health.clone(),
         interval: ctx.config.redis.watch_interval,
@@ -174,7 +161,7 @@ pub async fn run_with(
         ctx.admin_addr.send_replace(l.local_addr().ok());
         // Readiness fails as soon as draining starts (`shutdown`); the server
         // itself stops with the other background tasks, after the drain.
-        tasks.spawn(admin::serve(
+        tasks.spawn(ops::admin::serve(
             l,
             ctx.clone(),
             shutdown.clone(),

@@ -17,7 +17,7 @@ use shoal_client::proto::{
     encode_ok, ErrorCode, Frame, LockAcquireResult, LockExtendResult, LockReleaseResult, Op,
 };
 
-use crate::dispatch::OpError;
+use crate::server::dispatch::OpError;
 use crate::store::{Store, StoreError};
 
 /// Longest a `lock.acquire` waits for the lock (a longer `wait_ms` is cut to it).

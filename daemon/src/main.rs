@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let dev_redis_wanted = args.dev && !configured(&args, "redis.url", "SHOAL_REDIS__URL");
     if args.dev {
         // Under everything the user set: only what is missing is added.
-        fig = fig.join(Toml::string(shoald::dev::OVERLAY));
+        fig = fig.join(Toml::string(shoald::ops::dev::OVERLAY));
         if !configured(&args, "socket.path", "SHOAL_SOCKET__PATH") {
             fig = fig.merge(Serialized::default("socket.path", "./shoal.sock"));
         }
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     // there) but not inside `block_on` (the HTTP exporter's blocking client
     // must not be created on a runtime thread).
     let entered = runtime.enter();
-    let telemetry = shoald::telemetry::init(&config);
+    let telemetry = shoald::ops::telemetry::init(&config);
     drop(entered);
     let telemetry = match telemetry {
         Ok(t) => t,
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         let dev_redis = if dev_redis_wanted {
-            match shoald::dev::DevRedis::start().await {
+            match shoald::ops::dev::DevRedis::start().await {
                 Ok(r) => {
                     config.redis.url = r.url();
                     tracing::info!(

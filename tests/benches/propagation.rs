@@ -64,7 +64,7 @@ async fn bench() -> Result<()> {
     for d in &daemons {
         d.wait_applied(&last, Duration::from_secs(30)).await?;
     }
-    let bounds = shoald::stats::LAG_BUCKETS_MS;
+    let bounds = shoald::ops::stats::LAG_BUCKETS_MS;
     let mut counts = vec![0u64; bounds.len() + 1];
     for d in &daemons {
         for (i, b) in bounds.iter().enumerate() {

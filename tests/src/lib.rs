@@ -298,7 +298,7 @@ impl Daemon {
 
     /// Waits until this daemon has applied the change with log id `seq`.
     pub async fn wait_applied(&self, seq: &str, within: Duration) -> Result<()> {
-        let want = shoald::streamid::StreamId::parse(seq).context("bad seq")?;
+        let want = shoald::store::streamid::StreamId::parse(seq).context("bad seq")?;
         let mut rx = self.ctx.coherence.watch_applied();
         tokio::time::timeout(within, rx.wait_for(|a| *a >= want))
             .await

@@ -126,11 +126,11 @@ async fn readiness_fails_while_draining() -> Result<()> {
     wait_http(addr, "/readyz", Duration::from_secs(5), |r| r.status == 200).await?;
     // What /readyz answers once SIGTERM started the drain (the server itself
     // stops only after it): not ready, and why.
-    let r = shoald::admin::readiness(&d.ctx, true);
+    let r = shoald::ops::admin::readiness(&d.ctx, true);
     assert!(!r.ready);
     assert!(r.checks.draining);
     assert!(r.reasons.iter().any(|s| s.contains("draining")), "{r:?}");
-    assert!(shoald::admin::readiness(&d.ctx, false).ready);
+    assert!(shoald::ops::admin::readiness(&d.ctx, false).ready);
     d.stop().await?;
     // Stopped means stopped: the admin port is closed with the daemon.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
@@ -781,7 +781,7 @@ async fn quota_page_in_chromium_and_as_json() -> Result<()> {
         .header("content-type")
         .is_some_and(|t| t.starts_with("application/json")));
     for r in [&by_query, &by_accept] {
-        let report: shoald::admin::QuotaReport = serde_json::from_slice(&r.body)?;
+        let report: shoald::ops::admin::QuotaReport = serde_json::from_slice(&r.body)?;
         assert_eq!(report.node, "ops-quotas");
         let api = &report.policies[0];
         assert_eq!(api.policy, "api");
@@ -831,7 +831,7 @@ async fn quota_page_in_chromium_and_as_json() -> Result<()> {
     // Rendered by a real browser: one bar per tenant, in its level's colour.
     let (w, h, px) = screenshot(&format!("http://{addr}/quotas"), dir.path()).await?;
     assert!(w >= 1000 && h >= 600, "{w}x{h}");
-    use shoald::admin::Level;
+    use shoald::ops::admin::Level;
     let bands = [
         colour_bands(w, &px, Level::Full.colour(), 20),
         colour_bands(w, &px, Level::Warn.colour(), 20),

@@ -24,7 +24,7 @@ use shoal_client::{Client, ErrorCode};
 use shoal_tests::proxy::FaultProxy;
 use shoal_tests::raw::{err_code, field, req, RawConn};
 use shoal_tests::shoald::config::SessionUnavailable;
-use shoal_tests::shoald::streamid::StreamId;
+use shoal_tests::shoald::store::streamid::StreamId;
 use shoal_tests::{test_config, Daemon, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(10);

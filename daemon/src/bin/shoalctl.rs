@@ -24,7 +24,7 @@ use shoal_client::proto::{
     ClearOverrideResult, Op, OverrideResult, QuotaUsageResult, RevokeTarget, RevokeUserResult,
     RevokedResult, SessionListEntry,
 };
-use shoald::admin::human_duration;
+use shoald::ops::admin::human_duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "shoalctl", version, about = "operate a shoal fleet")]
@@ -328,7 +328,7 @@ async fn run(cli: Cli, config: shoald::Config, out: &mut String) -> anyhow::Resu
         Cmd::Override(args) => override_cmd(&cli, &config, args, out).await?,
         Cmd::Doctor => {
             let config = aim(&cli, config).await?;
-            let report = shoald::doctor::run(&config).await;
+            let report = shoald::ops::doctor::run(&config).await;
             if cli.json {
                 print_json(out, &report)?;
             } else {

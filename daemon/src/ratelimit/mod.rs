@@ -39,8 +39,8 @@ use shoal_client::proto::{
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Algorithm, Config, FailMode};
-use crate::dispatch::OpError;
-use crate::stats::Stats;
+use crate::ops::stats::Stats;
+use crate::server::dispatch::OpError;
 use crate::store::{Store, StoreError};
 
 pub use policy::{algorithm_name, Numbers};

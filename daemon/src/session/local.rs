@@ -30,7 +30,7 @@ use bytes::Bytes;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use crate::streamid::StreamId;
+use crate::store::streamid::StreamId;
 
 const STRIPES: usize = 1 << 14;
 

@@ -42,10 +42,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SessionUnavailable};
-use crate::dispatch::OpError;
-use crate::stats::{Stats, LAG_BUCKETS_MS};
+use crate::ops::stats::{Stats, LAG_BUCKETS_MS};
+use crate::server::dispatch::OpError;
+use crate::store::streamid::StreamId;
 use crate::store::{Store, StoreError};
-use crate::streamid::StreamId;
 
 pub use keys::{plausible_session_id, plausible_token, SessionKeys, TokenHasher};
 pub use local::FlushReason;

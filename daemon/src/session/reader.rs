@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::scripts::{Check, StreamInfo};
 use super::{bump, FlushReason, Sessions};
-use crate::streamid::StreamId;
+use crate::store::streamid::StreamId;
 
 /// Entries read per `XREAD`. A batch that comes back full proves nothing about
 /// what follows it: the reader reads on, without blocking, before it records a
@@ -433,7 +433,7 @@ impl Sessions {
         bump(&self.counters.events_applied);
         // Lag for the metric only: the id's time is Redis's clock, ours may differ.
         let lag = now_ms().saturating_sub(id.ms);
-        bump(&self.counters.lag_buckets[crate::stats::lag_bucket(lag)]);
+        bump(&self.counters.lag_buckets[crate::ops::stats::lag_bucket(lag)]);
         self.counters.lag_sum_ms.fetch_add(lag, Ordering::Relaxed);
         bump(&self.counters.lag_count);
         self.set_cursor(id);

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use redis::{Script, Value};
 
 use super::keys::SessionKeys;
+use crate::store::streamid::StreamId;
 use crate::store::{Store, StoreError};
-use crate::streamid::StreamId;
 
 /// A session as a script reported it, with Redis's clock at that moment.
 #[derive(Debug, Clone)]

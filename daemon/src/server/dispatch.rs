@@ -178,7 +178,7 @@ async fn run_op(ctx: &Arc<Ctx>, id: u64, op: Op, trace: Option<String>) -> Frame
     );
     // The caller's span (W3C traceparent) becomes this span's parent, so the
     // application's trace shows the shoal call.
-    crate::telemetry::continue_trace(&span, trace.as_deref());
+    crate::ops::telemetry::continue_trace(&span, trace.as_deref());
     let result = execute(ctx, id, op).instrument(span.clone()).await;
     let (frame, outcome) = match result {
         Ok(frame) => (frame, "ok"),

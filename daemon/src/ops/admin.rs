@@ -28,7 +28,7 @@ use shoal_client::proto::QuotaKeyUsage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::ratelimit::algorithm_name;
 use crate::Ctx;
 
@@ -229,7 +229,11 @@ async fn readyz(State(st): State<AdminState>) -> Response {
 
 async fn metrics(State(st): State<AdminState>) -> Response {
     match st.metrics.render() {
-        Ok(body) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
+        Ok(body) => (
+            [(header::CONTENT_TYPE, crate::ops::metrics::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
     }
 }

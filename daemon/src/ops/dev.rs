@@ -19,7 +19,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The dev overlay (`config/dev.toml`): the policies README.md's examples use.
-pub const OVERLAY: &str = include_str!("../../config/dev.toml");
+pub const OVERLAY: &str = include_str!("../../../config/dev.toml");
 
 /// Names of dev data directories in the temp dir: `shoald-dev-<shoald pid>-<port>`.
 const DIR_PREFIX: &str = "shoald-dev-";

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::l1::FlushReason;
+use crate::cache::l1::FlushReason;
 
 /// Upper bounds (ms) of the propagation lag histogram buckets.
 pub const LAG_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000, 30000];

@@ -14,6 +14,9 @@
 //! read before a gap, read by an abandoned request, or read more than Δ before the
 //! caller arrived.
 
+pub mod coherence;
+pub mod l1;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,10 +27,10 @@ use futures::future::{BoxFuture, FutureExt, WeakShared};
 use rand::Rng;
 use shoal_client::proto::{GetResult, Source};
 
-use crate::l1::{FlushReason, L1};
-use crate::stats::Stats;
+use crate::cache::l1::{FlushReason, L1};
+use crate::ops::stats::Stats;
+use crate::store::streamid::StreamId;
 use crate::store::{L2Get, L2Value, LeaseRequest, SetOutcome, Store, StoreError};
-use crate::streamid::StreamId;
 
 /// An entry of the single-flight table. It holds the flight weakly: when the last
 /// waiter is dropped (a cancelled request), the flight and its Redis read go with it.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::redis_watch::{info_u64, parse_info};
+use crate::ops::redis_watch::{info_u64, parse_info};
 
 /// Oldest Redis with every command shoal's scripts call (`PEXPIRETIME` is 7.0).
 pub const MIN_VERSION: (u64, u64, u64) = (7, 0, 0);

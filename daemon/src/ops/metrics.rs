@@ -1,7 +1,7 @@
 //! `/metrics`: the daemon's numbers in the Prometheus (OpenMetrics) text format.
 //!
 //! Nothing here counts anything. The hot path already pays one relaxed atomic
-//! increment per event into [`Stats`](crate::stats::Stats); a second set of
+//! increment per event into [`Stats`](crate::ops::stats::Stats); a second set of
 //! counters would double that cost and could drift from the `stats` op. So the
 //! registry holds one custom [`Collector`] that reads those atomics, the L1, the
 //! coherence state, the Redis health watch and the session / rate-limit
@@ -20,8 +20,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::redis_watch::PING_BUCKETS_S;
-use crate::stats::LAG_BUCKETS_MS;
+use crate::ops::redis_watch::PING_BUCKETS_S;
+use crate::ops::stats::LAG_BUCKETS_MS;
 use crate::Ctx;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.

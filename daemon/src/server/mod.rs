@@ -12,6 +12,9 @@
 //! Accept errors from running out of descriptors or memory, or from a peer that
 //! left first, are transient: logged, backed off, never fatal.
 
+pub mod dispatch;
+pub mod socket;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +29,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::{self, Next};
 use crate::{Ctx, RunError};
+use dispatch::Next;
 
 /// Accepts until `shutdown`, then drains connections within `shutdown.grace` and
 /// removes the socket file.

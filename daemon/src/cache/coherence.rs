@@ -26,11 +26,11 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::l1::FlushReason;
 use crate::cache::Cache;
-use crate::l1::FlushReason;
-use crate::stats::Stats;
+use crate::ops::stats::Stats;
+use crate::store::streamid::StreamId;
 use crate::store::{Replay, Store, StoreError};
-use crate::streamid::StreamId;
 
 /// A message on the invalidation channel (JSON, written by the Lua scripts).
 #[derive(Debug, Deserialize)]

@@ -26,8 +26,8 @@ use bytes::Bytes;
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::stats::Stats;
-use crate::streamid::StreamId;
+use crate::ops::stats::Stats;
+use crate::store::streamid::StreamId;
 
 /// Bytes charged per entry on top of key and value (moka node, Arc, our struct).
 pub const ENTRY_OVERHEAD: usize = 128;

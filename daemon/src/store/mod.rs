@@ -14,6 +14,10 @@
 //! sessions their `on_unavailable`), counted by kind for `/metrics` and kept
 //! for `/readyz`. A hung Redis opens the [`Circuit`].
 
+pub mod circuit;
+pub mod endpoint;
+pub mod streamid;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +26,10 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use crate::circuit::{Circuit, Gate};
 use crate::config::Config;
-use crate::endpoint::Endpoint;
-use crate::streamid::StreamId;
+use crate::store::circuit::{Circuit, Gate};
+use crate::store::endpoint::Endpoint;
+use crate::store::streamid::StreamId;
 
 /// The scripts, loaded from `lua/` at compile time.
 #[derive(Debug)]
@@ -43,14 +47,14 @@ struct Scripts {
 impl Scripts {
     fn load() -> Self {
         Scripts {
-            get: Script::new(include_str!("../../lua/cache_get.lua")),
-            mget: Script::new(include_str!("../../lua/cache_mget.lua")),
-            set: Script::new(include_str!("../../lua/cache_set.lua")),
-            invalidate: Script::new(include_str!("../../lua/cache_invalidate.lua")),
-            invalidate_tags: Script::new(include_str!("../../lua/cache_invalidate_tags.lua")),
-            epoch: Script::new(include_str!("../../lua/epoch.lua")),
-            heartbeat: Script::new(include_str!("../../lua/heartbeat.lua")),
-            log_replay: Script::new(include_str!("../../lua/log_replay.lua")),
+            get: Script::new(include_str!("../../../lua/cache_get.lua")),
+            mget: Script::new(include_str!("../../../lua/cache_mget.lua")),
+            set: Script::new(include_str!("../../../lua/cache_set.lua")),
+            invalidate: Script::new(include_str!("../../../lua/cache_invalidate.lua")),
+            invalidate_tags: Script::new(include_str!("../../../lua/cache_invalidate_tags.lua")),
+            epoch: Script::new(include_str!("../../../lua/epoch.lua")),
+            heartbeat: Script::new(include_str!("../../../lua/heartbeat.lua")),
+            log_replay: Script::new(include_str!("../../../lua/log_replay.lua")),
         }
     }
 }
