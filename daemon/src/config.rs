@@ -1227,4 +1227,79 @@ mod tests {
         assert_eq!(p.algorithm, Algorithm::TokenBucket);
         assert_eq!(p.overrides["big"].limit, 100);
     }
+    #[test]
+    fn exactly_one_redis_topology() {
+        let sentinel =
+            "[redis.sentinel]\nmaster = \"mymaster\"\nurls = [\"redis://127.0.0.1:26379\"]\n";
+        let c = load_toml(sentinel).expect("a sentinel configuration");
+        assert_eq!(c.redis.topology(), Topology::Sentinel);
+        assert_eq!(c.redis.sentinel.as_ref().map(|s| s.wait_replicas), Some(1));
+
+        // `url` next to a section, even the default URL written out.
+        for url in ["redis://10.0.0.1:6379", DEFAULT_REDIS_URL] {
+            let e = load_toml(&format!("[redis]\nurl = \"{url}\"\n{sentinel}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("redis.url") && e.contains("exactly one"), "{e}");
+        }
+        let both = format!("{sentinel}[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n");
+        let e = load_toml(&both).unwrap_err().to_string();
+        assert!(e.contains("exactly one"), "{e}");
+
+        let e = load_toml("[redis.sentinel]\nurls = [\"redis://h:26379\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.sentinel.master"), "{e}");
+        let e = load_toml("[redis.sentinel]\nmaster = \"m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.sentinel.urls"), "{e}");
+        let e = load_toml("[redis.sentinel]\nmaster = \"m\"\nurls = [\"h:26379\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.sentinel.urls"), "{e}");
+        let e = load_toml("[redis.sentinel]\nmastr = \"m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("redis.sentinel.master"),
+            "a typo gets a hint: {e}"
+        );
+
+        let e = load_toml("[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn sentinel_secrets_are_redacted() {
+        let c = load_toml(
+            "[redis.sentinel]\nmaster = \"m\"\nurls = [\"redis://:spw@h:26379\"]\npassword = \"npw\"\nsentinel_password = \"spw2\"\n",
+        )
+        .expect("valid");
+        let shown = toml::to_string(&c.redacted()).expect("printable");
+        for secret in ["spw", "npw"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn every_topology_key_is_documented() {
+        let doc = include_str!("../../config/shoal.toml");
+        let schema = schema();
+        for (path, _) in known_paths(&schema) {
+            let Some(key) = path
+                .strip_prefix("redis.sentinel.")
+                .or_else(|| path.strip_prefix("redis.cluster."))
+            else {
+                continue;
+            };
+            assert!(
+                doc.contains(&format!("# {key} = ")),
+                "config/shoal.toml does not document {path}"
+            );
+        }
+        assert!(doc.contains("# [redis.sentinel]") && doc.contains("# [redis.cluster]"));
+    }
 }

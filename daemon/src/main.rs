@@ -78,6 +78,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
+    // A Sentinel (or Cluster) configuration names its own Redis.
+    let dev_redis_wanted =
+        dev_redis_wanted && config.redis.topology() == shoald::config::Topology::Standalone;
     if args.print_config {
         let mut shown = config.redacted();
         if dev_redis_wanted {

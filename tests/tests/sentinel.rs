@@ -106,9 +106,14 @@ async fn a_change_no_replica_confirmed_is_not_acknowledged() -> Result<()> {
     let refused = c.set("k", "v2", None).await;
     let revoked = c.invalidate(&["k"]).await;
     set.nodes[replica].signal(Signal::SIGCONT)?;
-    let e = refused.err().context("a set no replica confirmed was acknowledged")?;
+    let e = refused
+        .err()
+        .context("a set no replica confirmed was acknowledged")?;
     assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
-    assert!(revoked.is_err(), "an unconfirmed invalidation was acknowledged");
+    assert!(
+        revoked.is_err(),
+        "an unconfirmed invalidation was acknowledged"
+    );
 
     c.set("k", "v3", None).await?;
     assert_eq!(value(&c, "k").await?.0.as_deref(), Some("v3"));
@@ -133,7 +138,11 @@ async fn sentinel_failover_moves_every_connection_and_flushes() -> Result<()> {
 
     ca.set("k", "v1", None).await?;
     until_value(&cb, "k", "v1").await?;
-    assert_eq!(value(&cb, "k").await?.1, Some(Source::L1), "b serves k from L1");
+    assert_eq!(
+        value(&cb, "k").await?.1,
+        Some(Source::L1),
+        "b serves k from L1"
+    );
     let s = ca
         .session_create("alice", &"profile", SessionOptions::default())
         .await?;
@@ -154,7 +163,11 @@ async fn sentinel_failover_moves_every_connection_and_flushes() -> Result<()> {
     // from the old one.
     let (v, from) = value(&cb, "k").await?;
     assert_eq!(v.as_deref(), Some("v1"));
-    assert_ne!(from, Some(Source::L1), "L1 must not outlive the primary it was filled from");
+    assert_ne!(
+        from,
+        Some(Source::L1),
+        "L1 must not outlive the primary it was filled from"
+    );
 
     // Changes flow again, through the new primary, to the other daemon.
     until_ok("set after failover", || ca.set("k", "v2", None)).await?;
@@ -177,7 +190,10 @@ async fn sentinel_failover_moves_every_connection_and_flushes() -> Result<()> {
     // The old primary serves as a replica now; every daemon is caught up.
     set.wait_stable(WAIT).await?;
     assert_eq!(
-        replication(&set.nodes[old]).await.get("role").map(String::as_str),
+        replication(&set.nodes[old])
+            .await
+            .get("role")
+            .map(String::as_str),
         Some("slave")
     );
     a.stop().await?;
@@ -207,7 +223,10 @@ async fn a_killed_primary_is_failed_over_and_followed() -> Result<()> {
     // Back, empty: the sentinels make it a replica of the new primary, and
     // changes are confirmed again.
     set.restart_node(killed).await?;
-    until_ok("set after the primary was killed", || ca.set("k", "v2", None)).await?;
+    until_ok("set after the primary was killed", || {
+        ca.set("k", "v2", None)
+    })
+    .await?;
     until_value(&cb, "k", "v2").await?;
     until_ok("revoke after the primary was killed", || {
         ca.session_revoke(&s.token)
@@ -221,7 +240,10 @@ async fn a_killed_primary_is_failed_over_and_followed() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        replication(&set.nodes[killed]).await.get("role").map(String::as_str),
+        replication(&set.nodes[killed])
+            .await
+            .get("role")
+            .map(String::as_str),
         Some("slave")
     );
     a.stop().await?;

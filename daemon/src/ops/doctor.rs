@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, Topology};
 use crate::ops::redis_watch::{info_u64, parse_info};
 
 /// Oldest Redis with every command shoal's scripts call (`PEXPIRETIME` is 7.0).
@@ -72,7 +72,7 @@ impl Severity {
 pub struct Finding {
     /// Stable identifier for scripts: `connect`, `version`, `commands`,
     /// `eviction_policy`, `maxmemory`, `evictions`, `persistence`,
-    /// `pubsub_buffer`, `latency`, `cluster`.
+    /// `pubsub_buffer`, `latency`, `cluster`, `role`, `sentinel`, `replicas`.
     pub check: &'static str,
     pub severity: Severity,
     pub message: String,
@@ -83,8 +83,11 @@ pub struct Finding {
 /// Everything doctor found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `redis.url` with any password replaced by `***`.
+    /// `redis.url` with any password replaced by `***`; under Sentinel, the
+    /// primary the sentinels named (or `sentinel:NAME` when none was found).
     pub redis_url: String,
+    /// `standalone`, `sentinel` or `cluster`.
+    pub topology: &'static str,
     pub redis_version: Option<String>,
     pub ok: bool,
     pub problems: usize,
@@ -231,11 +234,29 @@ impl Conn {
 pub async fn run(config: &Config) -> Report {
     let mut f = Findings::default();
     let mut facts = BTreeMap::new();
-    let url = redact_url(&config.redis.url);
     // Generous deadline: doctor is interactive, and a slow answer is itself
     // reported by the latency check rather than turned into a failure here.
     let timeout = config.redis.timeout.max(Duration::from_secs(2));
-    let conn = match redis::Client::open(config.redis.url.as_str()) {
+    let topology = config.redis.topology();
+    let (url, client) = match topology {
+        Topology::Sentinel => match check_sentinels(&mut f, &mut facts, config, timeout).await {
+            Some((url, client)) => (url, Ok(client)),
+            None => {
+                let name = config
+                    .redis
+                    .sentinel
+                    .as_ref()
+                    .map_or("", |s| s.master.as_str());
+                return finish(format!("sentinel:{name}"), topology, None, f, facts);
+            }
+        },
+        _ => (
+            redact_url(&config.redis.url),
+            redis::Client::open(config.redis.url.as_str())
+                .map_err(|e| format!("bad redis.url: {e}")),
+        ),
+    };
+    let conn = match client {
         Ok(client) => {
             match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
                 Ok(Ok(c)) => Ok(c),
@@ -243,7 +264,7 @@ pub async fn run(config: &Config) -> Report {
                 Err(_) => Err(format!("no connection within {timeout:?}")),
             }
         }
-        Err(e) => Err(format!("bad redis.url: {e}")),
+        Err(e) => Err(e),
     };
     let mut conn = match conn {
         Ok(c) => Conn { conn: c, timeout },
@@ -254,7 +275,7 @@ pub async fn run(config: &Config) -> Report {
                 format!("cannot connect to Redis at {url}: {e}"),
                 Some("check redis.url (host, port, user, password, TLS) and that Redis is up"),
             );
-            return finish(url, None, f, facts);
+            return finish(url, topology, None, f, facts);
         }
     };
     f.add("connect", Severity::Ok, format!("connected to {url}"), None);
@@ -268,7 +289,7 @@ pub async fn run(config: &Config) -> Report {
                 format!("INFO failed: {e}"),
                 Some("grant the shoal user +info (and +config|get, +command|info) in its ACL"),
             );
-            return finish(url, None, f, facts);
+            return finish(url, topology, None, f, facts);
         }
     };
     for k in [
@@ -301,14 +322,32 @@ pub async fn run(config: &Config) -> Report {
             Severity::Problem,
             "Redis runs in cluster mode; this version of shoal needs a standalone (or Sentinel) Redis"
                 .into(),
-            Some("point redis.url at a standalone primary"),
+            Some("point redis.url at a standalone primary, or configure [redis.sentinel]"),
         );
     }
-    finish(url, version, f, facts)
+    if info.get("role").is_some_and(|r| r != "master") {
+        f.add(
+            "role",
+            Severity::Problem,
+            format!(
+                "this Redis is a {}: shoal writes (every set, invalidation and session change) fail on it",
+                info.get("role").map_or("", String::as_str)
+            ),
+            Some(match topology {
+                Topology::Sentinel => "the sentinels named a replica: check `SENTINEL MASTER` and the failover state",
+                _ => "point redis.url at the primary, or configure [redis.sentinel] to follow it across failovers",
+            }),
+        );
+    }
+    if topology == Topology::Sentinel {
+        check_replicas(&mut f, &info, config);
+    }
+    finish(url, topology, version, f, facts)
 }
 
 fn finish(
     redis_url: String,
+    topology: Topology,
     redis_version: Option<String>,
     f: Findings,
     facts: BTreeMap<String, String>,
@@ -323,12 +362,198 @@ fn finish(
             .count();
     Report {
         redis_url,
+        topology: topology.as_str(),
         redis_version,
         ok: problems == 0,
         problems,
         warnings,
         findings: f.0,
         facts,
+    }
+}
+
+/// Asks every sentinel about the primary: reachable, agreeing, knowing each
+/// other and a replica. Returns the primary's address and a client for it.
+async fn check_sentinels(
+    f: &mut Findings,
+    facts: &mut BTreeMap<String, String>,
+    config: &Config,
+    timeout: Duration,
+) -> Option<(String, redis::Client)> {
+    let s = config.redis.sentinel.as_ref()?;
+    let mut answered = 0usize;
+    let mut primaries = std::collections::BTreeSet::new();
+    for u in &s.urls {
+        let shown = redact_url(u);
+        let ask = async {
+            let mut info = redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                .map_err(|e| e.to_string())?;
+            let mut settings = info.redis_settings().clone();
+            if !s.sentinel_username.is_empty() {
+                settings = settings.set_username(&s.sentinel_username);
+            }
+            if !s.sentinel_password.is_empty() {
+                settings = settings.set_password(s.sentinel_password.expose());
+            }
+            info = info.set_redis_settings(settings);
+            let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let m: BTreeMap<String, String> = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(&s.master)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(m)
+        };
+        let m = match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                f.add(
+                    "sentinel",
+                    Severity::Warning,
+                    format!("sentinel {shown} does not answer about {:?}: {e}", s.master),
+                    Some("check redis.sentinel.urls, the sentinel credentials and `sentinel monitor` on that sentinel"),
+                );
+                continue;
+            }
+            Err(_) => {
+                f.add(
+                    "sentinel",
+                    Severity::Warning,
+                    format!("sentinel {shown} did not answer within {timeout:?}"),
+                    None,
+                );
+                continue;
+            }
+        };
+        answered += 1;
+        let get = |k: &str| m.get(k).cloned().unwrap_or_default();
+        primaries.insert(format!("{}:{}", get("ip"), get("port")));
+        let flags = get("flags");
+        if flags != "master" {
+            f.add(
+                "sentinel",
+                Severity::Warning,
+                format!("sentinel {shown} flags the primary {flags:?}"),
+                Some("a failover may be under way; run doctor again in a minute"),
+            );
+        }
+        facts.insert(format!("sentinel {shown} replicas"), get("num-slaves"));
+        facts.insert(
+            format!("sentinel {shown} other sentinels"),
+            get("num-other-sentinels"),
+        );
+        facts.insert(format!("sentinel {shown} quorum"), get("quorum"));
+    }
+    facts.insert(
+        "sentinels answering".into(),
+        format!("{answered} of {}", s.urls.len()),
+    );
+    if answered == 0 {
+        f.add(
+            "sentinel",
+            Severity::Problem,
+            format!(
+                "no sentinel of redis.sentinel.urls answers about {:?}",
+                s.master
+            ),
+            Some("check the sentinel addresses and credentials, and that they monitor this name"),
+        );
+        return None;
+    }
+    if primaries.len() > 1 {
+        f.add(
+            "sentinel",
+            Severity::Warning,
+            format!("the sentinels disagree on the primary: {primaries:?}"),
+            Some("a failover may be under way; run doctor again in a minute"),
+        );
+    }
+    if s.urls.len() < 3 {
+        f.add(
+            "sentinel",
+            Severity::Warning,
+            format!(
+                "{} sentinel address(es) configured: with fewer than three, losing one can stop failovers \
+                 and shoald has no other sentinel to hear +switch-master from",
+                s.urls.len()
+            ),
+            Some("run at least three sentinels and list them all in redis.sentinel.urls"),
+        );
+    }
+    let endpoint = match crate::store::endpoint::Endpoint::new(config) {
+        Ok(e) => e,
+        Err(e) => {
+            f.add("sentinel", Severity::Problem, e.to_string(), None);
+            return None;
+        }
+    };
+    match endpoint.client().await {
+        Ok(client) => {
+            let address = endpoint.address();
+            f.add(
+                "sentinel",
+                Severity::Ok,
+                format!(
+                    "{answered} of {} sentinels answer; they name {address} as the primary of {:?}",
+                    s.urls.len(),
+                    s.master
+                ),
+                None,
+            );
+            Some((address, client))
+        }
+        Err(e) => {
+            f.add(
+                "sentinel",
+                Severity::Problem,
+                e.to_string(),
+                Some("check that the primary is up and reachable from here, and the data-node credentials (redis.sentinel.username/password)"),
+            );
+            None
+        }
+    }
+}
+
+/// Under Sentinel: enough replicas to confirm changes (`wait_replicas`).
+fn check_replicas(f: &mut Findings, info: &BTreeMap<String, String>, config: &Config) {
+    let wait = config
+        .redis
+        .sentinel
+        .as_ref()
+        .map_or(0, |s| s.wait_replicas);
+    let connected = info_u64(info, "connected_slaves").unwrap_or(0);
+    if wait == 0 {
+        f.add(
+            "replicas",
+            Severity::Warning,
+            format!(
+                "redis.sentinel.wait_replicas = 0: changes are acknowledged on the primary's word; \
+                 a failover may lose acknowledged invalidations and revocations ({connected} replica(s) connected)"
+            ),
+            Some("set redis.sentinel.wait_replicas = 1 (or the number of replicas)"),
+        );
+    } else if connected < u64::from(wait) {
+        f.add(
+            "replicas",
+            Severity::Problem,
+            format!(
+                "the primary has {connected} connected replica(s) and redis.sentinel.wait_replicas = {wait}: \
+                 every cache change, session change and lock is refused until enough replicas are connected"
+            ),
+            Some("start the replicas, or lower redis.sentinel.wait_replicas"),
+        );
+    } else {
+        f.add(
+            "replicas",
+            Severity::Ok,
+            format!("{connected} replica(s) connected; each change waits for {wait} to confirm it"),
+            None,
+        );
     }
 }
 

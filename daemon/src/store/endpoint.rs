@@ -12,6 +12,10 @@
 //!   (`MASTERDOWN`) or unreachable: the sentinels are asked again (at most one
 //!   lookup at a time, and at most every [`RESOLVE_EVERY`]).
 //!
+//! Changes that must be confirmed by replicas (`WAIT`) go over a few writer
+//! connections of their own: `WAIT` blocks its connection on the server, and
+//! must hold up neither the reads nor the other changes.
+//!
 //! Finding the primary uses redis-rs's own `SentinelClient`, which also checks
 //! that the node it names answers `ROLE` as a master. Correctness across a
 //! failover does not rest on this module: every connection's catch-up checks
@@ -31,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Topology};
 use crate::store::StoreError;
 
+/// Connections for confirmed changes (each waits for replicas in turn).
+pub const WRITERS: usize = 8;
+
 /// Sentinel lookups after a command error are at most this frequent.
 pub const RESOLVE_EVERY: Duration = Duration::from_millis(100);
 
@@ -40,6 +47,10 @@ pub const RESOLVE_EVERY: Duration = Duration::from_millis(100);
 struct Primary {
     client: redis::Client,
     conn: ConnectionManager,
+    /// Connections for changes followed by `WAIT` (Sentinel only): `WAIT`
+    /// blocks its connection on the server until replicas confirm, so it must
+    /// not hold up the reads on `conn`, nor one change all the others.
+    writers: Arc<[ConnectionManager]>,
     /// `redis://host:port/db`, no credentials.
     address: String,
 }
@@ -62,6 +73,8 @@ pub struct Endpoint {
     sentinels: Option<Sentinels>,
     /// Advances every time the primary changes (not on the first lookup).
     generation: tokio::sync::watch::Sender<u64>,
+    /// Round robin over the writer connections.
+    next_writer: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -97,11 +110,13 @@ impl Endpoint {
             None => {
                 let client = redis::Client::open(config.redis.url.as_str())
                     .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
-                let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_config.clone())
-                    .map_err(|e| StoreError::Redis(e.to_string()))?;
+                let conn =
+                    ConnectionManager::new_lazy_with_config(client.clone(), mgr_config.clone())
+                        .map_err(|e| StoreError::Redis(e.to_string()))?;
                 let primary = Primary {
                     client,
                     conn,
+                    writers: Arc::new([]),
                     address: crate::config::redis_address(&config.redis.url),
                 };
                 (Some(primary), None)
@@ -151,6 +166,7 @@ impl Endpoint {
             current: Mutex::new(current),
             sentinels,
             generation: tokio::sync::watch::channel(0).0,
+            next_writer: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -184,6 +200,24 @@ impl Endpoint {
             return Ok(p.conn.clone());
         }
         self.resolve().await.map(|p| p.conn)
+    }
+
+    /// A connection for a change followed by `WAIT` (one of [`WRITERS`];
+    /// the command connection when there are none).
+    pub async fn writer(&self) -> Result<ConnectionManager, StoreError> {
+        let pick = |p: &Primary| {
+            if p.writers.is_empty() {
+                return p.conn.clone();
+            }
+            let i = self
+                .next_writer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            p.writers[i % p.writers.len()].clone()
+        };
+        if let Some(p) = self.lock().as_ref() {
+            return Ok(pick(p));
+        }
+        self.resolve().await.map(|p| pick(&p))
     }
 
     /// A client for a dedicated connection (Pub/Sub, blocking reads) to the
@@ -232,11 +266,18 @@ impl Endpoint {
                 return Ok(p.clone());
             }
         }
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), self.mgr_config.clone())
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        let lazy = || {
+            ConnectionManager::new_lazy_with_config(client.clone(), self.mgr_config.clone())
+                .map_err(|e| StoreError::Redis(e.to_string()))
+        };
+        let conn = lazy()?;
+        let writers = (0..WRITERS)
+            .map(|_| lazy())
+            .collect::<Result<Vec<_>, _>>()?;
         let primary = Primary {
-            client,
+            client: client.clone(),
             conn,
+            writers: writers.into(),
             address: address.clone(),
         };
         let previous = current.replace(primary.clone());

@@ -366,7 +366,10 @@ impl Store {
     /// A client for a dedicated connection (Pub/Sub, blocking reads) to the
     /// current primary (asked of the sentinels afresh with Sentinel).
     pub async fn client(&self) -> Result<redis::Client, StoreError> {
-        self.endpoint.client().await.map_err(|e| self.trouble("unreachable", e))
+        self.endpoint
+            .client()
+            .await
+            .map_err(|e| self.trouble("unreachable", e))
     }
 
     /// Where the primary is; its `changes()` tell dedicated connections to
@@ -377,7 +380,10 @@ impl Store {
 
     /// The shared command connection to the current primary.
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        self.endpoint.conn().await.map_err(|e| self.trouble("unreachable", e))
+        self.endpoint
+            .conn()
+            .await
+            .map_err(|e| self.trouble("unreachable", e))
     }
 
     pub fn keys(&self) -> &KeyNames {
@@ -417,7 +423,10 @@ impl Store {
 
     fn trouble(&self, kind: &str, e: StoreError) -> StoreError {
         self.errors.record(kind, &e.to_string());
-        if matches!(kind, "readonly" | "masterdown" | "unreachable" | "noreplicas") {
+        if matches!(
+            kind,
+            "readonly" | "masterdown" | "unreachable" | "noreplicas"
+        ) {
             // A failover explains these: ask the sentinels (no-op otherwise).
             self.endpoint.suspect();
         }
@@ -502,8 +511,13 @@ impl Store {
         if self.wait_replicas == 0 {
             return self.invoke_script(inv).await;
         }
+        let writer = self
+            .endpoint
+            .writer()
+            .await
+            .map_err(|e| self.trouble("unreachable", e))?;
         let mut conn = WaitConn {
-            inner: self.conn().await?,
+            inner: writer,
             replicas: self.wait_replicas,
             wait_ms: (self.timeout.as_millis() as u64 / 2).max(1),
             confirmed: None,
