@@ -14,21 +14,53 @@
 -- Returns { acquired (1|0), limit, remaining, reset_after_ms, retry_after_ms }:
 -- reset_after_ms = until the last lease expires, retry_after_ms (not acquired) =
 -- until the oldest lease expires.
+--
+-- Generated from lua/rl/concurrency.lua and lua/rl/preamble.lua by daemon/build.rs:
+-- edit those, then `SHOAL_WRITE_LUA=1 cargo test -p shoald generated_scripts`.
+
+-- ---- preamble (lua/rl/preamble.lua): shared by the rate-limit scripts ----
 if redis.replicate_commands then
   pcall(redis.replicate_commands)
 end
 
+-- Now in ms on the fleet's one clock, Redis TIME; `test_now` (an ARGV, a time in
+-- ms) only from test builds, "" otherwise.
+local function now_ms(test_now)
+  if test_now ~= '' then
+    return tonumber(test_now)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- ceil(a / b) and floor(a / b) for integers, exact even where the float
+-- quotient rounds.
+local function ceil_div(a, b)
+  local q = math.ceil(a / b)
+  if q * b < a then
+    q = q + 1
+  elseif (q - 1) * b >= a then
+    q = q - 1
+  end
+  return q
+end
+
+local function floor_div(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+-- ---- lua/rl/concurrency.lua ----
 local mode = ARGV[1]
 local limit = tonumber(ARGV[2])
 local lease_ms = tonumber(ARGV[3])
 
-local now
-if ARGV[5] ~= '' then
-  now = tonumber(ARGV[5])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = now_ms(ARGV[5])
 local live = '(' .. string.format('%d', now)
 
 if mode ~= 'peek' then

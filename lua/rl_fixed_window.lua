@@ -21,10 +21,48 @@
 -- Returns { allowed (1|0), limit, remaining, reset_after_ms, retry_after_ms }.
 -- For "reserve": allowed = granted and retry_after_ms = the wait before the
 -- booked slot (when not granted: how far away the first free slot was).
+--
+-- Generated from lua/rl/fixed_window.lua and lua/rl/preamble.lua by daemon/build.rs:
+-- edit those, then `SHOAL_WRITE_LUA=1 cargo test -p shoald generated_scripts`.
+
+-- ---- preamble (lua/rl/preamble.lua): shared by the rate-limit scripts ----
 if redis.replicate_commands then
   pcall(redis.replicate_commands)
 end
 
+-- Now in ms on the fleet's one clock, Redis TIME; `test_now` (an ARGV, a time in
+-- ms) only from test builds, "" otherwise.
+local function now_ms(test_now)
+  if test_now ~= '' then
+    return tonumber(test_now)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- ceil(a / b) and floor(a / b) for integers, exact even where the float
+-- quotient rounds.
+local function ceil_div(a, b)
+  local q = math.ceil(a / b)
+  if q * b < a then
+    q = q + 1
+  elseif (q - 1) * b >= a then
+    q = q - 1
+  end
+  return q
+end
+
+local function floor_div(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+-- ---- lua/rl/fixed_window.lua ----
 local mode = ARGV[1]
 local cost = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
@@ -33,13 +71,7 @@ local max_wait = tonumber(ARGV[6])
 -- Reservations book at most this many windows ahead, which bounds the state.
 local horizon = 1000
 
-local now
-if ARGV[7] ~= '' then
-  now = tonumber(ARGV[7])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = now_ms(ARGV[7])
 local start = now - (now % window)
 
 local function field(w)

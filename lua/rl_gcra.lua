@@ -25,25 +25,27 @@
 --
 -- Returns { allowed (1|0), burst, remaining, reset_after_ms, retry_after_ms }
 -- ("reserve": allowed = granted, retry_after_ms = the wait).
+--
+-- Generated from lua/rl/gcra.lua and lua/rl/preamble.lua by daemon/build.rs:
+-- edit those, then `SHOAL_WRITE_LUA=1 cargo test -p shoald generated_scripts`.
+
+-- ---- preamble (lua/rl/preamble.lua): shared by the rate-limit scripts ----
 if redis.replicate_commands then
   pcall(redis.replicate_commands)
 end
 
-local mode = ARGV[1]
-local cost = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
-local burst = tonumber(ARGV[5])
-local max_wait = tonumber(ARGV[6])
-
-local now
-if ARGV[7] ~= '' then
-  now = tonumber(ARGV[7])
-else
+-- Now in ms on the fleet's one clock, Redis TIME; `test_now` (an ARGV, a time in
+-- ms) only from test builds, "" otherwise.
+local function now_ms(test_now)
+  if test_now ~= '' then
+    return tonumber(test_now)
+  end
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- ceil(a / b) and floor(a / b) for integers, exact even where the float
+-- quotient rounds.
 local function ceil_div(a, b)
   local q = math.ceil(a / b)
   if q * b < a then
@@ -53,6 +55,7 @@ local function ceil_div(a, b)
   end
   return q
 end
+
 local function floor_div(a, b)
   local q = math.floor(a / b)
   if q * b > a then
@@ -62,6 +65,16 @@ local function floor_div(a, b)
   end
   return q
 end
+
+-- ---- lua/rl/gcra.lua ----
+local mode = ARGV[1]
+local cost = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local burst = tonumber(ARGV[5])
+local max_wait = tonumber(ARGV[6])
+
+local now = now_ms(ARGV[7])
 
 -- Everything below is in units of 1/limit ms, relative to now: T = window units.
 local tau = burst * window

@@ -6,7 +6,14 @@
 //! shoal ping, L1 hit, L2 hit and `cache.mget` of 16 keys; the same with a
 //! modelled network (200 µs each way between the client side and Redis); a
 //! zipfian read-mostly mix through 2 daemons with 1 % invalidations (hit ratio,
-//! ops/s, stale reads); invalidation propagation to 4 daemons.
+//! ops/s, stale reads); invalidation propagation to 4 daemons; and server
+//! throughput with 64 requests pipelined on one blocking connection (echo vs an
+//! L1 hit, no client library).
+//!
+//! Every row also reports CPU per operation: user + system time of this process
+//! (the clients) and of the row's server processes (echo server, redis-server,
+//! the daemon and its Redis), from `/proc/<pid>/stat` over the measured window.
+//! On a 2-core machine CPU per op is steadier than latency or throughput.
 //!
 //! `cargo bench -p shoal-tests --bench compare` (`BENCH_SECS` sets the time per
 //! row, default 1.5). Prints markdown tables.
@@ -17,17 +24,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bytes::{Buf, BytesMut};
+
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 const ECHO_ENV: &str = "SHOAL_BENCH_ECHO_SOCKET";
 
 fn main() -> Result<()> {
     if let Ok(path) = std::env::var(ECHO_ENV) {
-        return echo_server(PathBuf::from(path));
+        return shoal_tests::echo::serve(PathBuf::from(path));
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing
     // useful: keep the bench out of test runs.
@@ -40,56 +47,36 @@ fn main() -> Result<()> {
         .block_on(bench())
 }
 
-/// The floor: a trivial echo server, one task per connection, frames echoed whole.
-fn echo_server(path: PathBuf) -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)?;
-            loop {
-                let (mut s, _) = listener.accept().await?;
-                tokio::spawn(async move {
-                    let mut buf = BytesMut::with_capacity(8192);
-                    loop {
-                        match s.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                        // Echo complete frames only, as a server would answer them.
-                        let mut end = 0;
-                        while buf.len() >= end + 4 {
-                            let n = u32::from_be_bytes([
-                                buf[end],
-                                buf[end + 1],
-                                buf[end + 2],
-                                buf[end + 3],
-                            ]) as usize;
-                            if buf.len() < end + 4 + n {
-                                break;
-                            }
-                            end += 4 + n;
-                        }
-                        if end > 0 {
-                            if s.write_all(&buf[..end]).await.is_err() {
-                                return;
-                            }
-                            buf.advance(end);
-                        }
-                    }
-                });
-            }
-            #[allow(unreachable_code)]
-            Ok::<_, anyhow::Error>(())
-        })
-}
-
 struct Row {
     name: String,
     callers: usize,
     hist: Histogram<u64>,
     ops: f64,
+    /// CPU time of the client (this process) and the server processes, µs per op.
+    cpu_us: f64,
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`
+/// (whole process, every thread; USER_HZ ticks, 100 per second on Linux).
+fn proc_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces): state is field 3,
+    // utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
+
+/// CPU used so far by this process and `servers`.
+fn cpu_now(servers: &[u32]) -> Duration {
+    proc_cpu(std::process::id()) + servers.iter().map(|p| proc_cpu(*p)).sum::<Duration>()
 }
 
 fn secs() -> Duration {
@@ -105,6 +92,7 @@ fn secs() -> Duration {
 async fn measure<F, Fut, S>(
     name: &str,
     callers: usize,
+    servers: &[u32],
     make: impl Fn(usize) -> S,
     op: F,
 ) -> Result<Row>
@@ -140,6 +128,12 @@ where
             Ok::<_, anyhow::Error>((h, n))
         }));
     }
+    // CPU over the measured window (client: this process; and the servers).
+    let at = tokio::time::Instant::from_std(start);
+    tokio::time::sleep_until(at + warm).await;
+    let cpu0 = cpu_now(servers);
+    tokio::time::sleep_until(at + warm + dur).await;
+    let cpu = cpu_now(servers).saturating_sub(cpu0);
     let mut hist = Histogram::<u64>::new(3)?;
     let mut total = 0u64;
     for t in tasks {
@@ -152,6 +146,7 @@ where
         callers,
         hist,
         ops: total as f64 / dur.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / (total.max(1) as f64),
     })
 }
 
@@ -188,9 +183,9 @@ async fn connect_sync(path: &Path) -> Result<UnixStream> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| operation | callers | p50 µs | p99 µs | ops/s | p50 / floor | ops/s / direct GET |"
+        "| operation | callers | p50 µs | p99 µs | ops/s | p50 / floor | ops/s / direct GET | CPU µs/op | CPU / floor |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for callers in [1usize, 64] {
         let find = |prefix: &str| {
             rows.iter()
@@ -200,24 +195,124 @@ fn print_table(rows: &[Row]) {
             .map(|r| r.hist.value_at_quantile(0.5) as f64)
             .unwrap_or(1.0);
         let direct = find("redis-rs GET").map(|r| r.ops).unwrap_or(1.0);
+        let floor_cpu = find("socket floor").map(|r| r.cpu_us).unwrap_or(1.0);
         for r in rows.iter().filter(|r| r.callers == callers) {
             let p50 = r.hist.value_at_quantile(0.5) as f64;
             println!(
-                "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2}x | {:.2}x |",
+                "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.2}x |",
                 r.name,
                 r.callers,
                 p50 / 1000.0,
                 r.hist.value_at_quantile(0.99) as f64 / 1000.0,
                 r.ops,
                 p50 / floor,
-                r.ops / direct
+                r.ops / direct,
+                r.cpu_us,
+                r.cpu_us / floor_cpu
             );
         }
     }
 }
 
+/// A frame of a MessagePack map of short strings and small uints, written by
+/// hand so the bench needs no client types: `[("id", 1), ("op", "cache.get")]`.
+fn raw_frame(fields: &[(&str, RawVal)]) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, v: &str) {
+        assert!(v.len() < 32);
+        out.push(0xa0 | v.len() as u8);
+        out.extend_from_slice(v.as_bytes());
+    }
+    let mut body = vec![0x80 | fields.len() as u8];
+    for (k, v) in fields {
+        s(&mut body, k);
+        match v {
+            RawVal::U(n) => {
+                assert!(*n < 128);
+                body.push(*n as u8);
+            }
+            RawVal::S(v) => s(&mut body, v),
+        }
+    }
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(&body);
+    f
+}
+
+enum RawVal {
+    U(u64),
+    S(&'static str),
+}
+
+/// Reads one length-prefixed frame (blocking).
+fn read_frame(s: &mut std::os::unix::net::UnixStream, buf: &mut Vec<u8>) -> Result<()> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    buf.resize(u32::from_be_bytes(len) as usize, 0);
+    s.read_exact(buf)?;
+    Ok(())
+}
+
+/// `depth` requests written at once on one blocking connection, then their
+/// answers read, for the configured time: server throughput without a client
+/// library (the row's CPU is this thread plus the server).
+async fn pipelined(
+    name: &str,
+    path: &Path,
+    hello: bool,
+    frame: Vec<u8>,
+    depth: usize,
+    servers: &[u32],
+) -> Result<Row> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    let mut buf = Vec::new();
+    if hello {
+        s.write_all(&raw_frame(&[
+            ("id", RawVal::U(0)),
+            ("op", RawVal::S("hello")),
+            ("version", RawVal::U(1)),
+        ]))?;
+        read_frame(&mut s, &mut buf)?;
+    }
+    let batch: Vec<u8> = frame.repeat(depth);
+    let (dur, warm) = (secs(), Duration::from_millis(300));
+    let servers = servers.to_vec();
+    let (ops, cpu) = tokio::task::spawn_blocking(move || -> Result<(u64, Duration)> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut cpu0 = None;
+        loop {
+            let t = start.elapsed();
+            if t > warm + dur {
+                break;
+            }
+            if t > warm && cpu0.is_none() {
+                cpu0 = Some((cpu_now(&servers), n));
+            }
+            s.write_all(&batch)?;
+            for _ in 0..depth {
+                read_frame(&mut s, &mut buf)?;
+            }
+            n += depth as u64;
+        }
+        let (c0, n0) = cpu0.unwrap_or((Duration::ZERO, 0));
+        Ok((n - n0, cpu_now(&servers).saturating_sub(c0)))
+    })
+    .await??;
+    let mut hist = Histogram::<u64>::new(3)?;
+    hist.record(1)?;
+    Ok(Row {
+        name: name.to_string(),
+        callers: depth,
+        hist,
+        ops: ops as f64 / dur.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / (ops.max(1) as f64),
+    })
+}
+
 /// The socket floor: raw frames to the echo server, one connection per caller.
-async fn floor(echo_path: &Path, callers: usize) -> Result<Row> {
+async fn floor(echo_path: &Path, echo_pid: u32, callers: usize) -> Result<Row> {
     let frame = ping_frame();
     let reply_len = frame.len();
     let mut conns = Vec::new();
@@ -228,6 +323,7 @@ async fn floor(echo_path: &Path, callers: usize) -> Result<Row> {
     measure(
         "socket floor (echo, separate process)",
         callers,
+        &[echo_pid],
         |i| {
             let s = conns.lock().map(|mut c| c[i].take()).ok().flatten();
             (
@@ -332,20 +428,35 @@ async fn bench() -> Result<()> {
             .await?
     };
 
+    // The server processes each row's CPU is counted in (besides this one).
+    let pid = |p: &shoal_tests::DaemonProcess| p.child.id();
+    let redis_pid = redis.pid().unwrap_or(0);
+    let rs = [redis_pid];
+    let (sl, sl2) = ([pid(&procs[0]), redis_pid], [pid(&procs[1]), redis_pid]);
+    let (snet1, snet2) = ([pid(&procs[2]), redis_pid], [pid(&procs[3]), redis_pid]);
     let mut rows = Vec::new();
     for callers in [1usize, 64] {
         // The floor is measured first and again last; the faster of the two is
         // kept, so a floor measured while the machine was busier does not flatter
         // the rows around it.
-        let floor_a = floor(&echo_path, callers).await?;
+        let floor_a = floor(&echo_path, echo.id(), callers).await?;
         let first = rows.len();
-        rows.push(redis_get("redis-rs GET direct (multiplexed)", callers, &direct).await?);
-        rows.push(redis_get("redis-rs client-side caching hit (RESP3)", callers, &csc).await?);
+        rows.push(redis_get("redis-rs GET direct (multiplexed)", callers, &rs, &direct).await?);
+        rows.push(
+            redis_get(
+                "redis-rs client-side caching hit (RESP3)",
+                callers,
+                &rs,
+                &csc,
+            )
+            .await?,
+        );
         let c = local.clone();
         rows.push(
             measure(
                 "shoal ping",
                 callers,
+                &sl,
                 |_| c.clone(),
                 |c| async move {
                     c.ping().await?;
@@ -354,14 +465,24 @@ async fn bench() -> Result<()> {
             )
             .await?,
         );
-        rows.push(shoal_get("shoal L1 hit", callers, &local).await?);
-        rows.push(shoal_get("shoal L2 hit", callers, &l2).await?);
-        rows.push(shoal_mget("shoal cache.mget 16 keys (L1)", callers, &local, &mkeys).await?);
+        rows.push(shoal_get("shoal L1 hit", callers, &sl, &local).await?);
+        rows.push(shoal_get("shoal L2 hit", callers, &sl2, &l2).await?);
+        rows.push(
+            shoal_mget(
+                "shoal cache.mget 16 keys (L1)",
+                callers,
+                &sl,
+                &local,
+                &mkeys,
+            )
+            .await?,
+        );
         let c = local.clone();
         rows.push(
             measure(
                 "shoal session.get (hot, local cache)",
                 callers,
+                &sl,
                 |_| (c.clone(), session.clone()),
                 |(c, t)| async move {
                     c.session_get_raw(&t, true).await?;
@@ -375,6 +496,7 @@ async fn bench() -> Result<()> {
             measure(
                 "shoal ratelimit.check allowed",
                 callers,
+                &sl,
                 |i| (c.clone(), format!("k{i}")),
                 |(c, k)| async move {
                     c.check("open", &k).await?;
@@ -388,6 +510,7 @@ async fn bench() -> Result<()> {
             measure(
                 "shoal ratelimit.check denied (local deny cache)",
                 callers,
+                &sl,
                 |_| c.clone(),
                 |c| async move {
                     c.check("shut", "k").await?;
@@ -406,6 +529,7 @@ async fn bench() -> Result<()> {
             measure(
                 "redis-rs EVALSHA rl_token_bucket.lua (bare)",
                 callers,
+                &rs,
                 |i| {
                     (
                         d.clone(),
@@ -430,9 +554,9 @@ async fn bench() -> Result<()> {
             )
             .await?,
         );
-        rows.push(redis_get("net 200µs: redis-rs GET direct", callers, &direct_net).await?);
-        rows.push(shoal_get("net 200µs: shoal L1 hit", callers, &netl1).await?);
-        rows.push(shoal_get("net 200µs: shoal L2 hit", callers, &netl2).await?);
+        rows.push(redis_get("net 200µs: redis-rs GET direct", callers, &rs, &direct_net).await?);
+        rows.push(shoal_get("net 200µs: shoal L1 hit", callers, &snet1, &netl1).await?);
+        rows.push(shoal_get("net 200µs: shoal L2 hit", callers, &snet2, &netl2).await?);
         for k in &mkeys {
             netl1.get_raw(k).await?;
         }
@@ -440,12 +564,13 @@ async fn bench() -> Result<()> {
             shoal_mget(
                 "net 200µs: shoal cache.mget 16 (L1)",
                 callers,
+                &snet1,
                 &netl1,
                 &mkeys,
             )
             .await?,
         );
-        let floor_b = floor(&echo_path, callers).await?;
+        let floor_b = floor(&echo_path, echo.id(), callers).await?;
         let best = if floor_a.hist.value_at_quantile(0.5) <= floor_b.hist.value_at_quantile(0.5) {
             floor_a
         } else {
@@ -454,6 +579,48 @@ async fn bench() -> Result<()> {
         rows.insert(first, best);
     }
     print_table(&rows);
+    // Server throughput without a client library: 64 requests in flight on one
+    // blocking connection (latency columns do not apply).
+    let get = raw_frame(&[
+        ("id", RawVal::U(1)),
+        ("op", RawVal::S("cache.get")),
+        ("key", RawVal::S("hot")),
+    ]);
+    let prows = vec![
+        pipelined(
+            "socket floor, 64 pipelined on one connection",
+            &echo_path,
+            false,
+            ping_frame(),
+            64,
+            &[echo.id()],
+        )
+        .await?,
+        pipelined(
+            "shoald L1 hit, 64 pipelined on one connection (no client)",
+            &procs[0].socket,
+            true,
+            get,
+            64,
+            &sl,
+        )
+        .await?,
+    ];
+    println!();
+    println!(
+        "| pipelined (one blocking connection) | ops/s | ops/s / floor | CPU µs/op | CPU / floor |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for r in &prows {
+        println!(
+            "| {} | {:.0} | {:.2}x | {:.2} | {:.2}x |",
+            r.name,
+            r.ops,
+            r.ops / prows[0].ops,
+            r.cpu_us,
+            r.cpu_us / prows[0].cpu_us
+        );
+    }
     zipf_mix(&[clients[0].clone(), clients[4].clone()]).await?;
     propagation(&[
         clients[0].clone(),
@@ -488,12 +655,14 @@ async fn bench() -> Result<()> {
 async fn redis_get(
     name: &str,
     callers: usize,
+    servers: &[u32],
     conn: &redis::aio::MultiplexedConnection,
 ) -> Result<Row> {
     let d = conn.clone();
     measure(
         name,
         callers,
+        servers,
         |_| d.clone(),
         |mut d| async move {
             let _: Option<Vec<u8>> = redis::cmd("GET")
@@ -509,6 +678,7 @@ async fn redis_get(
 async fn shoal_mget(
     name: &str,
     callers: usize,
+    servers: &[u32],
     c: &shoal_client::Client,
     keys: &[String],
 ) -> Result<Row> {
@@ -516,6 +686,7 @@ async fn shoal_mget(
     measure(
         name,
         callers,
+        servers,
         |_| (c.clone(), keys.clone()),
         |(c, keys)| async move {
             {
@@ -528,11 +699,17 @@ async fn shoal_mget(
     .await
 }
 
-async fn shoal_get(name: &str, callers: usize, c: &shoal_client::Client) -> Result<Row> {
+async fn shoal_get(
+    name: &str,
+    callers: usize,
+    servers: &[u32],
+    c: &shoal_client::Client,
+) -> Result<Row> {
     let c = c.clone();
     measure(
         name,
         callers,
+        servers,
         |_| c.clone(),
         |c| async move {
             c.get_raw("hot").await?;

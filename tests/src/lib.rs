@@ -6,6 +6,7 @@
 //! free port; the machine's own 6379 is never touched) and dies with its handle.
 
 pub mod campaign;
+pub mod echo;
 pub mod history;
 pub mod proxy;
 pub mod raw;
@@ -366,9 +367,28 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts the binary with `config_toml` written to `dir/<node>.toml`.
     pub fn spawn(dir: &Path, node: &str, config_toml: &str) -> Result<DaemonProcess> {
+        DaemonProcess::spawn_wrapped(dir, node, config_toml, &[])
+    }
+
+    /// As [`DaemonProcess::spawn`], run under `wrapper` (e.g. `valgrind
+    /// --tool=callgrind`): the command line is `wrapper... shoald --config ...`.
+    pub fn spawn_wrapped(
+        dir: &Path,
+        node: &str,
+        config_toml: &str,
+        wrapper: &[&str],
+    ) -> Result<DaemonProcess> {
         let file = dir.join(format!("{node}.toml"));
         std::fs::write(&file, config_toml)?;
-        let mut cmd = Command::new(workspace_bin("shoald")?);
+        let bin = workspace_bin("shoald")?;
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         // The daemon refuses `SHOAL_*` variables that name no config key; the
         // test's own (`SHOAL_CAMPAIGN_SEED`, ...) are not for it: its config is
         // the file.

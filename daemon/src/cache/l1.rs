@@ -41,6 +41,8 @@ pub struct Entry {
     pub pos: StreamId,
     /// When L2's copy expires, as far as the read could tell.
     pub l2_expires_at: Option<Instant>,
+    /// L1's flush count when it was filled: a later flush voids it.
+    flushes: u64,
 }
 
 struct EntryExpiry;
@@ -95,6 +97,10 @@ pub struct L1 {
     /// Δ in µs.
     max_staleness_us: u64,
     generation: AtomicU64,
+    /// Flushes so far. Hits check it themselves, so no moka subtlety
+    /// (`invalidate_all` compares timestamps, and two racing calls can move its
+    /// cut-off back) can make a flushed entry readable.
+    flushes: AtomicU64,
     marks: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
     max_ttl: Duration,
@@ -140,6 +146,7 @@ impl L1 {
             proof_us: AtomicU64::new(0),
             max_staleness_us: u64::try_from(max_staleness.as_micros()).unwrap_or(u64::MAX),
             generation: AtomicU64::new(1),
+            flushes: AtomicU64::new(0),
             marks: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             max_ttl,
@@ -220,6 +227,11 @@ impl L1 {
             return None;
         }
         let e = self.cache.get(key).await?;
+        // A change of this key removed it from moka (exactly); a flush is checked
+        // here rather than trusted to `invalidate_all`.
+        if self.flushes.load(Ordering::SeqCst) != e.flushes {
+            return None;
+        }
         // moka expires lazily on its own clock; never serve past our deadline.
         (e.expires_at > Instant::now()).then_some(e)
     }
@@ -247,6 +259,7 @@ impl L1 {
             return false;
         }
         let stripe = self.stripe(key);
+        let flushes = self.flushes.load(Ordering::SeqCst);
         let admissible =
             |l1: &L1| l1.ticket_valid(ticket) && stripe.load(Ordering::SeqCst) <= pos.pack_down();
         if !admissible(self) {
@@ -260,6 +273,7 @@ impl L1 {
             expires_at: now + ttl,
             pos,
             l2_expires_at: l2_ttl_ms.map(|ms| now + Duration::from_millis(ms)),
+            flushes,
         };
         self.cache.insert(key.clone(), entry).await;
         // A change applied between the check and the insert has not seen our entry;
@@ -289,6 +303,7 @@ impl L1 {
     /// Empties L1 and voids every fill in flight.
     pub fn flush(&self, reason: FlushReason) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
         // The generation bump voids fills read before this point, so old marks
         // (which may be from a previous Redis whose ids were larger) can go.

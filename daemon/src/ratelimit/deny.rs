@@ -12,7 +12,7 @@
 //! so the local T is never earlier than Redis's: a client told "retry after R"
 //! by this cache and waiting exactly R is not denied for being early.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use moka::policy::EvictionPolicy;
@@ -61,6 +61,8 @@ struct Entry {
     reset_at_us: u64,
     limit: u64,
     remaining: u64,
+    /// The policy's clear count when it was inserted: a later clear voids it.
+    cleared: u64,
 }
 
 /// A denial answered from the cache.
@@ -77,6 +79,10 @@ pub struct CachedDenial {
 pub struct DenyCache {
     budget: Arc<DenyBudget>,
     policy: u32,
+    /// Clears so far. Lookups answer only entries inserted since the latest:
+    /// moka's `invalidate_entries_if` frees memory but can leave a matching
+    /// entry readable for a while (the `race` test below shows it).
+    cleared: AtomicU64,
 }
 
 fn ceil_ms(us: u64) -> u64 {
@@ -92,7 +98,11 @@ impl DenyCache {
 
     pub fn with_budget(budget: Arc<DenyBudget>) -> DenyCache {
         let policy = budget.next_policy.fetch_add(1, Ordering::Relaxed);
-        DenyCache { budget, policy }
+        DenyCache {
+            budget,
+            policy,
+            cleared: AtomicU64::new(0),
+        }
     }
 
     fn slot(&self, key: &str) -> Slot {
@@ -111,9 +121,10 @@ impl DenyCache {
             self.budget.cache.invalidate(&slot);
             return None;
         }
+        let cleared = self.cleared.load(Ordering::SeqCst);
         let e = *entries
             .iter()
-            .find(|e| e.cost == cost && now_us < e.until_us)?;
+            .find(|e| e.cost == cost && now_us < e.until_us && e.cleared == cleared)?;
         Some(CachedDenial {
             limit: e.limit,
             remaining: e.remaining,
@@ -134,10 +145,11 @@ impl DenyCache {
             reset_at_us: now_us.saturating_add(d.reset_after_ms.saturating_mul(1000)),
             limit: d.limit,
             remaining: d.remaining,
+            cleared: self.cleared.load(Ordering::SeqCst),
         };
         let slot = self.slot(key);
         let mut entries = self.budget.cache.get(&slot).unwrap_or_default();
-        entries.retain(|e| e.cost != cost && e.until_us > now_us);
+        entries.retain(|e| e.cost != cost && e.until_us > now_us && e.cleared == entry.cleared);
         if entries.len() >= COSTS_PER_KEY {
             // Keep the denials that last longest.
             entries.sort_by_key(|e| std::cmp::Reverse(e.until_us));
@@ -154,6 +166,7 @@ impl DenyCache {
 
     /// Forgets every key (an override of this policy changed elsewhere).
     pub fn clear(&self) {
+        self.cleared.fetch_add(1, Ordering::SeqCst);
         let policy = self.policy;
         // Closures are registered only when a policy has entries to drop.
         if self.budget.cache.iter().any(|(k, _)| k.0 == policy) {
@@ -232,5 +245,60 @@ mod tests {
         let off = DenyCache::new(0);
         off.insert("a", 1, 0, denial(100, 100));
         assert!(off.lookup("a", 1, 1).is_none());
+    }
+}
+
+#[cfg(test)]
+mod race {
+    //! A clear racing with inserts: once `clear` returned, no lookup answers a
+    //! denial inserted before it began.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    #[test]
+    fn no_denial_from_before_a_clear_is_answered() {
+        let budget = DenyBudget::new(100_000);
+        let cache = Arc::new(DenyCache::with_budget(budget.clone()));
+        let other = DenyCache::with_budget(budget);
+        let inserted = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let d = CachedDenial {
+            limit: 5,
+            remaining: 0,
+            reset_after_ms: 60_000,
+            retry_after_ms: 60_000,
+        };
+        let writer = {
+            let (cache, inserted, stop) = (cache.clone(), inserted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    cache.insert(&format!("k{i}"), 1, 1_000, d);
+                    inserted.store(i, Ordering::SeqCst);
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let (mut clears, mut answered) = (0u64, 0u64);
+        while started.elapsed() < std::time::Duration::from_secs(2) {
+            // Another policy's entry keeps the cache from looking empty.
+            other.insert("x", 1, 1_000, d);
+            let last = inserted.load(Ordering::SeqCst);
+            cache.clear();
+            clears += 1;
+            for k in last.saturating_sub(50)..=last {
+                if k > 0 && cache.lookup(&format!("k{k}"), 1, 2_000).is_some() {
+                    answered += 1;
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        assert_eq!(
+            answered, 0,
+            "denials from before a clear answered ({clears} clears)"
+        );
     }
 }

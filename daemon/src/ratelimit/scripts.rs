@@ -1,5 +1,6 @@
-//! The rate-limit scripts, loaded from `lua/rl_*.lua` at compile time, and the
-//! decoding of their replies. Each script's header lists its KEYS and ARGV.
+//! The rate-limit scripts, built at compile time from `lua/rl/` (each with the
+//! shared preamble, see `daemon/build.rs`; `lua/rl_*.lua` hold the same text),
+//! and the decoding of their replies. Each script's header lists its KEYS and ARGV.
 
 use redis::Script;
 
@@ -21,13 +22,13 @@ pub struct Scripts {
     pub set_override: Script,
 }
 
-const FIXED_WINDOW: &str = include_str!("../../../lua/rl_fixed_window.lua");
-const SLIDING_LOG: &str = include_str!("../../../lua/rl_sliding_log.lua");
-const SLIDING_COUNTER: &str = include_str!("../../../lua/rl_sliding_counter.lua");
-const TOKEN_BUCKET: &str = include_str!("../../../lua/rl_token_bucket.lua");
-const GCRA: &str = include_str!("../../../lua/rl_gcra.lua");
-const CONCURRENCY: &str = include_str!("../../../lua/rl_concurrency.lua");
-const RELEASE: &str = include_str!("../../../lua/rl_release.lua");
+const FIXED_WINDOW: &str = include_str!(concat!(env!("OUT_DIR"), "/rl_fixed_window.lua"));
+const SLIDING_LOG: &str = include_str!(concat!(env!("OUT_DIR"), "/rl_sliding_log.lua"));
+const SLIDING_COUNTER: &str = include_str!(concat!(env!("OUT_DIR"), "/rl_sliding_counter.lua"));
+const TOKEN_BUCKET: &str = include_str!(concat!(env!("OUT_DIR"), "/rl_token_bucket.lua"));
+const GCRA: &str = include_str!(concat!(env!("OUT_DIR"), "/rl_gcra.lua"));
+const CONCURRENCY: &str = include_str!(concat!(env!("OUT_DIR"), "/rl_concurrency.lua"));
+const RELEASE: &str = include_str!(concat!(env!("OUT_DIR"), "/rl_release.lua"));
 const OVERRIDE: &str = include_str!("../../../lua/rl_override.lua");
 
 /// The source of every script (to preload them with `SCRIPT LOAD`).
@@ -122,6 +123,63 @@ impl Verdict {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// `lua/rl_*.lua` hold exactly what the daemon sends, so a caller outside the
+    /// daemon runs the same script. `SHOAL_WRITE_LUA=1` rewrites stale files.
+    #[test]
+    fn generated_scripts_in_lua_are_current() {
+        let generated = [
+            ("fixed_window", FIXED_WINDOW),
+            ("sliding_log", SLIDING_LOG),
+            ("sliding_counter", SLIDING_COUNTER),
+            ("token_bucket", TOKEN_BUCKET),
+            ("gcra", GCRA),
+            ("concurrency", CONCURRENCY),
+            ("release", RELEASE),
+        ];
+        let write = std::env::var("SHOAL_WRITE_LUA").is_ok_and(|v| v == "1");
+        let mut stale = Vec::new();
+        for (name, text) in generated {
+            let path = format!("{}/../lua/rl_{name}.lua", env!("CARGO_MANIFEST_DIR"));
+            if std::fs::read_to_string(&path).ok().as_deref() == Some(text) {
+                continue;
+            }
+            if write {
+                std::fs::write(&path, text).unwrap();
+            } else {
+                stale.push(path);
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "generated from lua/rl/ but not current (run `SHOAL_WRITE_LUA=1 cargo test -p shoald generated_scripts`): {stale:?}"
+        );
+    }
+
+    /// The preamble is written once: no generated script's own part repeats it.
+    #[test]
+    fn the_preamble_is_written_once() {
+        let dir = format!("{}/../lua/rl", env!("CARGO_MANIFEST_DIR"));
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "preamble.lua") {
+                continue;
+            }
+            let body = std::fs::read_to_string(&path).unwrap();
+            for copied in [
+                "redis.replicate_commands",
+                "redis.call('TIME')",
+                "local function ceil_div",
+                "local function floor_div",
+            ] {
+                assert!(
+                    !body.contains(copied),
+                    "{} repeats the preamble's `{copied}`",
+                    path.display()
+                );
+            }
+        }
+    }
 
     #[test]
     fn replies_decode() {

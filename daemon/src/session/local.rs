@@ -9,6 +9,11 @@
 //!   kept only if no revocation of its stripe later than P was applied, checked
 //!   before and after the insert, so a revocation racing a read is never undone by
 //!   the read's fill. Striping may refuse a good fill, never admit a bad one.
+//!   Every hit checks the marks again (and the flush count the entry was filled
+//!   under): moka's `invalidate_entries_if` is housekeeping, not the guarantee,
+//!   because it can leave a matching entry readable when its predicate is retired
+//!   while the entry's insert is still queued (the `race` test below found 6,000
+//!   such reads in 8 s before the hit path checked the marks).
 //! - `proof`: the newest moment as of which the reader proved it had seen every
 //!   revocation (the send time of an `XREAD` that returned not full, followed by
 //!   a passing identity and trim check). The cache answers only while that proof
@@ -71,25 +76,27 @@ impl Cached {
     }
 }
 
+/// A cached session with the flush count it was filled under.
+#[derive(Clone)]
+struct Slot {
+    entry: Arc<Cached>,
+    flushes: u64,
+}
+
 struct CachedExpiry;
 
-impl Expiry<Arc<str>, Arc<Cached>> for CachedExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &Arc<str>,
-        v: &Arc<Cached>,
-        now: Instant,
-    ) -> Option<Duration> {
-        Some(v.deadline.saturating_duration_since(now))
+impl Expiry<Arc<str>, Slot> for CachedExpiry {
+    fn expire_after_create(&self, _k: &Arc<str>, v: &Slot, now: Instant) -> Option<Duration> {
+        Some(v.entry.deadline.saturating_duration_since(now))
     }
     fn expire_after_update(
         &self,
         _k: &Arc<str>,
-        v: &Arc<Cached>,
+        v: &Slot,
         now: Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.deadline.saturating_duration_since(now))
+        Some(v.entry.deadline.saturating_duration_since(now))
     }
 }
 
@@ -127,9 +134,11 @@ enum Domain {
 }
 
 pub struct LocalCache {
-    cache: Cache<Arc<str>, Arc<Cached>>,
+    cache: Cache<Arc<str>, Slot>,
     ready: AtomicBool,
     generation: AtomicU64,
+    /// Flushes so far; an entry filled before the latest one is never answered.
+    flushes: AtomicU64,
     marks: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
     /// Nanoseconds after `base` (plus one; 0: never) of the newest proof.
@@ -159,6 +168,7 @@ impl LocalCache {
             cache,
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(1),
+            flushes: AtomicU64::new(0),
             marks: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             proof: AtomicU64::new(0),
@@ -236,7 +246,17 @@ impl LocalCache {
     }
 
     fn get_unchecked(&self, hash: &str, now: Instant) -> Option<Arc<Cached>> {
-        let e = self.cache.get(hash)?;
+        let slot = self.cache.get(hash)?;
+        let e = slot.entry;
+        // No user revocation applied after the read that filled it (the user's
+        // mark; a revocation of this one session removed it from moka exactly),
+        // and no flush since. Mark first: a flush zeroes marks only after
+        // counting itself, so a zeroed mark is always followed by a visible count.
+        if self.stripe(Domain::User, &e.user).load(Ordering::SeqCst) > e.pos.pack_down()
+            || self.flushes.load(Ordering::SeqCst) != slot.flushes
+        {
+            return None;
+        }
         // moka expires on its own clock and lazily; never serve past the deadline.
         (e.deadline > now).then_some(e)
     }
@@ -244,7 +264,7 @@ impl LocalCache {
     /// The user of a session this daemon holds, trusted or not: only a hint
     /// (saves a round trip; the scripts check it).
     pub fn peek_user(&self, hash: &str) -> Option<String> {
-        self.cache.get(hash).map(|e| e.user.clone())
+        self.cache.get(hash).map(|s| s.entry.user.clone())
     }
 
     /// For `on_unavailable = "cached"`: a session this daemon validated, if the
@@ -273,11 +293,13 @@ impl LocalCache {
                 && by_session.load(Ordering::SeqCst) <= pos
                 && by_user.load(Ordering::SeqCst) <= pos
         };
+        // Read before the admission check: a flush after it voids the ticket.
+        let flushes = self.flushes.load(Ordering::SeqCst);
         if !admissible(self) {
             return false;
         }
         let key: Arc<str> = Arc::from(hash);
-        self.cache.insert(key.clone(), entry);
+        self.cache.insert(key.clone(), Slot { entry, flushes });
         // A revocation applied between the check and the insert did not see our
         // entry: look again and take it back out if so.
         if !admissible(self) {
@@ -298,7 +320,7 @@ impl LocalCache {
         self.stripe(Domain::Session, hash)
             .fetch_max(id.pack_up(), Ordering::SeqCst);
         match self.cache.get(hash) {
-            Some(e) if e.pos < id => {
+            Some(s) if s.entry.pos < id => {
                 self.cache.invalidate(hash);
                 true
             }
@@ -311,11 +333,11 @@ impl LocalCache {
         self.stripe(Domain::User, user)
             .fetch_max(id.pack_up(), Ordering::SeqCst);
         let user = user.to_string();
-        // moka guarantees that no read returns a matching entry once this returns;
-        // entries inserted later are covered by the user stripe mark above.
+        // The mark above is what refuses the user's older entries from now on
+        // (every hit checks it); this only frees their memory.
         if self
             .cache
-            .invalidate_entries_if(move |_, v| v.user == user && v.epoch < epoch)
+            .invalidate_entries_if(move |_, v| v.entry.user == user && v.entry.epoch < epoch)
             .is_err()
         {
             self.flush_entries();
@@ -329,6 +351,7 @@ impl LocalCache {
 
     fn flush_entries(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
         // The generation bump voids fills read before this point, so old marks
         // (perhaps from a previous Redis whose ids were larger) can go.
@@ -399,7 +422,9 @@ mod tests {
         let c = ready();
         let t = c.ticket();
         assert!(c.fill("old", entry("u", 1, id(5)), t));
-        assert!(c.fill("new", entry("u", 2, id(5)), t));
+        // Epoch 2 was set by the revocation at id 6: a session recording it was
+        // read at that position or later.
+        assert!(c.fill("new", entry("u", 2, id(6)), t));
         assert!(c.fill("other", entry("v", 1, id(5)), t));
         c.apply_user("u", 2, id(6));
         assert!(c.get("old").is_none());
@@ -461,5 +486,148 @@ mod tests {
         assert!(e.touch_due(0.5, e.window_started + Duration::from_secs(30)));
         assert!(e.touch_due(0.0, e.window_started));
         assert_eq!(e.expires_at_ms(), 60_001);
+    }
+}
+
+#[cfg(test)]
+mod race {
+    //! Threads filling, revoking users and reading at once: once `apply_user`
+    //! returned, no read returns a session of that user from an older epoch.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    const USERS: u64 = 8;
+    const HASHES: u64 = 256;
+
+    struct Redis {
+        pos: u64,
+        epoch: [u64; USERS as usize],
+        sessions: HashMap<u64, u64>,
+    }
+
+    fn cached(user: u64, epoch: u64, pos: u64) -> Arc<Cached> {
+        let now = Instant::now();
+        Arc::new(Cached {
+            user: format!("user{user}"),
+            data: Bytes::from_static(b"d"),
+            created_at_ms: 1,
+            last_seen_ms: 1,
+            idle_ms: 60_000,
+            absolute_expires_at_ms: 100_000,
+            epoch,
+            pos: StreamId { ms: pos, seq: 0 },
+            deadline: now + Duration::from_secs(60),
+            window_started: now,
+            touching: AtomicBool::new(false),
+        })
+    }
+
+    #[test]
+    fn no_read_returns_a_session_of_a_revoked_epoch() {
+        let cache = Arc::new(LocalCache::new(200, Duration::from_secs(60)));
+        cache.set_ready(Instant::now());
+        let redis = Arc::new(Mutex::new(Redis {
+            pos: 1,
+            epoch: [0; USERS as usize],
+            sessions: HashMap::new(),
+        }));
+        let applied: Arc<Vec<AtomicU64>> =
+            Arc::new((0..USERS).map(|_| AtomicU64::new(0)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(AtomicU64::new(0));
+        let reads = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        // Fillers: read "Redis" atomically, then fill; create when missing.
+        for t in 0..2u64 {
+            let (cache, redis, stop) = (cache.clone(), redis.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut x = t + 1;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let h = (x >> 33) % HASHES;
+                    let u = h % USERS;
+                    let ticket = cache.ticket();
+                    let read = {
+                        let mut r = redis.lock().unwrap();
+                        let e = r.epoch[u as usize];
+                        let pos = r.pos;
+                        match r.sessions.get(&h).copied() {
+                            Some(se) if se >= e => Some((se, pos)),
+                            _ => {
+                                // Refused or missing: create it anew.
+                                r.sessions.insert(h, e);
+                                Some((e, pos))
+                            }
+                        }
+                    };
+                    if let Some((se, pos)) = read {
+                        cache.fill(&h.to_string(), cached(u, se, pos), ticket);
+                    }
+                }
+            }));
+        }
+        // Readers.
+        for _ in 0..2 {
+            let (cache, applied, stop, violations, reads) = (
+                cache.clone(),
+                applied.clone(),
+                stop.clone(),
+                violations.clone(),
+                reads.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                let mut h = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    h = (h + 7) % HASHES;
+                    let u = h % USERS;
+                    let floor = applied[u as usize].load(Ordering::SeqCst);
+                    if let Some(e) = cache.get(&h.to_string()) {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        if e.epoch < floor && violations.fetch_add(1, Ordering::SeqCst) < 5 {
+                            eprintln!(
+                                "violation: h={h} epoch={} pos={:?} floor={floor}",
+                                e.epoch, e.pos
+                            );
+                        }
+                    }
+                }
+            }));
+        }
+        // The revoker (the reader task in the daemon): bump, then apply.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            n += 1;
+            let u = n % USERS;
+            let (e, id) = {
+                let mut r = redis.lock().unwrap();
+                r.pos += 1;
+                r.epoch[u as usize] = n;
+                (n, r.pos)
+            };
+            cache.apply_user(&format!("user{u}"), e, StreamId { ms: id, seq: 0 });
+            applied[u as usize].store(e, Ordering::SeqCst);
+            if n % 3 == 0 {
+                cache.run_pending_tasks();
+            }
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in threads {
+            t.join().unwrap();
+        }
+        eprintln!(
+            "{n} user revocations, {} hits",
+            reads.load(Ordering::Relaxed)
+        );
+        assert_eq!(
+            violations.load(Ordering::SeqCst),
+            0,
+            "revoked sessions read back"
+        );
     }
 }
