@@ -7,8 +7,11 @@
 
 pub mod cache;
 pub mod config;
+pub mod ctx;
+pub mod error;
 pub mod lock;
 pub mod ops;
+pub mod random;
 pub mod ratelimit;
 pub mod server;
 pub mod session;
@@ -20,10 +23,10 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError};
+pub use ctx::Ctx;
+pub use random::random_token;
+pub use server::dispatch::SERVER_NAME;
 pub use server::socket::{bind, BindError};
-
-/// Name and version sent in `hello`.
-pub const SERVER_NAME: &str = concat!("shoald/", env!("CARGO_PKG_VERSION"));
 
 /// A fatal error of [`run`].
 #[derive(Debug, thiserror::Error)]
@@ -34,84 +37,6 @@ pub enum RunError {
     Accept(std::io::Error),
     #[error(transparent)]
     Admin(#[from] ops::admin::AdminError),
-}
-
-/// Everything a request handler needs, shared by all connections.
-#[derive(Debug)]
-pub struct Ctx {
-    pub config: Config,
-    pub store: store::Store,
-    pub cache: Arc<cache::Cache>,
-    pub stats: Arc<ops::stats::Stats>,
-    pub coherence: Arc<cache::coherence::CoherenceState>,
-    pub sessions: Arc<session::Sessions>,
-    pub ratelimits: Arc<ratelimit::RateLimits>,
-    pub locks: Arc<lock::Locks>,
-    pub limits: shoal_client::proto::Limits,
-    pub max_frame: usize,
-    /// What the Redis health watch saw last (for `/metrics` and `/readyz`).
-    pub redis_health: Arc<ops::redis_watch::RedisHealth>,
-    /// The admin server's bound address, once it listens (`admin.listen` may
-    /// ask for port 0).
-    pub admin_addr: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
-}
-
-impl Ctx {
-    /// Builds the shared state; connects to nothing yet.
-    pub fn new(config: Config) -> Result<Ctx, RunError> {
-        let stats = Arc::new(ops::stats::Stats::default());
-        let store = store::Store::new(&config)?;
-        let l1 = Arc::new(cache::l1::L1::new(
-            config.cache.l1_max_bytes.as_u64(),
-            config.cache.l1_max_ttl,
-            config.cache.max_staleness,
-            stats.clone(),
-        ));
-        let cache = Arc::new(cache::Cache::new(
-            l1,
-            store.clone(),
-            stats.clone(),
-            &config.cache,
-        ));
-        let sessions = Arc::new(session::Sessions::new(
-            &config,
-            store.clone(),
-            stats.clone(),
-        ));
-        let ratelimits = Arc::new(ratelimit::RateLimits::new(
-            &config,
-            store.clone(),
-            stats.clone(),
-        ));
-        let locks = Arc::new(lock::Locks::new(store.clone(), &config.redis.prefix));
-        let limits = shoal_client::proto::Limits {
-            max_key: config.socket.max_key,
-            max_batch: config.socket.max_batch,
-        };
-        let max_frame = usize::try_from(config.socket.max_frame.as_u64()).unwrap_or(usize::MAX);
-        Ok(Ctx {
-            config,
-            store,
-            cache,
-            stats,
-            coherence: Arc::new(cache::coherence::CoherenceState::default()),
-            sessions,
-            ratelimits,
-            locks,
-            limits,
-            max_frame,
-            redis_health: Arc::default(),
-            admin_addr: tokio::sync::watch::Sender::new(None),
-        })
-    }
-
-    /// Whether this daemon is caught up with the fleet and Redis answers.
-    pub fn ready(&self) -> bool {
-        self.coherence.caught_up()
-            && self.store.is_healthy()
-            && self.sessions.ready()
-            && self.ratelimits.ready()
-    }
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then drains: stops accepting,
@@ -174,7 +99,9 @@ pub async fn run_with(
         ));
     }
 
-    let result = server::serve(listener, ctx.clone(), shutdown).await;
+    let result = server::serve(listener, ctx.clone(), shutdown)
+        .await
+        .map_err(RunError::Accept);
 
     background.cancel();
     tasks.close();
@@ -193,16 +120,4 @@ async fn l1_maintenance(ctx: Arc<Ctx>, cancel: CancellationToken) {
             _ = tick.tick() => ctx.cache.l1().run_pending_tasks().await,
         }
     }
-}
-
-/// `n` random bytes from the OS CSPRNG as URL-safe base64 without padding.
-pub fn random_token(n: usize) -> String {
-    use base64::Engine;
-    let mut buf = vec![0u8; n];
-    if getrandom::fill(&mut buf).is_err() {
-        // The OS refused (no entropy source): a thread RNG seeded from it earlier
-        // is the best remaining choice, and better than failing the request.
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut buf);
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf)
 }

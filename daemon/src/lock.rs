@@ -17,7 +17,7 @@ use shoal_client::proto::{
     encode_ok, ErrorCode, Frame, LockAcquireResult, LockExtendResult, LockReleaseResult, Op,
 };
 
-use crate::server::dispatch::OpError;
+use crate::error::OpError;
 use crate::store::{Store, StoreError};
 
 /// Longest a `lock.acquire` waits for the lock (a longer `wait_ms` is cut to it).
@@ -105,7 +105,7 @@ impl Locks {
         wait: Duration,
     ) -> Result<LockAcquireResult, StoreError> {
         let started = Instant::now();
-        let token = crate::random_token(16);
+        let token = crate::random::random_token(16);
         loop {
             let mut inv = self.acquire.prepare_invoke();
             inv.key(self.key(name))

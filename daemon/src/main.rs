@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         let ctx = match shoald::Ctx::new(config) {
             Ok(c) => std::sync::Arc::new(c),
             Err(e) => {
-                eprintln!("shoald: {e}");
+                eprintln!("shoald: {}", shoald::RunError::from(e));
                 return ExitCode::from(EX_SOFTWARE);
             }
         };

@@ -284,16 +284,32 @@ impl SentinelSet {
     /// Returns once the sentinels name the new primary (the old one is turned
     /// into its replica some seconds later; [`SentinelSet::wait_stable`] waits
     /// for that).
+    ///
+    /// A sentinel aborts a forced failover when its last `INFO` of the
+    /// replica is older than 5 s (`-failover-abort-no-good-slave`: outside a
+    /// failover it polls replicas every 10 s), so the command is repeated
+    /// until the switch happens.
     pub async fn failover(&self, within: Duration) -> Result<()> {
         let before = self.primary_index().await?;
-        let mut c = self.sentinels[0].conn().await?;
-        let _: () = redis::cmd("SENTINEL")
-            .arg("FAILOVER")
-            .arg(MASTER)
-            .query_async(&mut c)
-            .await
-            .context("SENTINEL FAILOVER")?;
-        self.wait_switched(before, within).await
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        loop {
+            let mut c = self.sentinels[0].conn().await?;
+            if let Err(e) = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(MASTER)
+                .query_async::<()>(&mut c)
+                .await
+            {
+                // INPROG: the previous attempt still runs; wait for it.
+                last = e.to_string();
+            }
+            match self.wait_switched(before, Duration::from_secs(5)).await {
+                Ok(()) => return Ok(()),
+                Err(_) if Instant::now() < deadline => {}
+                Err(e) => bail!("{e:#} (last SENTINEL FAILOVER answer: {last:?})"),
+            }
+        }
     }
 
     /// SIGKILLs the primary; returns once the sentinels name another. The old

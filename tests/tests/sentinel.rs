@@ -249,3 +249,128 @@ async fn a_killed_primary_is_failed_over_and_followed() -> Result<()> {
     a.stop().await?;
     b.stop().await
 }
+
+/// Runs a workspace binary with `args` (without the test's `SHOAL_*` variables).
+async fn run_bin(name: &str, args: &[&str]) -> Result<(i32, String, String)> {
+    let mut cmd = tokio::process::Command::new(shoal_tests::workspace_bin(name)?);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHOAL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().await?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[tokio::test]
+async fn shoald_refuses_two_topologies_with_exit_64() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("two.toml");
+    std::fs::write(
+        &file,
+        "[redis]\nurl = \"redis://127.0.0.1:6390\"\n[redis.sentinel]\nmaster = \"mymaster\"\n\
+         urls = [\"redis://127.0.0.1:26379\"]\n",
+    )?;
+    let path = file.to_str().context("utf-8 path")?;
+    let (code, _, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("exactly one of redis.url, [redis.sentinel] and [redis.cluster]"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &file,
+        "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n",
+    )?;
+    let (code, _, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("not supported"), "{err}");
+
+    // A sentinel configuration alone is fine, and prints without secrets.
+    std::fs::write(
+        &file,
+        "[redis.sentinel]\nmaster = \"mymaster\"\nurls = [\"redis://:sentinel-secret@127.0.0.1:26379\"]\n\
+         password = \"node-secret\"\n",
+    )?;
+    let (code, out, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[redis.sentinel]") && out.contains("mymaster"),
+        "{out}"
+    );
+    assert!(!out.contains("secret"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn doctor_follows_the_sentinels_to_the_primary() -> Result<()> {
+    let set = SentinelSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("shoal.toml");
+    std::fs::write(&file, set.toml_section())?;
+    let path = file.to_str().context("utf-8 path")?;
+    let (_, out, err) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
+    let report: serde_json::Value = serde_json::from_str(&out).with_context(|| err.clone())?;
+    let primary = set.primary().await?;
+    assert_eq!(report["topology"], "sentinel", "{report:#}");
+    assert_eq!(
+        report["redis_url"],
+        format!("redis://127.0.0.1:{}/0", primary.port()),
+        "{report:#}"
+    );
+    assert_eq!(
+        finding_of(&report, "sentinel")["severity"],
+        "ok",
+        "{report:#}"
+    );
+    assert_eq!(
+        finding_of(&report, "replicas")["severity"],
+        "ok",
+        "{report:#}"
+    );
+    assert!(
+        finding_of(&report, "role").is_null(),
+        "the primary is a primary: {report:#}"
+    );
+
+    // More replicas asked for than there are: every change would be refused.
+    std::fs::write(&file, format!("{}wait_replicas = 2\n", set.toml_section()))?;
+    let (code, out, _) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        finding_of(&report, "replicas")["severity"],
+        "problem",
+        "{report:#}"
+    );
+
+    // A standalone configuration pointing at the replica is told so.
+    let replica = &set.nodes[1 - set.primary_index().await?];
+    std::fs::write(&file, format!("[redis]\nurl = \"{}\"\n", replica.url()))?;
+    let (code, out, _) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["topology"], "standalone");
+    assert_eq!(
+        finding_of(&report, "role")["severity"],
+        "problem",
+        "{report:#}"
+    );
+    Ok(())
+}
+
+fn finding_of(report: &serde_json::Value, check: &str) -> serde_json::Value {
+    report["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["check"] == check)
+        .cloned()
+        .unwrap_or_default()
+}

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use moka::Expiry;
 
+pub use crate::ops::stats::FlushReason;
 use crate::ops::stats::Stats;
 use crate::store::streamid::StreamId;
 
@@ -65,27 +66,6 @@ impl Expiry<Arc<str>, Entry> for EntryExpiry {
 /// Proof that a read was issued while L1 was trusted, in a given generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
-
-/// Why L1 was emptied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushReason {
-    /// The log was trimmed past this daemon's applied position.
-    LogTrimmed,
-    /// Redis lost its data or was replaced (run_id or epoch changed).
-    RedisIdentity,
-    /// A message on the channel could not be understood.
-    BadMessage,
-}
-
-impl FlushReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlushReason::LogTrimmed => "log_trimmed",
-            FlushReason::RedisIdentity => "redis_identity",
-            FlushReason::BadMessage => "bad_message",
-        }
-    }
-}
 
 pub struct L1 {
     cache: Cache<Arc<str>, Entry>,

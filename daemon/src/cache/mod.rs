@@ -259,7 +259,7 @@ impl Cache {
     async fn get_with_lease(&self, key: &str) -> Result<GetResult, StoreError> {
         let ticket = self.l1.ticket();
         let req = LeaseRequest {
-            token: crate::random_token(18),
+            token: crate::random::random_token(18),
             ttl_ms: self.lease_ttl.as_millis().max(1) as u64,
             max_wait_ms: LEASE_WAIT_CAP_MS,
         };

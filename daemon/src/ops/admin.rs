@@ -28,9 +28,9 @@ use shoal_client::proto::QuotaKeyUsage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ctx::Ctx;
 use crate::ops::metrics::Metrics;
 use crate::ratelimit::algorithm_name;
-use crate::Ctx;
 
 /// How often the quota page reloads itself.
 const QUOTA_REFRESH_SECS: u32 = 5;

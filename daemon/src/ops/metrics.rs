@@ -20,9 +20,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::ctx::Ctx;
 use crate::ops::redis_watch::PING_BUCKETS_S;
 use crate::ops::stats::LAG_BUCKETS_MS;
-use crate::Ctx;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -6,10 +6,29 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cache::l1::FlushReason;
-
 /// Upper bounds (ms) of the propagation lag histogram buckets.
 pub const LAG_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000, 30000];
+
+/// Why L1 was emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// The log was trimmed past this daemon's applied position.
+    LogTrimmed,
+    /// Redis lost its data or was replaced (run_id or epoch changed).
+    RedisIdentity,
+    /// A message on the channel could not be understood.
+    BadMessage,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::LogTrimmed => "log_trimmed",
+            FlushReason::RedisIdentity => "redis_identity",
+            FlushReason::BadMessage => "bad_message",
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Stats {

@@ -18,8 +18,8 @@ use moka::sync::Cache;
 
 use crate::config::Algorithm;
 
-use super::policy::Numbers;
-use super::Verdict;
+use super::types::Numbers;
+use super::types::Verdict;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -193,7 +193,7 @@ impl LocalLimits {
         }
         // Local leases are told apart from Redis ones by the `local.` prefix
         // (Redis lease tokens are base64url, which has no '.').
-        let token = format!("local.{}", crate::random_token(16));
+        let token = format!("local.{}", crate::random::random_token(16));
         held.push((token.clone(), now_ms.saturating_add(lease_ms)));
         self.leases.insert(key.to_string(), held);
         LocalLease {

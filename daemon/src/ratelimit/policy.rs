@@ -11,57 +11,11 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
-use crate::config::{Algorithm, PolicyConfig, RATELIMIT_MAX_UNITS};
+use crate::config::{Algorithm, PolicyConfig};
 
 use super::deny::DenyCache;
 use super::local::LocalLimits;
-
-/// The numbers in force for one key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Numbers {
-    /// Requests per window (leases at once for `concurrency`).
-    pub limit: u64,
-    /// How many may pass at once (token bucket, GCRA); equals `limit` elsewhere.
-    pub burst: u64,
-}
-
-impl Numbers {
-    /// The largest cost a single request can ever be allowed.
-    pub fn capacity(&self, algorithm: Algorithm) -> u64 {
-        match algorithm {
-            Algorithm::TokenBucket | Algorithm::Gcra => self.burst,
-            _ => self.limit,
-        }
-    }
-
-    /// Parses the stored form of a runtime override: `"limit"` or `"limit:burst"`.
-    pub fn parse_stored(s: &str) -> Option<Numbers> {
-        let (limit, burst) = match s.split_once(':') {
-            Some((l, b)) => (l.parse().ok()?, Some(b.parse().ok()?)),
-            None => (s.parse().ok()?, None),
-        };
-        Numbers::new(limit, burst)
-    }
-
-    /// The stored form of these numbers.
-    pub fn to_stored(self) -> String {
-        format!("{}:{}", self.limit, self.burst)
-    }
-
-    /// Numbers from a limit and an optional burst (default: the limit).
-    pub fn new(limit: u64, burst: Option<u64>) -> Option<Numbers> {
-        let burst = burst.unwrap_or(limit);
-        (limit > 0 && burst > 0).then_some(Numbers { limit, burst })
-    }
-
-    /// Whether the scripts' integer arithmetic stays exact with these numbers.
-    pub fn fits(&self, window_ms: u64) -> bool {
-        self.limit
-            .max(self.burst)
-            .checked_mul(window_ms)
-            .is_some_and(|u| u <= RATELIMIT_MAX_UNITS)
-    }
-}
+pub use super::types::Numbers;
 
 /// Short code of an algorithm in key names: state of a policy whose algorithm
 /// changed between deploys is never read as the wrong type.

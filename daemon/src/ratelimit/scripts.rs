@@ -7,7 +7,7 @@ use redis::Script;
 use crate::config::Algorithm;
 use crate::store::StoreError;
 
-use super::Verdict;
+use super::types::Verdict;
 
 /// Every rate-limit script.
 #[derive(Debug)]

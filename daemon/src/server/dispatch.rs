@@ -16,8 +16,11 @@ use shoal_client::proto::{
 };
 use tracing::Instrument;
 
-use crate::store::StoreError;
-use crate::Ctx;
+use crate::ctx::Ctx;
+use crate::error::OpError;
+
+/// Name and version sent in `hello`.
+pub const SERVER_NAME: &str = concat!("shoald/", env!("CARGO_PKG_VERSION"));
 
 /// What the connection does next with a frame.
 pub enum Next {
@@ -43,33 +46,6 @@ impl std::fmt::Debug for Next {
 #[derive(Debug, Default)]
 pub struct ConnState {
     greeted: bool,
-}
-
-/// An error answered for one request.
-#[derive(Debug)]
-pub struct OpError {
-    pub code: ErrorCode,
-    pub msg: String,
-}
-
-impl OpError {
-    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        OpError {
-            code,
-            msg: msg.into(),
-        }
-    }
-}
-
-impl From<StoreError> for OpError {
-    fn from(e: StoreError) -> Self {
-        let code = match e {
-            StoreError::Unavailable(_) => ErrorCode::Unavailable,
-            StoreError::Timeout(_) => ErrorCode::Timeout,
-            StoreError::Redis(_) => ErrorCode::Internal,
-        };
-        OpError::new(code, e.to_string())
-    }
 }
 
 pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
@@ -117,7 +93,7 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
                 id,
                 &HelloResult {
                     version: VERSION,
-                    server: crate::SERVER_NAME.to_string(),
+                    server: SERVER_NAME.to_string(),
                     node: ctx.config.node.id.clone(),
                     max_frame: ctx.max_frame as u64,
                 },
@@ -137,7 +113,7 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
                 redis: ctx.store.address().to_string(),
                 prefix: ctx.config.redis.prefix.clone(),
                 node: ctx.config.node.id.clone(),
-                server: crate::SERVER_NAME.to_string(),
+                server: SERVER_NAME.to_string(),
             },
             ctx.max_frame,
         )),

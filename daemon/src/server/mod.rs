@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Ctx, RunError};
+use crate::ctx::Ctx;
 use dispatch::Next;
 
 /// Accepts until `shutdown`, then drains connections within `shutdown.grace` and
@@ -38,7 +38,7 @@ pub async fn serve(
     listener: UnixListener,
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
-) -> Result<(), RunError> {
+) -> Result<(), std::io::Error> {
     let path = listener
         .local_addr()
         .ok()
@@ -86,7 +86,7 @@ pub async fn serve(
                 accept_errors += 1;
                 tracing::error!(error = %e, "accept failed");
                 if accept_errors > 100 {
-                    break Err(RunError::Accept(e));
+                    break Err(e);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;

@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn hash_is_keyed_stable_and_not_the_token() {
-        let token = crate::random_token(32);
+        let token = crate::random::random_token(32);
         let a = TokenHasher::new(b"0123456789abcdef0123456789abcdef").unwrap();
         let b = TokenHasher::new(b"another key, another fleet.......").unwrap();
         let h = a.session_hash(&token);
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn token_shapes() {
-        let t = crate::random_token(32);
+        let t = crate::random::random_token(32);
         assert_eq!(t.len(), 43);
         assert!(plausible_token(&t));
         assert!(!plausible_token("short"));

@@ -42,8 +42,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SessionUnavailable};
+use crate::error::OpError;
 use crate::ops::stats::{Stats, LAG_BUCKETS_MS};
-use crate::server::dispatch::OpError;
 use crate::store::streamid::StreamId;
 use crate::store::{Store, StoreError};
 
@@ -530,7 +530,7 @@ impl Sessions {
         // A collision of 256-bit tokens does not happen; the loop only makes the
         // script's refusal to overwrite an existing session total.
         for _ in 0..4 {
-            let token = crate::random_token(TOKEN_BYTES);
+            let token = crate::random::random_token(TOKEN_BYTES);
             let hash = hasher.session_hash(&token);
             let ticket = self.local.ticket();
             let sent = Instant::now();
@@ -681,7 +681,7 @@ impl Sessions {
                     }
                 }
             };
-            let new_token = crate::random_token(TOKEN_BYTES);
+            let new_token = crate::random::random_token(TOKEN_BYTES);
             let new = hasher.session_hash(&new_token);
             let ticket = self.local.ticket();
             let sent = Instant::now();

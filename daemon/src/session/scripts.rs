@@ -473,7 +473,7 @@ impl Scripts {
         inv.key(epoch_key)
             .key(cx.keys.hash_key())
             .key(cx.keys.stream())
-            .arg(crate::random_token(16))
+            .arg(crate::random::random_token(16))
             .arg(if fleet_key.is_some() { "1" } else { "0" })
             .arg(fleet_key.unwrap_or(""));
         let v: Vec<Value> = match tokio::time::timeout(limit, inv.invoke_async(conn)).await {
@@ -487,7 +487,8 @@ impl Scripts {
     /// The fleet's token hash key kept in Redis (created if missing).
     pub async fn hash_key(&self, store: &Store, cx: &Context) -> Result<String, StoreError> {
         let mut inv = self.hash_key.prepare_invoke();
-        inv.key(cx.keys.hash_key()).arg(crate::random_token(32));
+        inv.key(cx.keys.hash_key())
+            .arg(crate::random::random_token(32));
         store.invoke_script(&inv).await
     }
 }

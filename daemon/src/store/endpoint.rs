@@ -32,8 +32,8 @@ use redis::{IntoConnectionInfo, RedisConnectionInfo};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::errors::StoreError;
 use crate::config::{Config, Topology};
-use crate::store::StoreError;
 
 /// Connections for confirmed changes (each waits for replicas in turn).
 pub const WRITERS: usize = 8;

@@ -1,0 +1,196 @@
+//! L2, the cache in Redis: one script call per read or write (`cache_get`,
+//! `cache_mget`, `cache_set`, `cache_invalidate`, `cache_invalidate_tags`), each
+//! returning the log position it saw or wrote.
+
+use bytes::Bytes;
+use redis::Value;
+
+use crate::store::streamid::StreamId;
+
+use super::reply::{opt_string, opt_u64, parse_pos};
+use super::{Store, StoreError};
+
+/// An L2 read of one key.
+#[derive(Debug, Clone)]
+pub struct L2Value {
+    pub value: Option<Bytes>,
+    /// Remaining TTL in ms (`None`: no TTL, which shoal never writes).
+    pub ttl_ms: Option<u64>,
+}
+
+/// `cache_get` result: the value, the log position the read saw, the lease outcome.
+#[derive(Debug, Clone)]
+pub struct L2Get {
+    pub value: L2Value,
+    pub pos: StreamId,
+    pub lease: Option<String>,
+    pub wait_ms: Option<u64>,
+}
+
+/// Result of a write that may fill L1.
+#[derive(Debug, Clone)]
+pub enum SetOutcome {
+    Stored(StreamId),
+    LeaseLost,
+}
+
+/// Lease request of a `cache.get`.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub token: String,
+    pub ttl_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+fn l2_value(value: Value, pttl: Value) -> Result<L2Value, StoreError> {
+    let value = match value {
+        Value::Nil => None,
+        Value::BulkString(b) => Some(Bytes::from(b)),
+        _ => return Err(StoreError::Redis("expected a bulk string value".into())),
+    };
+    let ttl_ms = match pttl {
+        Value::Int(i) if i >= 0 => Some(i as u64),
+        _ => None,
+    };
+    Ok(L2Value { value, ttl_ms })
+}
+
+impl Store {
+    pub async fn cache_get(
+        &self,
+        key: &str,
+        lease: Option<&LeaseRequest>,
+    ) -> Result<L2Get, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut inv = self.scripts.get.prepare_invoke();
+        inv.key(self.keys.value(key))
+            .key(self.keys.lease(key))
+            .key(self.keys.log());
+        match lease {
+            Some(l) => inv.arg("1").arg(&l.token).arg(l.ttl_ms).arg(l.max_wait_ms),
+            None => inv.arg("0").arg("").arg(0).arg(0),
+        };
+        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        let [value, pttl, pos, lease, wait] = <[Value; 5]>::try_from(v)
+            .map_err(|_| StoreError::Redis("cache_get returned an unexpected shape".into()))?;
+        Ok(L2Get {
+            value: l2_value(value, pttl)?,
+            pos: parse_pos(&pos)?,
+            lease: opt_string(lease)?,
+            wait_ms: opt_u64(wait)?,
+        })
+    }
+
+    /// Reads many keys in one round trip; returns the values in order and the log position.
+    pub async fn cache_mget(&self, keys: &[&str]) -> Result<(Vec<L2Value>, StreamId), StoreError> {
+        let mut conn = self.conn().await?;
+        let mut inv = self.scripts.mget.prepare_invoke();
+        inv.key(self.keys.log());
+        for k in keys {
+            inv.key(self.keys.value(k));
+        }
+        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        if v.len() != 1 + 2 * keys.len() {
+            return Err(StoreError::Redis(
+                "cache_mget returned an unexpected shape".into(),
+            ));
+        }
+        let mut it = v.into_iter();
+        let pos = parse_pos(&it.next().unwrap_or(Value::Nil))?;
+        let mut out = Vec::with_capacity(keys.len());
+        while let (Some(value), Some(pttl)) = (it.next(), it.next()) {
+            out.push(l2_value(value, pttl)?);
+        }
+        Ok((out, pos))
+    }
+
+    pub async fn cache_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+        lease: Option<&str>,
+        tags: &[String],
+    ) -> Result<SetOutcome, StoreError> {
+        let mut inv = self.scripts.set.prepare_invoke();
+        inv.key(self.keys.value(key))
+            .key(self.keys.lease(key))
+            .key(self.keys.log());
+        for t in tags {
+            inv.key(self.keys.tag(t));
+        }
+        inv.arg(value)
+            .arg(ttl_ms)
+            .arg(lease.unwrap_or(""))
+            .arg(self.log_len)
+            .arg(self.keys.channel())
+            .arg(&self.node)
+            .arg(key);
+        let v: Vec<Value> = self.change(&inv).await?;
+        match v.as_slice() {
+            [Value::Int(1), id] => Ok(SetOutcome::Stored(parse_pos(id)?)),
+            [Value::Int(0), ..] => Ok(SetOutcome::LeaseLost),
+            _ => Err(StoreError::Redis(
+                "cache_set returned an unexpected shape".into(),
+            )),
+        }
+    }
+
+    pub async fn cache_invalidate(&self, keys: &[String]) -> Result<StreamId, StoreError> {
+        let mut inv = self.scripts.invalidate.prepare_invoke();
+        inv.key(self.keys.log());
+        for k in keys {
+            inv.key(self.keys.value(k)).key(self.keys.lease(k));
+        }
+        inv.arg(self.log_len)
+            .arg(self.keys.channel())
+            .arg(&self.node);
+        for k in keys {
+            inv.arg(k);
+        }
+        let v: Value = self.change(&inv).await?;
+        parse_pos(&v)
+    }
+
+    /// Invalidates every key of `tags` as one change. Returns the log id and the keys.
+    pub async fn cache_invalidate_tags(
+        &self,
+        tags: &[String],
+    ) -> Result<(StreamId, Vec<String>), StoreError> {
+        // The members are read first and confirmed inside the script; a set that
+        // races in between makes the script ask for another round.
+        for _ in 0..8 {
+            let mut sunion = redis::cmd("SUNION");
+            for t in tags {
+                sunion.arg(self.keys.tag(t));
+            }
+            let members: Vec<String> = self.cmd(&sunion).await?;
+            let mut inv = self.scripts.invalidate_tags.prepare_invoke();
+            inv.key(self.keys.log());
+            for t in tags {
+                inv.key(self.keys.tag(t));
+            }
+            for m in &members {
+                inv.key(self.keys.value(m)).key(self.keys.lease(m));
+            }
+            inv.arg(self.log_len)
+                .arg(self.keys.channel())
+                .arg(&self.node)
+                .arg(tags.len());
+            for m in &members {
+                inv.arg(m);
+            }
+            let v: Vec<Value> = self.change(&inv).await?;
+            match v.as_slice() {
+                [Value::Int(1), id, _] => return Ok((parse_pos(id)?, members)),
+                [Value::Int(0), ..] => continue,
+                _ => {
+                    return Err(StoreError::Redis(
+                        "cache_invalidate_tags returned an unexpected shape".into(),
+                    ))
+                }
+            }
+        }
+        Err(StoreError::Timeout(self.timeout))
+    }
+}

@@ -1,0 +1,56 @@
+//! The cache's scripts (`lua/cache_*.lua`, `epoch.lua`, `heartbeat.lua`,
+//! `log_replay.lua`), loaded at compile time and preloaded with `SCRIPT LOAD`.
+
+use redis::Script;
+
+use super::{Store, StoreError};
+
+/// The scripts, loaded from `lua/` at compile time.
+#[derive(Debug)]
+pub(super) struct Scripts {
+    pub(super) get: Script,
+    pub(super) mget: Script,
+    pub(super) set: Script,
+    pub(super) invalidate: Script,
+    pub(super) invalidate_tags: Script,
+    pub(super) epoch: Script,
+    pub(super) heartbeat: Script,
+    pub(super) log_replay: Script,
+}
+
+impl Scripts {
+    pub(super) fn load() -> Self {
+        Scripts {
+            get: Script::new(include_str!("../../../lua/cache_get.lua")),
+            mget: Script::new(include_str!("../../../lua/cache_mget.lua")),
+            set: Script::new(include_str!("../../../lua/cache_set.lua")),
+            invalidate: Script::new(include_str!("../../../lua/cache_invalidate.lua")),
+            invalidate_tags: Script::new(include_str!("../../../lua/cache_invalidate_tags.lua")),
+            epoch: Script::new(include_str!("../../../lua/epoch.lua")),
+            heartbeat: Script::new(include_str!("../../../lua/heartbeat.lua")),
+            log_replay: Script::new(include_str!("../../../lua/log_replay.lua")),
+        }
+    }
+}
+
+impl Store {
+    /// Loads every script into Redis's script cache, so the first call of each
+    /// after a (re)connect is one EVALSHA, not EVALSHA + NOSCRIPT + EVAL.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let s = &self.scripts;
+        for script in [
+            &s.get,
+            &s.mget,
+            &s.set,
+            &s.invalidate,
+            &s.invalidate_tags,
+            &s.epoch,
+            &s.heartbeat,
+            &s.log_replay,
+        ] {
+            let mut conn = self.conn().await?;
+            self.call(script.load_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+}
