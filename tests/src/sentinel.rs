@@ -259,7 +259,8 @@ impl SentinelSet {
             if flags != "master" {
                 bail!("a sentinel flags the primary {flags}");
             }
-            if get("failover-state") != "" && get("failover-state") != "none" {
+            let state = get("failover-state");
+            if !state.is_empty() && state != "none" {
                 bail!("failover in progress");
             }
             ports.push(s.primary_port().await?);

@@ -374,3 +374,28 @@ fn finding_of(report: &serde_json::Value, check: &str) -> serde_json::Value {
         .cloned()
         .unwrap_or_default()
 }
+
+#[test]
+fn the_readme_sentinel_configuration_is_valid() -> Result<()> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("### Redis Sentinel")
+        .nth(1)
+        .context("README has a Redis Sentinel section")?;
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .context("with a TOML block")?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("readme.toml");
+    std::fs::write(&file, block)?;
+    let config = shoal_tests::shoald::Config::load(Some(&file))?;
+    let s = config
+        .redis
+        .sentinel
+        .context("a [redis.sentinel] section")?;
+    assert_eq!(s.master, "mymaster");
+    assert_eq!(s.urls.len(), 3);
+    Ok(())
+}
