@@ -172,6 +172,11 @@ pub struct ClusterConfig {
     pub urls: Vec<String>,
 }
 
+/// Why shoald refuses `[redis.cluster]` (exit code 64).
+pub const CLUSTER_UNSUPPORTED: &str = "[redis.cluster]: Redis Cluster is not supported by this \
+     version of shoald yet (issue #16); use redis.url (standalone) or [redis.sentinel] \
+     (`shoalctl doctor` can inspect the cluster)";
+
 /// Which Redis deployment shoal talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
@@ -1081,12 +1086,9 @@ impl Config {
             }
         }
         if let Some(c) = &r.cluster {
+            // Valid to describe (`shoalctl doctor` inspects a cluster); shoald
+            // itself refuses to run on one (`CLUSTER_UNSUPPORTED`).
             check_urls("redis.cluster.urls", &c.urls)?;
-            return bad(
-                "redis.cluster",
-                "Redis Cluster is not supported by this version of shoald yet (issue #16): \
-                 use redis.url (standalone) or [redis.sentinel]",
-            );
         }
         Ok(())
     }
@@ -1266,10 +1268,14 @@ mod tests {
             "a typo gets a hint: {e}"
         );
 
-        let e = load_toml("[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n")
+        // A cluster is described (doctor inspects it); shoald refuses to run on it.
+        let c = load_toml("[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n")
+            .expect("a cluster configuration");
+        assert_eq!(c.redis.topology(), Topology::Cluster);
+        let e = load_toml("[redis.cluster]\nurls = []\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not supported"), "{e}");
+        assert!(e.contains("redis.cluster.urls"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! free port; the machine's own 6379 is never touched) and dies with its handle.
 
 pub mod campaign;
+pub mod cluster;
 pub mod echo;
 pub mod history;
 pub mod proxy;

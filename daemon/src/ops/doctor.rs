@@ -239,6 +239,10 @@ pub async fn run(config: &Config) -> Report {
     let timeout = config.redis.timeout.max(Duration::from_secs(2));
     let topology = config.redis.topology();
     let (url, client) = match topology {
+        Topology::Cluster => match check_cluster(&mut f, &mut facts, config, timeout).await {
+            Some((url, client)) => (url, Ok(client)),
+            None => return finish("cluster".into(), topology, None, f, facts),
+        },
         Topology::Sentinel => match check_sentinels(&mut f, &mut facts, config, timeout).await {
             Some((url, client)) => (url, Ok(client)),
             None => {
@@ -314,8 +318,9 @@ pub async fn run(config: &Config) -> Report {
     check_persistence(&mut f, &mut conn, &info, &config.redis.prefix, &mut facts).await;
     check_pubsub_buffer(&mut f, &mut conn).await;
     check_latency(&mut f, &mut conn, config.redis.timeout).await;
-    if info.get("cluster_enabled").map(String::as_str) == Some("1")
-        || info.get("redis_mode").map(String::as_str) == Some("cluster")
+    if topology != Topology::Cluster
+        && (info.get("cluster_enabled").map(String::as_str) == Some("1")
+            || info.get("redis_mode").map(String::as_str) == Some("cluster"))
     {
         f.add(
             "cluster",
@@ -517,6 +522,141 @@ async fn check_sentinels(
             None
         }
     }
+}
+
+/// `[redis.cluster]`: the first seed that answers describes the cluster
+/// (state, slots, primaries with and without replicas). shoald does not run on
+/// a cluster yet: that is reported as a problem. Returns the seed, on which the
+/// other checks run.
+async fn check_cluster(
+    f: &mut Findings,
+    facts: &mut BTreeMap<String, String>,
+    config: &Config,
+    timeout: Duration,
+) -> Option<(String, redis::Client)> {
+    let c = config.redis.cluster.as_ref()?;
+    let mut reached = None;
+    for u in &c.urls {
+        let ask = async {
+            let client = redis::Client::open(u.as_str()).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, info, nodes))
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(r)) => {
+                reached = Some((redact_url(u), r));
+                break;
+            }
+            Ok(Err(e)) => f.add(
+                "cluster",
+                Severity::Warning,
+                format!("seed {} does not answer CLUSTER INFO: {e}", redact_url(u)),
+                None,
+            ),
+            Err(_) => f.add(
+                "cluster",
+                Severity::Warning,
+                format!("seed {} did not answer within {timeout:?}", redact_url(u)),
+                None,
+            ),
+        }
+    }
+    let Some((url, (client, info, nodes))) = reached else {
+        f.add(
+            "cluster",
+            Severity::Problem,
+            "no seed of redis.cluster.urls answers as a cluster node".into(),
+            Some("check the seed addresses, credentials, and that the nodes run with cluster-enabled yes"),
+        );
+        return None;
+    };
+    let info = parse_info(&info);
+    for k in [
+        "cluster_state",
+        "cluster_slots_assigned",
+        "cluster_slots_fail",
+        "cluster_known_nodes",
+        "cluster_size",
+    ] {
+        if let Some(v) = info.get(k) {
+            facts.insert(k.to_string(), v.clone());
+        }
+    }
+    // CLUSTER NODES: `id addr flags master-id ... slots`; a replica names its primary.
+    let mut primaries: BTreeMap<String, usize> = BTreeMap::new();
+    let mut replicas_of: Vec<String> = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(id), Some(flags), Some(master)) = (fields.first(), fields.get(2), fields.get(3))
+        else {
+            continue;
+        };
+        if flags.contains("fail") {
+            continue;
+        }
+        if flags.contains("master") && fields.len() > 8 {
+            primaries.entry((*id).to_string()).or_default();
+        } else if flags.contains("slave") {
+            replicas_of.push((*master).to_string());
+        }
+    }
+    for m in replicas_of {
+        if let Some(n) = primaries.get_mut(&m) {
+            *n += 1;
+        }
+    }
+    let bare = primaries.values().filter(|n| **n == 0).count();
+    let state = info.get("cluster_state").cloned().unwrap_or_default();
+    if state == "ok" {
+        f.add(
+            "cluster",
+            Severity::Ok,
+            format!(
+                "cluster ok: {} primaries serving {} slots, {} node(s) known",
+                primaries.len(),
+                info.get("cluster_slots_assigned")
+                    .map_or("?", String::as_str),
+                info.get("cluster_known_nodes").map_or("?", String::as_str)
+            ),
+            None,
+        );
+    } else {
+        f.add(
+            "cluster",
+            Severity::Problem,
+            format!("cluster_state is {state:?}: some slots are not served"),
+            Some("check CLUSTER NODES for failed nodes and unassigned slots"),
+        );
+    }
+    if bare > 0 {
+        f.add(
+            "replicas",
+            Severity::Warning,
+            format!("{bare} primar(y/ies) without a replica: losing one loses its slots' data"),
+            Some("give every primary a replica (redis-cli --cluster add-node --cluster-slave)"),
+        );
+    }
+    f.add(
+        "cluster",
+        Severity::Problem,
+        "shoald does not run on Redis Cluster yet (issue #16); the checks below ran on one seed"
+            .into(),
+        Some("use a standalone Redis (redis.url) or Sentinel ([redis.sentinel]) for now"),
+    );
+    Some((url, client))
 }
 
 /// Under Sentinel: enough replicas to confirm changes (`wait_replicas`).

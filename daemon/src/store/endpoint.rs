@@ -106,6 +106,9 @@ impl Endpoint {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(3);
+        if config.redis.topology() == Topology::Cluster {
+            return Err(bad_config(crate::config::CLUSTER_UNSUPPORTED));
+        }
         let (current, sentinels) = match &config.redis.sentinel {
             None => {
                 let client = redis::Client::open(config.redis.url.as_str())
