@@ -7,6 +7,7 @@
 //! returns: it names a session without granting it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -95,6 +96,28 @@ pub fn plausible_token(token: &str) -> bool {
 /// Whether `id` has the shape of a session id.
 pub fn plausible_session_id(id: &str) -> bool {
     id.len() == SESSION_HASH_LEN && is_base64url(id)
+}
+
+/// The token hash key in use and its hasher. `Debug` shows neither.
+#[derive(Clone)]
+pub struct FleetKey {
+    pub(super) raw: Arc<str>,
+    pub(super) hasher: Arc<TokenHasher>,
+}
+
+impl std::fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetKey(..)")
+    }
+}
+
+impl FleetKey {
+    pub fn new(raw: &str) -> Option<FleetKey> {
+        Some(FleetKey {
+            raw: Arc::from(raw),
+            hasher: Arc::new(TokenHasher::new(raw.as_bytes())?),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -23,9 +23,11 @@
 //! Tokens are never logged, traced, counted or put in error messages: the code
 //! below only ever passes them to the hasher.
 
+mod hash_key;
 mod keys;
 mod local;
 mod reader;
+mod revoke;
 mod scripts;
 
 use std::collections::BTreeMap;
@@ -35,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shoal_client::proto::{
-    encode_ok, ErrorCode, Frame, Op, RevokeTarget, RevokeUserResult, RevokedResult, RotateResult,
-    SessionCreated, SessionInfo, SessionListEntry, UpdatedResult,
+    encode_ok, ErrorCode, Frame, Op, RevokeUserResult, RevokedResult, RotateResult, SessionCreated,
+    SessionInfo, UpdatedResult,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +49,7 @@ use crate::ops::stats::{Stats, LAG_BUCKETS_MS};
 use crate::store::streamid::StreamId;
 use crate::store::{Store, StoreError};
 
+use keys::FleetKey;
 pub use keys::{plausible_session_id, plausible_token, SessionKeys, TokenHasher};
 pub use local::FlushReason;
 use local::{Cached, LocalCache};
@@ -122,28 +125,6 @@ struct ReaderState {
     cursor_tx: watch::Sender<StreamId>,
     /// Redis identity (epoch, run_id) the cursor belongs to.
     identity: Mutex<Option<(String, String)>>,
-}
-
-/// The token hash key in use and its hasher. `Debug` shows neither.
-#[derive(Clone)]
-struct FleetKey {
-    raw: Arc<str>,
-    hasher: Arc<TokenHasher>,
-}
-
-impl std::fmt::Debug for FleetKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FleetKey(..)")
-    }
-}
-
-impl FleetKey {
-    fn new(raw: &str) -> Option<FleetKey> {
-        Some(FleetKey {
-            raw: Arc::from(raw),
-            hasher: Arc::new(TokenHasher::new(raw.as_bytes())?),
-        })
-    }
 }
 
 /// Clears the sliding-touch flag of a cached session when the request that set
@@ -408,69 +389,6 @@ impl Sessions {
         })
     }
 
-    /// The token hasher, loading the fleet key from Redis if none is configured.
-    async fn hasher(&self) -> Result<Arc<TokenHasher>, StoreError> {
-        let cached = self
-            .hasher
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|k| k.hasher.clone());
-        match cached {
-            Some(h) => Ok(h),
-            None => self.load_hash_key().await,
-        }
-    }
-
-    /// Reads (or creates) the fleet key in Redis and adopts it.
-    async fn load_hash_key(&self) -> Result<Arc<TokenHasher>, StoreError> {
-        let key = self.scripts.hash_key(&self.store, &self.cx).await?;
-        self.adopt_hash_key(&key)
-            .ok_or_else(|| StoreError::Redis("the session hash key in Redis is unusable".into()))
-    }
-
-    /// The fleet key this daemon uses, if it manages one through Redis (`""`
-    /// when it has none yet); `None` when the key is configured locally.
-    fn fleet_key_proposal(&self) -> Option<String> {
-        if self.key_configured {
-            return None;
-        }
-        let guard = self.hasher.read().unwrap_or_else(|p| p.into_inner());
-        Some(
-            guard
-                .as_ref()
-                .map(|k| k.raw.to_string())
-                .unwrap_or_default(),
-        )
-    }
-
-    /// Uses `key` (the fleet's, as Redis holds it) from now on. When it replaces
-    /// another key, every session this daemon cached is named differently now:
-    /// flush. `None` if the key is unusable.
-    fn adopt_hash_key(&self, key: &str) -> Option<Arc<TokenHasher>> {
-        if self.key_configured {
-            return self
-                .hasher
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|k| k.hasher.clone());
-        }
-        let mut guard = self.hasher.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = guard.as_ref().filter(|k| &*k.raw == key) {
-            return Some(k.hasher.clone());
-        }
-        let new = FleetKey::new(key)?;
-        let hasher = new.hasher.clone();
-        let replaced = guard.replace(new).is_some();
-        drop(guard);
-        if replaced {
-            tracing::warn!(key = %self.cx.keys.hash_key(), "the fleet's session hash key changed; adopting it");
-            self.flush(FlushReason::HashKey);
-        }
-        Some(hasher)
-    }
-
     fn cached_mode(&self) -> bool {
         self.settings.on_unavailable == SessionUnavailable::Cached
     }
@@ -708,115 +626,6 @@ impl Sessions {
             ErrorCode::Internal,
             "the session kept changing during rotation; try again",
         ))
-    }
-
-    async fn revoke(&self, target: RevokeTarget) -> Result<bool, OpError> {
-        let hash = match target {
-            RevokeTarget::Token(t) if plausible_token(&t) => self.hasher().await?.session_hash(&t),
-            RevokeTarget::SessionId(s) if plausible_session_id(&s) => s,
-            _ => return Ok(false),
-        };
-        match self.scripts.revoke(&self.store, &self.cx, &hash).await? {
-            Some((id, user)) => {
-                bump(&self.counters.revocations);
-                self.local.apply_session(&hash, id);
-                // Best effort: a leftover index member is also removed by
-                // session.list, session.create and its absolute expiry.
-                let zrem = redis::cmd("ZREM")
-                    .arg(self.cx.keys.index(&user))
-                    .arg(&hash)
-                    .clone();
-                if let Err(e) = self.store.cmd::<i64>(&zrem).await {
-                    tracing::debug!(error = %e, "could not remove a revoked session from its user index");
-                }
-                Ok(true)
-            }
-            None => {
-                self.local.evict(&hash);
-                Ok(false)
-            }
-        }
-    }
-
-    /// One page of `user`'s index: `count` members from rank `from`, highest
-    /// score (latest absolute expiry) first.
-    async fn index_page(
-        &self,
-        user: &str,
-        from: usize,
-        count: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        self.store
-            .cmd(
-                redis::cmd("ZRANGE")
-                    .arg(self.cx.keys.index(user))
-                    .arg(from)
-                    .arg(from + count - 1)
-                    .arg("REV"),
-            )
-            .await
-    }
-
-    async fn revoke_user(&self, user: &str) -> Result<u64, OpError> {
-        // Raising the epoch revokes every session at once (Redis refuses older
-        // ones from then on); the deletions that follow are housekeeping, a
-        // page at a time, so no call carries every session of a big user.
-        let (id, epoch) = self
-            .scripts
-            .revoke_user(&self.store, &self.cx, user)
-            .await?;
-        bump(&self.counters.user_revocations);
-        self.local.apply_user(user, epoch, id);
-        let mut deleted = 0;
-        let mut from = 0;
-        loop {
-            let page = self.index_page(user, from, INDEX_PAGE).await?;
-            if page.is_empty() {
-                break;
-            }
-            let (d, kept) = self
-                .scripts
-                .revoke_page(&self.store, &self.cx, user, epoch, &page)
-                .await?;
-            deleted += d;
-            // Kept members (sessions created after the revocation) stay ahead of
-            // the next page; a member a concurrent create shifts past the cursor
-            // is still refused by its epoch and cleaned by session.list.
-            from += usize::try_from(kept).unwrap_or(INDEX_PAGE);
-            if page.len() < INDEX_PAGE {
-                break;
-            }
-        }
-        Ok(deleted)
-    }
-
-    async fn list(&self, user: &str) -> Result<Vec<SessionListEntry>, OpError> {
-        // A page at a time, latest absolute expiry first, up to LIST_MAX live
-        // sessions; each page also drops dead members from the index.
-        let mut out = Vec::new();
-        let mut from = 0;
-        while out.len() < LIST_MAX {
-            let page = self.index_page(user, from, INDEX_PAGE).await?;
-            if page.is_empty() {
-                break;
-            }
-            let rows = self
-                .scripts
-                .list(&self.store, &self.cx, user, &page)
-                .await?;
-            from += rows.len();
-            out.extend(rows.into_iter().map(|r| SessionListEntry {
-                session_id: r.hash,
-                created_at_ms: r.created_at_ms,
-                last_seen_ms: r.last_seen_ms,
-                expires_at_ms: r.expires_at_ms,
-            }));
-            if page.len() < INDEX_PAGE {
-                break;
-            }
-        }
-        out.truncate(LIST_MAX);
-        Ok(out)
     }
 
     fn flush(&self, reason: FlushReason) {

@@ -80,6 +80,26 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Loads every script into Redis's script cache, so the first call of each
+    /// after a (re)connect is one EVALSHA, not EVALSHA + NOSCRIPT + EVAL.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let s = &self.scripts;
+        for script in [
+            &s.get,
+            &s.mget,
+            &s.set,
+            &s.invalidate,
+            &s.invalidate_tags,
+            &s.epoch,
+            &s.heartbeat,
+            &s.log_replay,
+        ] {
+            let mut conn = self.conn().await?;
+            self.call(script.load_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
     /// Creates the handle without connecting: the daemon starts (and reports not
     /// ready) while Redis is down, and connects when Redis comes up.
     /// Where this store's Redis is, without credentials (`redis://host:port/db`).

@@ -3,8 +3,6 @@
 
 use redis::Script;
 
-use super::{Store, StoreError};
-
 /// The scripts, loaded from `lua/` at compile time.
 #[derive(Debug)]
 pub(super) struct Scripts {
@@ -30,27 +28,5 @@ impl Scripts {
             heartbeat: Script::new(include_str!("../../../lua/heartbeat.lua")),
             log_replay: Script::new(include_str!("../../../lua/log_replay.lua")),
         }
-    }
-}
-
-impl Store {
-    /// Loads every script into Redis's script cache, so the first call of each
-    /// after a (re)connect is one EVALSHA, not EVALSHA + NOSCRIPT + EVAL.
-    pub async fn load_scripts(&self) -> Result<(), StoreError> {
-        let s = &self.scripts;
-        for script in [
-            &s.get,
-            &s.mget,
-            &s.set,
-            &s.invalidate,
-            &s.invalidate_tags,
-            &s.epoch,
-            &s.heartbeat,
-            &s.log_replay,
-        ] {
-            let mut conn = self.conn().await?;
-            self.call(script.load_async(&mut conn)).await?;
-        }
-        Ok(())
     }
 }
