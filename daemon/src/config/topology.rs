@@ -239,7 +239,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("redis.sentinel.master"),
+            e.contains("`master` in [redis.sentinel]"),
             "a typo gets a hint: {e}"
         );
 
