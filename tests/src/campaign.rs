@@ -811,15 +811,14 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         let healed = shared.history.now();
         // A failover leaves the new primary without a replica to confirm
         // changes until the sentinels turn the old one into one (8 s after it
-        // is seen as a primary, by Sentinel's design).
-        let bound = if matches!(
-            kind,
-            FaultKind::DaemonKill | FaultKind::Failover | FaultKind::KillPrimary
-        ) || config.topology == Topology::Sentinel && kind == FaultKind::RedisStop
-        {
-            config.converge_within * 3
-        } else {
-            config.converge_within
+        // is seen as a primary, by Sentinel's design); under Sentinel a
+        // primary stopped for over a second may be failed over too.
+        let bound = match (config.topology, kind) {
+            (Topology::Sentinel, FaultKind::Failover | FaultKind::KillPrimary) => {
+                config.converge_within * 6
+            }
+            (Topology::Sentinel, _) | (_, FaultKind::DaemonKill) => config.converge_within * 3,
+            _ => config.converge_within,
         };
         let converged = converge(&shared, &target, &probes, round, bound).await;
         if config.verbose {
@@ -858,7 +857,11 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         t.await??;
     }
     // Every daemon agrees once more at the end.
-    if let Err(e) = converge(&shared, &target, &probes, round, config.converge_within).await {
+    let final_bound = match config.topology {
+        Topology::Sentinel => config.converge_within * 3,
+        Topology::Standalone => config.converge_within,
+    };
+    if let Err(e) = converge(&shared, &target, &probes, round, final_bound).await {
         convergence_failures.push(format!("NOT CONVERGED at the end: {e:#}"));
     }
     let elapsed = started.elapsed();
