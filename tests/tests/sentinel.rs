@@ -399,3 +399,34 @@ fn the_readme_sentinel_configuration_is_valid() -> Result<()> {
     assert_eq!(s.urls.len(), 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_sentinels_down_do_not_take_the_daemon_down() -> Result<()> {
+    let mut set = SentinelSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let a = daemon(&set, dir.path(), "a").await?;
+    let c = a.client().await?;
+    c.set("k", "v1", None).await?;
+    // Every sentinel gone; the primary is fine.
+    set.sentinels.clear();
+    // The subscriber and the reader reconnect (to the primary named last),
+    // and the daemon goes on serving and changing.
+    a.wait_ready(WAIT).await?;
+    c.set("k", "v2", None).await?;
+    assert_eq!(value(&c, "k").await?.0.as_deref(), Some("v2"));
+    set.nodes[0].kill_pubsub_clients().await.ok();
+    set.nodes[1].kill_pubsub_clients().await.ok();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if a.ctx.coherence.caught_up() && a.stat("subscriber_reconnects") >= 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the subscriber did not come back without sentinels");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.set("k", "v3", None).await?;
+    until_value(&c, "k", "v3").await?;
+    a.stop().await
+}

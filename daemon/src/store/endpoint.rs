@@ -232,7 +232,21 @@ impl Endpoint {
                 return Ok(p.client.clone());
             }
         }
-        self.resolve().await.map(|p| p.client)
+        match self.resolve().await {
+            Ok(p) => Ok(p.client),
+            Err(e) => {
+                // No sentinel answers: the primary last named is still the
+                // best guess (the identity check and heartbeats verify it).
+                let known = self.lock().as_ref().map(|p| p.client.clone());
+                match known {
+                    Some(client) => {
+                        tracing::warn!(error = %e, "sentinels unreachable; reconnecting to the primary they named last");
+                        Ok(client)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
     }
 
     /// Asks the sentinels where the primary is; adopts it if it moved.
