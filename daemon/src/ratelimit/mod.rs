@@ -19,18 +19,22 @@
 //!
 //! Tests can replace Redis `TIME` with a clock they set (`test-clock` feature),
 //! passed to the scripts as an extra argument; production builds never send it.
-
-mod deny;
-mod local;
-mod policy;
-mod scripts;
-mod types;
+//!
+//! This file: `RateLimits` (its state, the op dispatch, counters). The ops:
+//! `decide.rs` (check, peek, reset, penalty/reward, reserve), `concurrency.rs`,
+//! `overrides.rs`, `quota.rs`, `fallback.rs` (fail modes). What they share:
+//! `types.rs`, `policy.rs`, `scripts.rs`, `deny.rs`, `local.rs`.
 
 mod concurrency;
 mod decide;
+mod deny;
 mod fallback;
+mod local;
 mod overrides;
+mod policy;
 mod quota;
+mod scripts;
+mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -22,7 +22,12 @@
 //!
 //! Tokens are never logged, traced, counted or put in error messages: the code
 //! below only ever passes them to the hasher.
+//!
+//! This file: `Sessions` and the ops on one session (create, get, update,
+//! rotate). Beside it: `revoke.rs` (revoke, revoke_user, list), `hash_key.rs`
+//! (the fleet's hash key), `keys.rs`, `local.rs`, `reader.rs`, `scripts.rs`.
 
+mod counters;
 mod hash_key;
 mod keys;
 mod local;
@@ -49,6 +54,7 @@ use crate::ops::stats::{Stats, LAG_BUCKETS_MS};
 use crate::store::streamid::StreamId;
 use crate::store::{Store, StoreError};
 
+use counters::{bump, Counters};
 use keys::FleetKey;
 pub use keys::{plausible_session_id, plausible_token, SessionKeys, TokenHasher};
 pub use local::FlushReason;
@@ -78,44 +84,6 @@ struct Settings {
     timeout: Duration,
     /// `CLIENT SETNAME` of the reader connection (operators and tests find it by it).
     reader_name: String,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    local_hits: AtomicU64,
-    local_misses: AtomicU64,
-    redis_reads: AtomicU64,
-    touches: AtomicU64,
-    creates: AtomicU64,
-    updates: AtomicU64,
-    revocations: AtomicU64,
-    rotations: AtomicU64,
-    user_revocations: AtomicU64,
-    events_applied: AtomicU64,
-    evictions: AtomicU64,
-    fills_rejected: AtomicU64,
-    served_stale: AtomicU64,
-    denied_unavailable: AtomicU64,
-    /// Reads that skipped the local cache because it was not trusted (reader
-    /// behind, or its newest proof older than Δ).
-    local_untrusted: AtomicU64,
-    /// Extra script calls because the session's user was not known here (a
-    /// truly cold read: the user's epoch key must be named in KEYS).
-    user_lookups: AtomicU64,
-    flushes_hash_key: AtomicU64,
-    reader_reconnects: AtomicU64,
-    flushes_trimmed: AtomicU64,
-    flushes_identity: AtomicU64,
-    flushes_bad_entry: AtomicU64,
-    /// Revocation lag histogram, bucketed like the invalidation lag
-    /// (`stats::LAG_BUCKETS_MS`; the last slot is above every bound).
-    lag_buckets: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
-    lag_sum_ms: AtomicU64,
-    lag_count: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What the revocation reader shares with the request path and with tests.
@@ -258,32 +226,6 @@ impl Sessions {
         self.follow(cancel).await;
     }
 
-    /// Whether the revocation reader is caught up (for readiness).
-    pub fn ready(&self) -> bool {
-        self.local.is_ready()
-    }
-
-    /// A receiver that sees every change of the reader's readiness.
-    pub fn watch_ready(&self) -> watch::Receiver<bool> {
-        self.reader.ready_tx.subscribe()
-    }
-
-    /// A receiver that sees every move of the reader's stream cursor (the id of
-    /// the last revocation this daemon applied).
-    pub fn watch_cursor(&self) -> watch::Receiver<StreamId> {
-        self.reader.cursor_tx.subscribe()
-    }
-
-    /// The id of the last revocation this daemon applied.
-    pub fn cursor(&self) -> StreamId {
-        *self.reader.cursor_tx.borrow()
-    }
-
-    /// The name of the reader's Redis connection (`CLIENT LIST`).
-    pub fn reader_name(&self) -> &str {
-        &self.settings.reader_name
-    }
-
     /// Adds this service's counters to a `stats` snapshot.
     pub fn stats_into(&self, m: &mut BTreeMap<String, u64>) {
         let c = &self.counters;
@@ -331,6 +273,32 @@ impl Sessions {
         );
         m.insert("session_cursor_ms".into(), cursor.ms);
         m.insert("session_cursor_seq".into(), cursor.seq);
+    }
+
+    /// Whether the revocation reader is caught up (for readiness).
+    pub fn ready(&self) -> bool {
+        self.local.is_ready()
+    }
+
+    /// A receiver that sees every change of the reader's readiness.
+    pub fn watch_ready(&self) -> watch::Receiver<bool> {
+        self.reader.ready_tx.subscribe()
+    }
+
+    /// A receiver that sees every move of the reader's stream cursor (the id of
+    /// the last revocation this daemon applied).
+    pub fn watch_cursor(&self) -> watch::Receiver<StreamId> {
+        self.reader.cursor_tx.subscribe()
+    }
+
+    /// The id of the last revocation this daemon applied.
+    pub fn cursor(&self) -> StreamId {
+        *self.reader.cursor_tx.borrow()
+    }
+
+    /// The name of the reader's Redis connection (`CLIENT LIST`).
+    pub fn reader_name(&self) -> &str {
+        &self.settings.reader_name
     }
 
     /// Executes a `session.*` op.
