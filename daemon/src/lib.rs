@@ -117,7 +117,7 @@ async fn l1_maintenance(ctx: Arc<Ctx>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => ctx.cache.l1().run_pending_tasks().await,
+            _ = tick.tick() => ctx.cache.run_pending_tasks().await,
         }
     }
 }

@@ -303,7 +303,7 @@ impl Subscriber {
             ));
         }
         let sent = origin + Duration::from_micros(sent_us);
-        self.cache.l1().prove_delivery(sent.into_std());
+        self.cache.prove_delivery(sent.into_std());
         Ok(sent)
     }
 

@@ -116,8 +116,21 @@ impl Cache {
         }
     }
 
+    /// L1, to read its state (counters, size, trust). Changes to its trust go
+    /// through `Cache`: `set_ready`, `set_unready`, `flush`, `prove_delivery`.
     pub fn l1(&self) -> &Arc<L1> {
         &self.l1
+    }
+
+    /// A heartbeat sent at `sent` came back on the daemon's own channel: L1 may
+    /// serve for Δ after `sent` (the subscriber calls this).
+    pub fn prove_delivery(&self, sent: std::time::Instant) {
+        self.l1.prove_delivery(sent);
+    }
+
+    /// moka's housekeeping, so the byte bound holds even when L1 is only read.
+    pub async fn run_pending_tasks(&self) {
+        self.l1.run_pending_tasks().await;
     }
 
     /// L1 can no longer be trusted (the subscriber lost its connection or its
