@@ -4,14 +4,17 @@
 -- it has been applied. It carries what the daemon must re-check while subscribed:
 -- the dataset epoch (missing or changed: Redis lost data, e.g. FLUSHALL or an
 -- evicted epoch key) and the log's last id (a daemon whose applied position lies
--- beyond it took a bogus id and must treat that as a gap).
+-- beyond it took a bogus id and must treat that as a gap), and which server ran
+-- it (run id and role: a beat from a demoted or replaced primary proves nothing
+-- about the changes acknowledged by the new one).
 --
 -- KEYS[1]  epoch key         prefix .. "epoch"
 -- KEYS[2]  invalidation log  prefix .. "log"
 -- ARGV[1]  the daemon's heartbeat channel  prefix .. "hb:" .. node .. ":" .. instance
 -- ARGV[2]  token (the daemon's send time; returned unchanged)
 --
--- Publishes {"t": token, "epoch": epoch or "", "last": last log id or ""}.
+-- Publishes {"t": token, "epoch": epoch or "", "last": last log id or "",
+--            "run": run id, "role": "master" | "slave"}.
 -- Returns the number of receivers (0 or 1).
 local epoch = redis.call('GET', KEYS[1]) or ''
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
@@ -19,4 +22,7 @@ local last_id = ''
 if #last > 0 then
   last_id = last[1][1]
 end
-return redis.call('PUBLISH', ARGV[1], cjson.encode({ t = ARGV[2], epoch = epoch, last = last_id }))
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+local role = string.match(redis.call('INFO', 'replication'), 'role:(%w+)') or ''
+return redis.call('PUBLISH', ARGV[1],
+  cjson.encode({ t = ARGV[2], epoch = epoch, last = last_id, run = run, role = role }))

@@ -72,6 +72,13 @@ pub async fn run_with(
         instance: format!("{}:{}", ctx.config.node.id, random_token(8)),
     };
     tasks.spawn(subscriber.run(background.child_token()));
+    // Sentinel: follows `+switch-master` (returns at once otherwise).
+    tasks.spawn(
+        ctx.store
+            .endpoint()
+            .clone()
+            .follow(background.child_token()),
+    );
     tasks.spawn(l1_maintenance(ctx.clone(), background.child_token()));
     tasks.spawn(ctx.sessions.clone().run(background.child_token()));
     tasks.spawn(ctx.ratelimits.clone().run(background.child_token()));

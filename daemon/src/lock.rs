@@ -73,7 +73,7 @@ impl Locks {
             } => {
                 let mut inv = self.extend.prepare_invoke();
                 inv.key(self.key(&name)).arg(&token).arg(ttl_ms);
-                let n: i64 = self.store.invoke_script(&inv).await?;
+                let n: i64 = self.store.invoke_durable(&inv).await?;
                 Ok(encode_ok(
                     id,
                     &LockExtendResult { extended: n == 1 },
@@ -83,7 +83,7 @@ impl Locks {
             Op::LockRelease { name, token } => {
                 let mut inv = self.release.prepare_invoke();
                 inv.key(self.key(&name)).arg(&token);
-                let n: i64 = self.store.invoke_script(&inv).await?;
+                let n: i64 = self.store.invoke_durable(&inv).await?;
                 Ok(encode_ok(
                     id,
                     &LockReleaseResult { released: n == 1 },
@@ -112,7 +112,7 @@ impl Locks {
                 .key(self.fence_key(name))
                 .arg(&token)
                 .arg(ttl_ms);
-            let reply: Vec<i64> = self.store.invoke_script(&inv).await?;
+            let reply: Vec<i64> = self.store.invoke_durable(&inv).await?;
             let [got, fence, left] = <[i64; 3]>::try_from(reply).map_err(|_| {
                 StoreError::Redis("lock_acquire returned an unexpected shape".into())
             })?;

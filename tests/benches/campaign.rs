@@ -1,13 +1,15 @@
 //! The fault campaign, long: `cargo bench -p shoal-tests --bench campaign --
 //! --minutes N` (or `SHOAL_CAMPAIGN_MINUTES=N`; `SHOAL_CAMPAIGN_SEED` replays a
 //! fault schedule, `SHOAL_CAMPAIGN_DAEMONS` sets the fleet size, default 3).
+//! `--sentinel` runs it against a Sentinel deployment (primary, replica, three
+//! sentinels) with failovers among the faults.
 //! Prints the report table and every failure; exits non-zero on any failure.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use shoal_tests::campaign::{run, CampaignConfig};
+use shoal_tests::campaign::{run, CampaignConfig, Topology};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -25,6 +27,9 @@ fn main() -> Result<()> {
         .unwrap_or(10.0);
     let mut config = CampaignConfig::new(Duration::from_secs_f64(minutes * 60.0));
     config.verbose = true;
+    if args.iter().any(|a| a == "--sentinel") {
+        config.topology = Topology::Sentinel;
+    }
     if let Some(n) = std::env::var("SHOAL_CAMPAIGN_DAEMONS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -29,7 +29,8 @@ use crate::history::{
     Verdict, Write, WriteKind,
 };
 use crate::proxy::FaultProxy;
-use crate::{test_config, Daemon, DaemonProcess, RedisServer};
+use crate::sentinel::SentinelSet;
+use crate::{Daemon, DaemonProcess, RedisServer};
 
 /// Redis key prefix the daemons use (the default).
 const PREFIX: &str = "shoal:";
@@ -61,6 +62,18 @@ pub struct CampaignConfig {
     pub converge_within: Duration,
     /// Print each fault as it happens.
     pub verbose: bool,
+    /// The Redis deployment the daemons use.
+    pub topology: Topology,
+}
+
+/// The Redis deployment of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One redis-server; a third of the daemons reach it through fault proxies.
+    Standalone,
+    /// A primary, a replica and three sentinels; the daemons use
+    /// `[redis.sentinel]` (no proxies: the sentinels hand out real addresses).
+    Sentinel,
 }
 
 impl CampaignConfig {
@@ -79,6 +92,7 @@ impl CampaignConfig {
             keys: 40,
             converge_within: Duration::from_secs(10),
             verbose: std::env::var_os("SHOAL_CAMPAIGN_VERBOSE").is_some(),
+            topology: Topology::Standalone,
         }
     }
 }
@@ -111,10 +125,35 @@ pub enum FaultKind {
     /// A foreign publisher's message on the invalidation channel whose id lies
     /// beyond the log's end, then the subscribers killed (so they replay).
     ForeignPublish,
+    /// `SENTINEL FAILOVER` (the old primary stays up and becomes a replica).
+    Failover,
+    /// The primary SIGKILLed; the sentinels promote the replica; the old
+    /// primary restarted empty (the sentinels make it a replica).
+    KillPrimary,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    /// The faults of a topology: Sentinel has no proxies (partition, latency)
+    /// and restarts its primary through failovers.
+    pub fn of(topology: Topology) -> Vec<FaultKind> {
+        match topology {
+            Topology::Standalone => FaultKind::ALL[..12].to_vec(),
+            Topology::Sentinel => vec![
+                FaultKind::KillPubsub,
+                FaultKind::KillNormal,
+                FaultKind::RedisStop,
+                FaultKind::FlushAll,
+                FaultKind::TrimDuringReplay,
+                FaultKind::DaemonKill,
+                FaultKind::OutputBuffer,
+                FaultKind::ForeignPublish,
+                FaultKind::Failover,
+                FaultKind::KillPrimary,
+            ],
+        }
+    }
+
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::KillPubsub,
         FaultKind::KillNormal,
         FaultKind::RedisStop,
@@ -127,6 +166,8 @@ impl FaultKind {
         FaultKind::DaemonKill,
         FaultKind::OutputBuffer,
         FaultKind::ForeignPublish,
+        FaultKind::Failover,
+        FaultKind::KillPrimary,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +184,8 @@ impl FaultKind {
             FaultKind::DaemonKill => "daemon SIGKILL + restart",
             FaultKind::OutputBuffer => "pubsub output-buffer kill",
             FaultKind::ForeignPublish => "foreign message beyond the log",
+            FaultKind::Failover => "SENTINEL FAILOVER",
+            FaultKind::KillPrimary => "primary SIGKILL, failover, restart",
         }
     }
 }
@@ -291,7 +334,11 @@ impl Report {
         let v = &self.verdict;
         let _ = writeln!(
             s,
-            "campaign: seed {} ({} daemons, {} keys, heartbeat {:?}, Δ = max_staleness {:?}), {:.1} s",
+            "campaign: {} Redis, seed {} ({} daemons, {} keys, heartbeat {:?}, Δ = max_staleness {:?}), {:.1} s",
+            match self.config.topology {
+                Topology::Standalone => "standalone",
+                Topology::Sentinel => "Sentinel (primary, replica, 3 sentinels)",
+            },
             self.config.seed,
             self.config.daemons,
             self.config.keys,
@@ -307,20 +354,22 @@ impl Report {
             let kinds: Vec<String> = c.errors.iter().map(|(e, n)| format!("{e} {n}")).collect();
             let _ = writeln!(s, "| {k} | {} | {} | {} |", c.ok, c.err, kinds.join(", "));
         }
-        let mut internal: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut internal: BTreeMap<(&str, &str), &str> = BTreeMap::new();
         for (op, c) in &self.ops {
-            if let Some(m) = c.examples.get("Internal") {
-                internal.insert(op, m);
+            for (class, m) in &c.examples {
+                if class == "Internal" || self.config.verbose {
+                    internal.insert((op, class), m);
+                }
             }
         }
-        for (op, m) in internal {
-            let _ = writeln!(s, "\nfirst `internal` error of {op}: {m}");
+        for ((op, class), m) in internal {
+            let _ = writeln!(s, "\nfirst `{class}` error of {op}: {m}");
         }
         let _ = writeln!(
             s,
             "\n| fault | count | convergence p50 ms | max ms | not converged |\n|---|---:|---:|---:|---:|"
         );
-        for kind in FaultKind::ALL {
+        for kind in FaultKind::of(self.config.topology) {
             let evs: Vec<&FaultEvent> = self.faults.iter().filter(|f| f.kind == kind).collect();
             let mut conv: Vec<u64> = evs
                 .iter()
@@ -417,6 +466,86 @@ struct Shared {
     tags: usize,
     ops: Mutex<BTreeMap<&'static str, OpCount>>,
     next_token: AtomicU32,
+    /// Replicas an outside write must be confirmed by (`WAIT`) before it
+    /// counts as completed: under Sentinel a failover may lose what only the
+    /// primary had, exactly as it would for the daemons without `WAIT`.
+    wait_replicas: u32,
+}
+
+/// The Redis of a run.
+enum Deployment {
+    Single(RedisServer),
+    Sentinel(SentinelSet),
+}
+
+/// How outside writers and fault actions reach the primary (cheap to clone).
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Url(String),
+    /// Sentinel addresses: the primary is asked for on every connect.
+    Sentinels(Vec<String>),
+}
+
+impl RedisTarget {
+    /// A fresh connection to the primary. Not a connection manager: a write
+    /// and its `WAIT` must go over one connection, or fail together.
+    pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let url = match self {
+            RedisTarget::Url(u) => u.clone(),
+            RedisTarget::Sentinels(urls) => {
+                let mut found = None;
+                for u in urls {
+                    let ask = async {
+                        let mut c = redis::Client::open(u.as_str())?
+                            .get_multiplexed_async_connection()
+                            .await?;
+                        let (host, port): (String, u16) = redis::cmd("SENTINEL")
+                            .arg("GET-MASTER-ADDR-BY-NAME")
+                            .arg(crate::sentinel::MASTER)
+                            .query_async(&mut c)
+                            .await?;
+                        Ok::<_, anyhow::Error>(format!("redis://{host}:{port}"))
+                    };
+                    if let Ok(Ok(url)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+                        found = Some(url);
+                        break;
+                    }
+                }
+                found.context("no sentinel names a primary")?
+            }
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(None);
+        Ok(redis::Client::open(url)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+}
+
+impl Deployment {
+    fn target(&self) -> RedisTarget {
+        match self {
+            Deployment::Single(r) => RedisTarget::Url(r.url()),
+            Deployment::Sentinel(s) => RedisTarget::Sentinels(s.urls()),
+        }
+    }
+    async fn primary_mut(&mut self) -> Result<&mut RedisServer> {
+        match self {
+            Deployment::Single(r) => Ok(r),
+            Deployment::Sentinel(s) => s.primary_mut().await,
+        }
+    }
+    /// The primary's state, for failure messages.
+    async fn diagnose(&self) -> String {
+        match self {
+            Deployment::Single(r) => diagnose(r),
+            Deployment::Sentinel(s) => match s.primary().await {
+                Ok(p) => diagnose(p),
+                Err(e) => format!("no primary: {e:#}"),
+            },
+        }
+    }
 }
 
 const PROBES: usize = 4;
@@ -533,21 +662,36 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         "campaign seed {} (replay with SHOAL_CAMPAIGN_SEED={}), {:?}, Δ {:?}",
         config.seed, config.seed, config.duration, config.max_staleness
     );
-    let mut redis =
-        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await?;
+    let mut deployment = match config.topology {
+        Topology::Standalone => Deployment::Single(
+            RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await?,
+        ),
+        Topology::Sentinel => Deployment::Sentinel(SentinelSet::start().await?),
+    };
+    let target = deployment.target();
     let dir = tempfile::tempdir()?;
 
     let mut nodes = Vec::new();
     for i in 0..config.daemons {
         let name = format!("n{i}");
-        let proxy = if i % 3 == 0 {
-            None
-        } else {
-            Some(FaultProxy::start(redis.port()).await?)
+        let (proxy, url, sentinel) = match &deployment {
+            Deployment::Single(redis) => {
+                let proxy = if i % 3 == 0 {
+                    None
+                } else {
+                    Some(FaultProxy::start(redis.port()).await?)
+                };
+                let url = proxy.as_ref().map_or_else(|| redis.url(), FaultProxy::url);
+                (proxy, url, None)
+            }
+            Deployment::Sentinel(set) => (None, String::new(), Some(set)),
         };
-        let url = proxy.as_ref().map_or_else(|| redis.url(), FaultProxy::url);
         let runs = if i % 3 == 2 {
-            let toml = process_toml(&config, dir.path(), &name, &url);
+            let redis_toml = match sentinel {
+                None => format!("[redis]\nurl = \"{url}\"\ntimeout = \"300ms\"\n"),
+                Some(set) => format!("[redis]\ntimeout = \"300ms\"\n{}", set.toml_section()),
+            };
+            let toml = process_toml(&config, dir.path(), &name, &redis_toml);
             let mut p = DaemonProcess::spawn(dir.path(), &name, &toml)?;
             p.drain_stderr_to(&dir.path().join(format!("{name}.log")))?;
             p.wait_ready(Duration::from_secs(30)).await?;
@@ -556,8 +700,14 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                 toml,
             }
         } else {
-            let mut c = test_config(&redis, dir.path(), &name);
-            c.redis.url = url;
+            let mut c = shoald::Config::default();
+            c.node.id = name.clone();
+            c.socket.path = dir.path().join(format!("{name}.sock"));
+            c.admin.listen = String::new();
+            match sentinel {
+                None => c.redis.url = url,
+                Some(set) => set.configure(&mut c),
+            }
             apply_config(&config, &mut c);
             Runs::InProcess(Some(Daemon::start_ready(c).await?))
         };
@@ -582,6 +732,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         tags: TAGS,
         ops: Mutex::default(),
         next_token: AtomicU32::new(1),
+        wait_replicas: u32::from(config.topology == Topology::Sentinel),
     });
 
     // The workload.
@@ -627,7 +778,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
     }
     tasks.push(tokio::spawn(external_writer(
         shared.clone(),
-        redis.url(),
+        target.clone(),
         StdRng::seed_from_u64(config.seed.wrapping_add(7)),
         stop.clone(),
     )));
@@ -642,25 +793,49 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
     let mut faults = Vec::new();
     let mut convergence_failures = Vec::new();
     let mut deck: Vec<FaultKind> = Vec::new();
+    let kinds = FaultKind::of(config.topology);
     let mut round = 0usize;
     while started.elapsed() < config.duration {
         if deck.is_empty() {
-            deck = FaultKind::ALL.to_vec();
+            deck = kinds.clone();
             deck.shuffle(&mut rng);
+            if round == 0 && config.topology == Topology::Sentinel {
+                // The failovers early in the first round (the deck is used
+                // from its end), so a short run has both.
+                for (at, kind) in [(1, FaultKind::Failover), (3, FaultKind::KillPrimary)] {
+                    if let Some(i) = deck.iter().position(|k| *k == kind) {
+                        let to = deck.len() - at;
+                        deck.swap(i, to);
+                    }
+                }
+            }
         }
         let Some(kind) = deck.pop() else { break };
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
         let start = shared.history.now();
-        let detail = inject(kind, &mut redis, &mut nodes, &shared, &mut rng, dir.path())
-            .await
-            .with_context(|| format!("injecting {}", kind.name()))?;
+        let detail = inject(
+            kind,
+            &mut deployment,
+            &mut nodes,
+            &shared,
+            &mut rng,
+            dir.path(),
+        )
+        .await
+        .with_context(|| format!("injecting {}", kind.name()))?;
         let healed = shared.history.now();
-        let bound = if kind == FaultKind::DaemonKill {
-            config.converge_within * 3
-        } else {
-            config.converge_within
+        // A failover leaves the new primary without a replica to confirm
+        // changes until the sentinels turn the old one into one (8 s after it
+        // is seen as a primary, by Sentinel's design); under Sentinel a
+        // primary stopped for over a second may be failed over too.
+        let bound = match (config.topology, kind) {
+            (Topology::Sentinel, FaultKind::Failover | FaultKind::KillPrimary) => {
+                config.converge_within * 6
+            }
+            (Topology::Sentinel, _) | (_, FaultKind::DaemonKill) => config.converge_within * 3,
+            _ => config.converge_within,
         };
-        let converged = converge(&shared, &redis, &probes, round, bound).await;
+        let converged = converge(&shared, &target, &probes, round, bound).await;
         if config.verbose {
             println!(
                 "{:>7.1}s {} ({detail}): converged {:?}",
@@ -697,7 +872,11 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         t.await??;
     }
     // Every daemon agrees once more at the end.
-    if let Err(e) = converge(&shared, &redis, &probes, round, config.converge_within).await {
+    let final_bound = match config.topology {
+        Topology::Sentinel => config.converge_within * 3,
+        Topology::Standalone => config.converge_within,
+    };
+    if let Err(e) = converge(&shared, &target, &probes, round, final_bound).await {
         convergence_failures.push(format!("NOT CONVERGED at the end: {e:#}"));
     }
     let elapsed = started.elapsed();
@@ -754,9 +933,9 @@ fn apply_config(config: &CampaignConfig, c: &mut shoald::Config) {
 }
 
 /// The configuration of a `shoald` process (the same settings).
-fn process_toml(config: &CampaignConfig, dir: &Path, node: &str, url: &str) -> String {
+fn process_toml(config: &CampaignConfig, dir: &Path, node: &str, redis_toml: &str) -> String {
     format!(
-        "[node]\nid = \"{node}\"\n[socket]\npath = \"{}\"\n[redis]\nurl = \"{url}\"\ntimeout = \"300ms\"\n\
+        "[node]\nid = \"{node}\"\n[socket]\npath = \"{}\"\n{redis_toml}\
          [admin]\nlisten = \"\"\n[cache]\nheartbeat = \"{}ms\"\nmax_staleness = \"{}ms\"\n\
          [session]\ntoken_hash_key = \"{TOKEN_HASH_KEY}\"\n[shutdown]\ngrace = \"2s\"\n",
         dir.join(format!("{node}.sock")).display(),
@@ -950,10 +1129,16 @@ async fn reader(
 /// An external writer (redis-rs, no daemon): the documented scripts.
 async fn external_writer(
     sh: Arc<Shared>,
-    url: String,
+    target: RedisTarget,
     mut rng: StdRng,
     stop: CancellationToken,
 ) -> Result<()> {
+    let url = match &target {
+        RedisTarget::Url(u) => u.clone(),
+        RedisTarget::Sentinels(_) => {
+            return external_writer_following(sh, target, rng, stop).await;
+        }
+    };
     let client = redis::Client::open(url)?;
     let cfg = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -976,6 +1161,53 @@ async fn external_writer(
         tokio::time::sleep(Duration::from_millis(rng.random_range(10..30))).await;
     }
     Ok(())
+}
+
+/// The external writer under Sentinel: one connection to the primary the
+/// sentinels name, made again after any failure (a failover moves it).
+async fn external_writer_following(
+    sh: Arc<Shared>,
+    target: RedisTarget,
+    mut rng: StdRng,
+    stop: CancellationToken,
+) -> Result<()> {
+    let n = sh.workload_keys() as u32;
+    let mut conn = None;
+    while !stop.is_cancelled() {
+        if conn.is_none() {
+            conn = tokio::time::timeout(Duration::from_secs(2), target.conn())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        if let Some(c) = conn.as_mut() {
+            let key = rng.random_range(0..n);
+            let ok = if rng.random_bool(0.7) {
+                ext_set(&sh, c, key).await.is_some()
+            } else {
+                ext_invalidate(&sh, c, &[key]).await
+            };
+            if !ok {
+                conn = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..30))).await;
+    }
+    Ok(())
+}
+
+/// `WAIT` after an outside write under Sentinel (see [`Shared::wait_replicas`]):
+/// whether enough replicas confirmed it.
+async fn confirmed<C: redis::aio::ConnectionLike + Send>(sh: &Shared, conn: &mut C) -> bool {
+    if sh.wait_replicas == 0 {
+        return true;
+    }
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(sh.wait_replicas).arg(200);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), wait.query_async::<i64>(conn)).await,
+        Ok(Ok(n)) if n >= i64::from(sh.wait_replicas)
+    )
 }
 
 /// `lua/cache_set.lua` as the README tells an outside writer to call it.
@@ -1008,8 +1240,8 @@ async fn ext_set<C: redis::aio::ConnectionLike + Send>(
             .invoke_async::<redis::Value>(conn),
     )
     .await;
+    let ok = matches!(r, Ok(Ok(_))) && confirmed(sh, conn).await;
     let comp = sh.history.now();
-    let ok = matches!(r, Ok(Ok(_)));
     sh.count("external cache_set.lua", ok);
     sh.history.write(Write {
         kind: WriteKind::ExternalSet,
@@ -1029,7 +1261,7 @@ async fn ext_invalidate<C: redis::aio::ConnectionLike + Send>(
 ) -> bool {
     let names: Vec<&str> = keys.iter().map(|k| sh.keys[*k as usize].as_str()).collect();
     let inv = sh.history.now();
-    let ok = invalidate_names(conn, &names).await.is_ok();
+    let ok = invalidate_names(conn, &names).await.is_ok() && confirmed(sh, conn).await;
     let comp = sh.history.now();
     sh.count("external cache_invalidate.lua", ok);
     sh.history.write(Write {
@@ -1202,13 +1434,20 @@ async fn sessions(
 }
 
 /// A fresh connection for one fault action, retried while Redis restarts.
-async fn admin_conn(redis: &RedisServer) -> Result<redis::aio::MultiplexedConnection> {
+async fn admin_conn(dep: &Deployment) -> Result<redis::aio::MultiplexedConnection> {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let target = dep.target();
     loop {
-        match tokio::time::timeout(Duration::from_secs(1), redis.conn()).await {
+        let conn = async {
+            match dep {
+                Deployment::Single(redis) => redis.conn().await,
+                Deployment::Sentinel(_) => target.conn().await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), conn).await {
             Ok(Ok(c)) => return Ok(c),
             _ if Instant::now() > deadline => {
-                bail!("cannot reach Redis ({})", diagnose(redis))
+                bail!("cannot reach Redis ({})", dep.diagnose().await)
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -1267,7 +1506,7 @@ async fn pubsub_ids(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec<
 /// Injects one fault and heals it; returns a short description.
 async fn inject(
     kind: FaultKind,
-    redis: &mut RedisServer,
+    dep: &mut Deployment,
     nodes: &mut [Node],
     sh: &Shared,
     rng: &mut StdRng,
@@ -1276,7 +1515,7 @@ async fn inject(
     let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
     match kind {
         FaultKind::KillPubsub => {
-            let mut c = admin_conn(redis).await?;
+            let mut c = admin_conn(dep).await?;
             let n: u64 = cmd(
                 &mut c,
                 redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
@@ -1285,7 +1524,7 @@ async fn inject(
             Ok(format!("{n} killed"))
         }
         FaultKind::KillNormal => {
-            let mut c = admin_conn(redis).await?;
+            let mut c = admin_conn(dep).await?;
             let n: u64 = cmd(
                 &mut c,
                 redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"),
@@ -1295,6 +1534,7 @@ async fn inject(
         }
         FaultKind::RedisStop => {
             let ms = rng.random_range(300..1500);
+            let redis = dep.primary_mut().await?;
             redis.signal(nix::sys::signal::Signal::SIGSTOP)?;
             sleep(ms).await;
             redis.signal(nix::sys::signal::Signal::SIGCONT)?;
@@ -1302,6 +1542,7 @@ async fn inject(
         }
         FaultKind::RestartPersistent => {
             let ms = rng.random_range(50..500);
+            let redis = dep.primary_mut().await?;
             redis.stop();
             sleep(ms).await;
             redis.restart().await?;
@@ -1310,6 +1551,7 @@ async fn inject(
         FaultKind::RestartEmpty => {
             let ms = rng.random_range(50..500);
             let inv = sh.history.now();
+            let redis = dep.primary_mut().await?;
             redis.stop();
             sleep(ms).await;
             redis.restart_empty().await?;
@@ -1323,21 +1565,23 @@ async fn inject(
             Ok(format!("down {ms} ms"))
         }
         FaultKind::FlushAll => {
-            let mut c = admin_conn(redis).await?;
+            let mut c = admin_conn(dep).await?;
             let inv = sh.history.now();
             let r = cmd::<()>(&mut c, &redis::cmd("FLUSHALL")).await;
+            // Under Sentinel the flush counts once a replica has it too.
+            let done = r.is_ok() && confirmed(sh, &mut c).await;
             sh.history.write(Write {
                 kind: WriteKind::DataLoss,
                 target: Target::All,
                 version: None,
                 inv,
-                comp: r.is_ok().then(|| sh.history.now()),
+                comp: done.then(|| sh.history.now()),
             });
             r?;
             Ok(String::new())
         }
         FaultKind::TrimDuringReplay => {
-            let mut c = admin_conn(redis).await?;
+            let mut c = admin_conn(dep).await?;
             let n: u64 = cmd(
                 &mut c,
                 redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
@@ -1416,7 +1660,7 @@ async fn inject(
             Ok(format!("{name}, down {ms} ms"))
         }
         FaultKind::ForeignPublish => {
-            let mut c = admin_conn(redis).await?;
+            let mut c = admin_conn(dep).await?;
             let ahead = rng.random_range(1..3600u64) * 1000;
             let (secs, micros) = cmd::<(u64, u64)>(&mut c, &redis::cmd("TIME")).await?;
             let id = format!("{}-0", secs * 1000 + micros / 1000 + ahead);
@@ -1435,7 +1679,7 @@ async fn inject(
             Ok(format!("id {id} heard by {heard}, {n} subscribers killed"))
         }
         FaultKind::OutputBuffer => {
-            let mut c = admin_conn(redis).await?;
+            let mut c = admin_conn(dep).await?;
             let before = pubsub_ids(&mut c).await?;
             cmd::<()>(
                 &mut c,
@@ -1466,6 +1710,30 @@ async fn inject(
             let killed = before.iter().filter(|id| !after.contains(id)).count();
             Ok(format!("{killed} of {} subscribers dropped", before.len()))
         }
+        FaultKind::Failover => {
+            let Deployment::Sentinel(set) = dep else {
+                bail!("a failover needs Sentinel");
+            };
+            // The previous failover must be over (the old primary a replica).
+            set.wait_stable(Duration::from_secs(60)).await?;
+            let before = set.primary_index().await?;
+            set.failover(Duration::from_secs(30)).await?;
+            Ok(format!("node {before} -> {}", set.primary_index().await?))
+        }
+        FaultKind::KillPrimary => {
+            let Deployment::Sentinel(set) = dep else {
+                bail!("a primary kill needs Sentinel");
+            };
+            set.wait_stable(Duration::from_secs(60)).await?;
+            let killed = set.kill_primary(Duration::from_secs(30)).await?;
+            let ms = rng.random_range(0..2000);
+            sleep(ms).await;
+            set.restart_node(killed).await?;
+            Ok(format!(
+                "node {killed} killed, node {} promoted, restarted empty after {ms} ms",
+                set.primary_index().await?
+            ))
+        }
     }
 }
 
@@ -1475,7 +1743,7 @@ async fn inject(
 /// subscription delivers, not just that L1 fills). Returns the time all had.
 async fn converge(
     sh: &Shared,
-    redis: &RedisServer,
+    target: &RedisTarget,
     probes: &[Client],
     round: usize,
     within: Duration,
@@ -1484,7 +1752,7 @@ async fn converge(
     let key = (sh.workload_keys() + round % PROBES) as u32;
     let mut slow = Vec::new();
     for _ in 0..2 {
-        probe_once(sh, redis, probes, key, deadline, &mut slow).await?;
+        probe_once(sh, target, probes, key, deadline, &mut slow).await?;
     }
     if !slow.is_empty() {
         tracing::info!(slow = ?slow, "slow convergence");
@@ -1497,7 +1765,7 @@ async fn converge(
 
 async fn probe_once(
     sh: &Shared,
-    redis: &RedisServer,
+    target: &RedisTarget,
     probes: &[Client],
     key: u32,
     deadline: Instant,
@@ -1505,13 +1773,13 @@ async fn probe_once(
 ) -> Result<()> {
     let name = sh.keys[key as usize].clone();
     let version = loop {
-        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), redis.conn()).await {
+        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), target.conn()).await {
             if let Some(v) = ext_set(sh, &mut c, key).await {
                 break v;
             }
         }
         if Instant::now() > deadline {
-            bail!("could not write the probe ({})", diagnose(redis));
+            bail!("could not write the probe to {target:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 
 pub mod campaign;
+pub mod cluster;
 pub mod echo;
 pub mod history;
 pub mod proxy;
 pub mod raw;
+pub mod sentinel;
 pub mod vectors;
 
 use std::net::TcpListener;

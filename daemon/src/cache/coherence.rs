@@ -131,6 +131,12 @@ struct Beat {
     epoch: String,
     #[serde(default)]
     last: String,
+    /// Run id of the server that ran the beat.
+    #[serde(default)]
+    run: String,
+    /// Its role (`master`, `slave`).
+    #[serde(default)]
+    role: String,
 }
 
 impl Subscriber {
@@ -177,11 +183,15 @@ impl Subscriber {
         let channel = keys.channel();
         let hb_channel = keys.heartbeat_channel(&self.instance);
         let timeout = self.store.timeout();
+        // Taken before the client: a failover during the connect is seen.
+        let mut primary_changes = self.store.endpoint().changes();
+        primary_changes.mark_unchanged();
         let connect = async {
-            let mut ps = self.store.client().get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            ps.subscribe(&hb_channel).await?;
-            Ok::<_, redis::RedisError>(ps)
+            let client = self.store.client().await.map_err(|e| e.to_string())?;
+            let mut ps = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+            ps.subscribe(&channel).await.map_err(|e| e.to_string())?;
+            ps.subscribe(&hb_channel).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(ps)
         };
         let pubsub = tokio::select! {
             _ = cancel.cancelled() => return Ended::Cancelled,
@@ -221,6 +231,9 @@ impl Subscriber {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ended::Cancelled,
+                _ = primary_changes.changed() => {
+                    return Ended::Lost("the redis primary changed (sentinel failover)".into());
+                }
                 msg = messages.next() => {
                     let Some(msg) = msg else {
                         return Ended::Lost("connection closed".into());
@@ -261,7 +274,20 @@ impl Subscriber {
             .t
             .parse()
             .map_err(|_| format!("unreadable heartbeat token {:?}", beat.t))?;
-        let known_epoch = self.state.lock().identity.as_ref().map(|i| i.0.clone());
+        let known = self.state.lock().identity.clone();
+        let known_epoch = known.as_ref().map(|i| i.0.clone());
+        // The beat ran where changes are acknowledged: the primary we caught up
+        // with. A beat from a demoted primary, or from another server, proves
+        // nothing about the changes made on the new one.
+        if beat.role != "master" {
+            return Err(format!(
+                "the heartbeat ran on a {} (the primary was demoted)",
+                beat.role
+            ));
+        }
+        if known.as_ref().map(|i| i.1.as_str()) != Some(beat.run.as_str()) {
+            return Err("the heartbeat ran on another redis server (restart or failover)".into());
+        }
         if known_epoch.as_deref() != Some(beat.epoch.as_str()) {
             return Err(if beat.epoch.is_empty() {
                 "the epoch key is gone while subscribed (Redis lost data)".into()

@@ -39,6 +39,18 @@ impl Config {
     /// configuration file as the user gave it, for messages.
     pub fn from_figment(fig: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
         let config: Config = fig.extract().map_err(|e| render(&e, file))?;
+        if super::topology::url_given(&fig)
+            && config.redis.topology() != super::Topology::Standalone
+        {
+            return Err(ConfigError::Invalid {
+                key: "redis.url".into(),
+                problem: format!(
+                    "is set together with [redis.{}]: configure exactly one of redis.url, \
+                     [redis.sentinel] and [redis.cluster]",
+                    config.redis.topology().as_str()
+                ),
+            });
+        }
         config.validate()?;
         Ok(config)
     }
@@ -69,7 +81,11 @@ pub(super) fn env_is_config(var: &str) -> bool {
 
 /// The key tree of the configuration: every section and key this version knows.
 pub(super) fn schema() -> serde_json::Value {
-    serde_json::to_value(Config::default()).unwrap_or_default()
+    // The optional sections are absent from the defaults but known keys.
+    let mut c = Config::default();
+    c.redis.sentinel = Some(super::SentinelConfig::default());
+    c.redis.cluster = Some(super::ClusterConfig::default());
+    serde_json::to_value(c).unwrap_or_default()
 }
 
 /// Below this path names are the user's (policy names, tenant keys).

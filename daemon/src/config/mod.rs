@@ -9,6 +9,7 @@
 
 mod load;
 mod redact;
+mod topology;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{check_env, env_name, ENV_NOT_CONFIG, ENV_NOT_CONFIG_PREFIXES};
 pub use redact::{redact_url, redis_address};
+pub use topology::{
+    ClusterConfig, SentinelConfig, Topology, CLUSTER_UNSUPPORTED, DEFAULT_REDIS_URL,
+};
 
 /// The whole configuration of one daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -115,17 +119,26 @@ pub struct RedisConfig {
     /// first answer closes the circuit.
     #[serde(with = "humantime_serde")]
     pub circuit_probe: Duration,
+    /// Redis behind Sentinel: the primary is found through the sentinels and
+    /// followed across failovers. Exclusive with `url` and `cluster`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster (seed nodes). Exclusive with `url` and `sentinel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
+            url: DEFAULT_REDIS_URL.into(),
             prefix: "shoal:".into(),
             timeout: Duration::from_millis(500),
             watch_interval: Duration::from_secs(10),
             circuit_timeouts: 3,
             circuit_probe: Duration::from_millis(500),
+            sentinel: None,
+            cluster: None,
         }
     }
 }
@@ -471,6 +484,7 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.redis.url = redact_url(&c.redis.url);
+        c.redact_topology();
         if !c.session.token_hash_key.is_empty() {
             c.session.token_hash_key = Secret("<redacted>".into());
         }

@@ -83,6 +83,7 @@ impl Config {
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return bad("redis.url", format!("is not a usable Redis URL: {e}"));
         }
+        self.validate_topology()?;
         let (shm, slot) = (
             self.cache.shm_bytes.as_u64(),
             self.cache.shm_slot_bytes.as_u64(),

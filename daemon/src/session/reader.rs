@@ -190,23 +190,27 @@ impl Sessions {
     /// One connection, from connect to loss.
     async fn follow_once(&self, cancel: &CancellationToken) -> Ended {
         let limit = self.settings.timeout.max(Duration::from_secs(1));
+        // Taken before the client: a failover during the connect is seen.
+        let mut primary_changes = self.store.endpoint().changes();
+        primary_changes.mark_unchanged();
         let connect = async {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(limit))
                 // Blocking reads wait longer than any response timeout; each call
                 // below carries its own deadline instead.
                 .set_response_timeout(None);
-            let mut conn = self
-                .store
-                .client()
+            let client = self.store.client().await.map_err(|e| e.to_string())?;
+            let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             redis::cmd("CLIENT")
                 .arg("SETNAME")
                 .arg(&self.settings.reader_name)
                 .query_async::<()>(&mut conn)
-                .await?;
-            Ok::<_, redis::RedisError>(conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(conn)
         };
         let mut conn = tokio::select! {
             _ = cancel.cancelled() => return Ended::Cancelled,
@@ -235,6 +239,9 @@ impl Sessions {
             };
             let n = tokio::select! {
                 _ = cancel.cancelled() => return Ended::Cancelled,
+                _ = primary_changes.changed() => {
+                    return Ended::Lost("the redis primary changed (sentinel failover)".into());
+                }
                 r = step => match r {
                     Ok(n) => n,
                     Err(e) => return Ended::Lost(e),

@@ -1,8 +1,9 @@
 //! The session scripts (`lua/session_*.lua`) and the parsing of their answers.
 //!
-//! Every script is called through [`Store::invoke_script`], so it runs under the
-//! `redis.timeout` deadline and its failures are classified like every other
-//! Redis call. Every key a script touches is passed in KEYS.
+//! Every script is called through [`Store::invoke_script`] (the ones that
+//! change sessions through [`Store::invoke_durable`], which waits for replicas
+//! under Sentinel), so it runs under the `redis.timeout` deadline and its
+//! failures are classified like every other Redis call. Every key a script touches is passed in KEYS.
 
 use bytes::Bytes;
 use redis::{Script, Value};
@@ -232,7 +233,7 @@ impl Scripts {
             .arg(idle_ms)
             .arg(absolute_ms)
             .arg(hash);
-        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        let v: Vec<Value> = store.invoke_durable(&inv).await?;
         match status(&v) {
             Some(0) => Ok(None),
             Some(1) => record(v, "session_create").map(Some),
@@ -294,7 +295,7 @@ impl Scripts {
         if let Some(u) = user {
             inv.arg(u);
         }
-        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        let v: Vec<Value> = store.invoke_durable(&inv).await?;
         match (status(&v), v.get(1)) {
             (Some(0), _) => Ok(Updated::Missing),
             (Some(-1), Some(u)) => as_string(u)
@@ -320,7 +321,7 @@ impl Scripts {
             .arg(hash)
             .arg(cx.log_len)
             .arg(&cx.node);
-        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        let v: Vec<Value> = store.invoke_durable(&inv).await?;
         match (status(&v), v.get(1), v.get(2)) {
             (Some(0), _, _) => Ok(None),
             (Some(1), Some(id), Some(user)) => match (as_pos(id), as_string(user)) {
@@ -351,7 +352,7 @@ impl Scripts {
             .arg(new)
             .arg(cx.log_len)
             .arg(&cx.node);
-        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        let v: Vec<Value> = store.invoke_durable(&inv).await?;
         match status(&v) {
             Some(0) => Ok(Rotated::NotFound),
             Some(-1) => Ok(Rotated::UserChanged),
@@ -382,7 +383,7 @@ impl Scripts {
             .arg(cx.log_len)
             .arg(&cx.node)
             .arg(cx.epoch_keep_ms);
-        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        let v: Vec<Value> = store.invoke_durable(&inv).await?;
         match v.as_slice() {
             [id, epoch] => match (as_pos(id), as_u64(epoch)) {
                 (Some(id), Some(e)) => Ok((id, e)),
@@ -411,7 +412,7 @@ impl Scripts {
         for m in members {
             inv.arg(m);
         }
-        let v: Vec<Value> = store.invoke_script(&inv).await?;
+        let v: Vec<Value> = store.invoke_durable(&inv).await?;
         match v.as_slice() {
             [deleted, kept] => match (as_u64(deleted), as_u64(kept)) {
                 (Some(d), Some(k)) => Ok((d, k)),

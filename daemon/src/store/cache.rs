@@ -61,7 +61,7 @@ impl Store {
         key: &str,
         lease: Option<&LeaseRequest>,
     ) -> Result<L2Get, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.get.prepare_invoke();
         inv.key(self.keys.value(key))
             .key(self.keys.lease(key))
@@ -83,7 +83,7 @@ impl Store {
 
     /// Reads many keys in one round trip; returns the values in order and the log position.
     pub async fn cache_mget(&self, keys: &[&str]) -> Result<(Vec<L2Value>, StreamId), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.mget.prepare_invoke();
         inv.key(self.keys.log());
         for k in keys {
@@ -112,7 +112,6 @@ impl Store {
         lease: Option<&str>,
         tags: &[String],
     ) -> Result<SetOutcome, StoreError> {
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.set.prepare_invoke();
         inv.key(self.keys.value(key))
             .key(self.keys.lease(key))
@@ -127,7 +126,7 @@ impl Store {
             .arg(self.keys.channel())
             .arg(&self.node)
             .arg(key);
-        let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+        let v: Vec<Value> = self.change(&inv).await?;
         match v.as_slice() {
             [Value::Int(1), id] => Ok(SetOutcome::Stored(parse_pos(id)?)),
             [Value::Int(0), ..] => Ok(SetOutcome::LeaseLost),
@@ -138,7 +137,6 @@ impl Store {
     }
 
     pub async fn cache_invalidate(&self, keys: &[String]) -> Result<StreamId, StoreError> {
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.invalidate.prepare_invoke();
         inv.key(self.keys.log());
         for k in keys {
@@ -150,7 +148,7 @@ impl Store {
         for k in keys {
             inv.arg(k);
         }
-        let v: Value = self.call(inv.invoke_async(&mut conn)).await?;
+        let v: Value = self.change(&inv).await?;
         parse_pos(&v)
     }
 
@@ -167,7 +165,6 @@ impl Store {
                 sunion.arg(self.keys.tag(t));
             }
             let members: Vec<String> = self.cmd(&sunion).await?;
-            let mut conn = self.conn.clone();
             let mut inv = self.scripts.invalidate_tags.prepare_invoke();
             inv.key(self.keys.log());
             for t in tags {
@@ -183,7 +180,7 @@ impl Store {
             for m in &members {
                 inv.arg(m);
             }
-            let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
+            let v: Vec<Value> = self.change(&inv).await?;
             match v.as_slice() {
                 [Value::Int(1), id, _] => return Ok((parse_pos(id)?, members)),
                 [Value::Int(0), ..] => continue,

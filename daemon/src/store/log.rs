@@ -37,7 +37,7 @@ fn entries_ids(v: Vec<Value>) -> Vec<(String, Value)> {
 impl Store {
     /// The dataset epoch (created if missing) and the server's run_id.
     pub async fn identity(&self) -> Result<(String, String), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let candidate = crate::random::random_token(16);
         let mut inv = self.scripts.epoch.prepare_invoke();
         inv.key(self.keys.epoch()).arg(candidate);
@@ -49,6 +49,23 @@ impl Store {
             .unwrap_or("")
             .trim()
             .to_string();
+        let info: String = self.cmd(redis::cmd("INFO").arg("replication")).await?;
+        let role = info
+            .lines()
+            .find_map(|l| l.strip_prefix("role:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if role != "master" {
+            // Catching up against a demoted primary would prove nothing about
+            // the changes the new one acknowledges.
+            return Err(self.trouble(
+                "readonly",
+                StoreError::Unavailable(format!(
+                    "connected to a redis {role}, not the primary (failover in progress?)"
+                )),
+            ));
+        }
         Ok((epoch, run_id))
     }
 
@@ -84,7 +101,7 @@ impl Store {
     /// One batch of log entries after `after` (exclusive), at most `count`, read
     /// atomically with the proof that the log still reaches back to `after`.
     pub async fn log_replay(&self, after: StreamId, count: usize) -> Result<Replay, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.log_replay.prepare_invoke();
         inv.key(self.keys.log()).arg(after.to_string()).arg(count);
         let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
@@ -128,7 +145,7 @@ impl Store {
 
     /// Publishes this daemon's heartbeat (see `lua/heartbeat.lua`).
     pub async fn heartbeat(&self, channel: &str, token: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut inv = self.scripts.heartbeat.prepare_invoke();
         inv.key(self.keys.epoch())
             .key(self.keys.log())

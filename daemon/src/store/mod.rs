@@ -21,6 +21,7 @@
 //! replies), `circuit.rs`, `streamid.rs`.
 
 pub mod circuit;
+pub mod endpoint;
 pub mod streamid;
 
 mod cache;
@@ -34,10 +35,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
+use redis::Value;
 
 use crate::config::Config;
 use crate::store::circuit::{Circuit, Gate};
+use crate::store::endpoint::Endpoint;
 
 pub use cache::{L2Get, L2Value, LeaseRequest, SetOutcome};
 pub use errors::{ErrorCounts, Latency, StoreError, ERROR_KINDS, LATENCY_BUCKETS_US, TROUBLE_HOLD};
@@ -50,8 +53,10 @@ use scripts::Scripts;
 /// Shared handle to Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where the primary is (fixed, or followed through the sentinels).
+    endpoint: Arc<Endpoint>,
+    /// Replicas that must confirm a durable write (`WAIT`); 0: none.
+    wait_replicas: u32,
     timeout: Duration,
     keys: KeyNames,
     node: String,
@@ -61,8 +66,6 @@ pub struct Store {
     /// expires while Redis is known to be down is reported as `unavailable`.
     down: Arc<AtomicBool>,
     latency: Arc<Latency>,
-    /// `redis.url` without credentials, for logs and `admin.info`.
-    address: Arc<str>,
     circuit: Arc<Circuit>,
     errors: Arc<ErrorCounts>,
 }
@@ -91,7 +94,7 @@ impl Store {
             &s.heartbeat,
             &s.log_replay,
         ] {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             self.call(script.load_async(&mut conn)).await?;
         }
         Ok(())
@@ -100,8 +103,8 @@ impl Store {
     /// Creates the handle without connecting: the daemon starts (and reports not
     /// ready) while Redis is down, and connects when Redis comes up.
     /// Where this store's Redis is, without credentials (`redis://host:port/db`).
-    pub fn address(&self) -> &str {
-        &self.address
+    pub fn address(&self) -> String {
+        self.endpoint.address()
     }
 
     /// The prefix of every key, channel and stream.
@@ -110,21 +113,14 @@ impl Store {
     }
 
     pub fn new(config: &Config) -> Result<Store, StoreError> {
-        let client = redis::Client::open(config.redis.url.as_str())
-            .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
         let timeout = config.redis.timeout;
-        let mgr_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(3);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_config)
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
         Ok(Store {
-            address: crate::config::redis_address(&config.redis.url).into(),
-            client,
-            conn,
+            endpoint: Arc::new(Endpoint::new(config)?),
+            wait_replicas: config
+                .redis
+                .sentinel
+                .as_ref()
+                .map_or(0, |s| s.wait_replicas),
             timeout,
             keys: KeyNames::new(&config.redis.prefix),
             node: config.node.id.clone(),
@@ -141,8 +137,27 @@ impl Store {
         })
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for a dedicated connection (Pub/Sub, blocking reads) to the
+    /// current primary (asked of the sentinels afresh with Sentinel).
+    pub async fn client(&self) -> Result<redis::Client, StoreError> {
+        self.endpoint
+            .client()
+            .await
+            .map_err(|e| self.trouble("unreachable", e))
+    }
+
+    /// Where the primary is; its `changes()` tell dedicated connections to
+    /// reconnect (Sentinel failover).
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// The shared command connection to the current primary.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.endpoint
+            .conn()
+            .await
+            .map_err(|e| self.trouble("unreachable", e))
     }
 
     pub fn keys(&self) -> &KeyNames {
@@ -182,6 +197,13 @@ impl Store {
 
     fn trouble(&self, kind: &str, e: StoreError) -> StoreError {
         self.errors.record(kind, &e.to_string());
+        if matches!(
+            kind,
+            "readonly" | "masterdown" | "unreachable" | "noreplicas"
+        ) {
+            // A failover explains these: ask the sentinels (no-op otherwise).
+            self.endpoint.suspect();
+        }
         if matches!(e, StoreError::Unavailable(_)) {
             self.down.store(true, Ordering::Relaxed);
         }
@@ -247,8 +269,47 @@ impl Store {
 
     /// Runs an arbitrary command (used by background tasks and admin paths).
     pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.call(cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs a change whose acknowledgement must survive a failover: with
+    /// `redis.sentinel.wait_replicas` > 0 the script is followed, in one
+    /// pipeline on the same connection, by `WAIT`, and a change fewer replicas
+    /// confirmed within `redis.timeout` is `unavailable` (it may or may not
+    /// have been applied, as with any failed write).
+    pub async fn invoke_durable<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.wait_replicas == 0 {
+            return self.invoke_script(inv).await;
+        }
+        let writer = self
+            .endpoint
+            .writer()
+            .await
+            .map_err(|e| self.trouble("unreachable", e))?;
+        let mut conn = WaitConn {
+            inner: writer,
+            replicas: self.wait_replicas,
+            wait_ms: (self.timeout.as_millis() as u64 / 2).max(1),
+            confirmed: None,
+        };
+        let v = self.call(inv.invoke_async(&mut conn)).await?;
+        match conn.confirmed {
+            Some(n) if n >= i64::from(self.wait_replicas) => Ok(v),
+            n => Err(self.trouble(
+                "noreplicas",
+                StoreError::Unavailable(format!(
+                    "the change was not confirmed by {} replica(s) within {}ms (confirmed by {}); \
+                     it may or may not have been applied",
+                    self.wait_replicas,
+                    conn.wait_ms,
+                    n.unwrap_or(0)
+                )),
+            )),
+        }
     }
 
     /// Runs a prepared script invocation under the deadline, on the shared
@@ -257,7 +318,65 @@ impl Store {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.call(inv.invoke_async(&mut conn)).await
+    }
+    /// A script that changes what readers see, durable when configured.
+    pub(crate) async fn change<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.invoke_durable(inv).await
+    }
+}
+
+/// The command connection, with `WAIT` pipelined after every script run
+/// through it: the reply of `WAIT` (replicas that confirmed everything this
+/// connection wrote so far) is kept in `confirmed`. One pipeline, so both go
+/// over the same connection even if the manager reconnects in between.
+struct WaitConn {
+    inner: ConnectionManager,
+    replicas: u32,
+    wait_ms: u64,
+    confirmed: Option<i64>,
+}
+
+impl redis::aio::ConnectionLike for WaitConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let is_eval = cmd
+                .args_iter()
+                .next()
+                .is_some_and(|a| matches!(a, redis::Arg::Simple(n) if n.eq_ignore_ascii_case(b"EVALSHA") || n.eq_ignore_ascii_case(b"EVAL")));
+            if !is_eval {
+                return self.inner.req_packed_command(cmd).await;
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone())
+                .cmd("WAIT")
+                .arg(self.replicas)
+                .arg(self.wait_ms);
+            let mut replies = self.inner.req_packed_commands(&pipe, 0, 2).await?;
+            let wait = replies.pop();
+            let reply = replies.pop().unwrap_or(Value::Nil);
+            self.confirmed = match wait {
+                Some(Value::Int(n)) => Some(n),
+                _ => None,
+            };
+            reply.extract_error()
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
     }
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::ops::redis_watch::{info_u64, parse_info};
 
-use crate::config::{redact_url, Config};
+use crate::config::{redact_url, Config, Topology};
 
+use super::topology::{check_cluster, check_replicas, check_sentinels};
 use super::{
     human_bytes, parse_version, pubsub_limits, Conn, Findings, Report, Severity, MIN_VERSION,
     NEEDED_COMMANDS,
@@ -29,11 +30,33 @@ const PINGS: usize = 20;
 pub async fn run(config: &Config) -> Report {
     let mut f = Findings::default();
     let mut facts = BTreeMap::new();
-    let url = redact_url(&config.redis.url);
     // Generous deadline: doctor is interactive, and a slow answer is itself
     // reported by the latency check rather than turned into a failure here.
     let timeout = config.redis.timeout.max(Duration::from_secs(2));
-    let conn = match redis::Client::open(config.redis.url.as_str()) {
+    let topology = config.redis.topology();
+    let (url, client) = match topology {
+        Topology::Cluster => match check_cluster(&mut f, &mut facts, config, timeout).await {
+            Some((url, client)) => (url, Ok(client)),
+            None => return finish("cluster".into(), topology, None, f, facts),
+        },
+        Topology::Sentinel => match check_sentinels(&mut f, &mut facts, config, timeout).await {
+            Some((url, client)) => (url, Ok(client)),
+            None => {
+                let name = config
+                    .redis
+                    .sentinel
+                    .as_ref()
+                    .map_or("", |s| s.master.as_str());
+                return finish(format!("sentinel:{name}"), topology, None, f, facts);
+            }
+        },
+        _ => (
+            redact_url(&config.redis.url),
+            redis::Client::open(config.redis.url.as_str())
+                .map_err(|e| format!("bad redis.url: {e}")),
+        ),
+    };
+    let conn = match client {
         Ok(client) => {
             match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
                 Ok(Ok(c)) => Ok(c),
@@ -41,7 +64,7 @@ pub async fn run(config: &Config) -> Report {
                 Err(_) => Err(format!("no connection within {timeout:?}")),
             }
         }
-        Err(e) => Err(format!("bad redis.url: {e}")),
+        Err(e) => Err(e),
     };
     let mut conn = match conn {
         Ok(c) => Conn { conn: c, timeout },
@@ -52,7 +75,7 @@ pub async fn run(config: &Config) -> Report {
                 format!("cannot connect to Redis at {url}: {e}"),
                 Some("check redis.url (host, port, user, password, TLS) and that Redis is up"),
             );
-            return finish(url, None, f, facts);
+            return finish(url, topology, None, f, facts);
         }
     };
     f.add("connect", Severity::Ok, format!("connected to {url}"), None);
@@ -66,7 +89,7 @@ pub async fn run(config: &Config) -> Report {
                 format!("INFO failed: {e}"),
                 Some("grant the shoal user +info (and +config|get, +command|info) in its ACL"),
             );
-            return finish(url, None, f, facts);
+            return finish(url, topology, None, f, facts);
         }
     };
     for k in [
@@ -91,22 +114,41 @@ pub async fn run(config: &Config) -> Report {
     check_persistence(&mut f, &mut conn, &info, &config.redis.prefix, &mut facts).await;
     check_pubsub_buffer(&mut f, &mut conn).await;
     check_latency(&mut f, &mut conn, config.redis.timeout).await;
-    if info.get("cluster_enabled").map(String::as_str) == Some("1")
-        || info.get("redis_mode").map(String::as_str) == Some("cluster")
+    if topology != Topology::Cluster
+        && (info.get("cluster_enabled").map(String::as_str) == Some("1")
+            || info.get("redis_mode").map(String::as_str) == Some("cluster"))
     {
         f.add(
             "cluster",
             Severity::Problem,
             "Redis runs in cluster mode; this version of shoal needs a standalone (or Sentinel) Redis"
                 .into(),
-            Some("point redis.url at a standalone primary"),
+            Some("point redis.url at a standalone primary, or configure [redis.sentinel]"),
         );
     }
-    finish(url, version, f, facts)
+    if info.get("role").is_some_and(|r| r != "master") {
+        f.add(
+            "role",
+            Severity::Problem,
+            format!(
+                "this Redis is a {}: shoal writes (every set, invalidation and session change) fail on it",
+                info.get("role").map_or("", String::as_str)
+            ),
+            Some(match topology {
+                Topology::Sentinel => "the sentinels named a replica: check `SENTINEL MASTER` and the failover state",
+                _ => "point redis.url at the primary, or configure [redis.sentinel] to follow it across failovers",
+            }),
+        );
+    }
+    if topology == Topology::Sentinel {
+        check_replicas(&mut f, &info, config);
+    }
+    finish(url, topology, version, f, facts)
 }
 
 fn finish(
     redis_url: String,
+    topology: Topology,
     redis_version: Option<String>,
     f: Findings,
     facts: BTreeMap<String, String>,
@@ -121,6 +163,7 @@ fn finish(
             .count();
     Report {
         redis_url,
+        topology: topology.as_str(),
         redis_version,
         ok: problems == 0,
         problems,

@@ -14,6 +14,7 @@
 //! warning, never a silent pass.
 
 mod checks;
+mod topology;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -62,7 +63,7 @@ impl Severity {
 pub struct Finding {
     /// Stable identifier for scripts: `connect`, `version`, `commands`,
     /// `eviction_policy`, `maxmemory`, `evictions`, `persistence`,
-    /// `pubsub_buffer`, `latency`, `cluster`.
+    /// `pubsub_buffer`, `latency`, `cluster`, `role`, `sentinel`, `replicas`.
     pub check: &'static str,
     pub severity: Severity,
     pub message: String,
@@ -73,8 +74,11 @@ pub struct Finding {
 /// Everything doctor found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `redis.url` with any password replaced by `***`.
+    /// `redis.url` with any password replaced by `***`; under Sentinel, the
+    /// primary the sentinels named (or `sentinel:NAME` when none was found).
     pub redis_url: String,
+    /// `standalone`, `sentinel` or `cluster`.
+    pub topology: &'static str,
     pub redis_version: Option<String>,
     pub ok: bool,
     pub problems: usize,

@@ -1,0 +1,407 @@
+//! Where the Redis primary is: a fixed `redis.url`, or the primary the sentinels
+//! of `[redis.sentinel]` name, followed across failovers.
+//!
+//! With Sentinel, the command connection is a [`ConnectionManager`] to the
+//! primary the sentinels last named. It is replaced (and the generation in
+//! [`Endpoint::changes`] advances, so the invalidation subscriber and the
+//! revocation reader reconnect too) when
+//! - a sentinel announces `+switch-master` for our primary (one Pub/Sub
+//!   connection to one sentinel at a time, re-resolving after every reconnect
+//!   so an announcement missed while disconnected is not lost), or
+//! - a command finds the server demoted (`READONLY`), without its primary
+//!   (`MASTERDOWN`) or unreachable: the sentinels are asked again (at most one
+//!   lookup at a time, and at most every [`RESOLVE_EVERY`]).
+//!
+//! Changes that must be confirmed by replicas (`WAIT`) go over a few writer
+//! connections of their own: `WAIT` blocks its connection on the server, and
+//! must hold up neither the reads nor the other changes.
+//!
+//! Finding the primary uses redis-rs's own `SentinelClient`, which also checks
+//! that the node it names answers `ROLE` as a master. Correctness across a
+//! failover does not rest on this module: every connection's catch-up checks
+//! Redis's identity (a promoted replica has another run id, so L1 and the
+//! session cache are flushed), and every heartbeat re-proves it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{IntoConnectionInfo, RedisConnectionInfo};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::errors::StoreError;
+use crate::config::{Config, Topology};
+
+/// Connections for confirmed changes (each waits for replicas in turn).
+pub const WRITERS: usize = 8;
+
+/// Sentinel lookups after a command error are at most this frequent.
+pub const RESOLVE_EVERY: Duration = Duration::from_millis(100);
+
+/// The current primary: a client for new connections and the shared command
+/// connection.
+#[derive(Clone)]
+struct Primary {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// Connections for changes followed by `WAIT` (Sentinel only): `WAIT`
+    /// blocks its connection on the server until replicas confirm, so it must
+    /// not hold up the reads on `conn`, nor one change all the others.
+    writers: Arc<[ConnectionManager]>,
+    /// `redis://host:port/db`, no credentials.
+    address: String,
+}
+
+struct Sentinels {
+    client: tokio::sync::Mutex<SentinelClient>,
+    master: String,
+    /// Sentinel addresses (with their credentials) for the `+switch-master` watch.
+    urls: Vec<redis::ConnectionInfo>,
+    /// Last lookup started (rate limit of error-driven lookups).
+    last_lookup: Mutex<Option<Instant>>,
+}
+
+/// The way to the primary. Shared by the store and the background tasks.
+pub struct Endpoint {
+    topology: Topology,
+    timeout: Duration,
+    mgr_config: ConnectionManagerConfig,
+    current: Mutex<Option<Primary>>,
+    sentinels: Option<Sentinels>,
+    /// Advances every time the primary changes (not on the first lookup).
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Round robin over the writer connections.
+    next_writer: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("topology", &self.topology)
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad_config(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Redis(format!("bad redis configuration: {e}"))
+}
+
+/// `redis://host:port/db` of a client, without credentials.
+fn address_of(client: &redis::Client) -> String {
+    let info = client.get_connection_info();
+    format!("redis://{}/{}", info.addr(), info.redis_settings().db())
+}
+
+impl Endpoint {
+    /// Builds the endpoint without connecting anywhere.
+    pub fn new(config: &Config) -> Result<Endpoint, StoreError> {
+        let timeout = config.redis.timeout;
+        let mgr_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(3);
+        if config.redis.topology() == Topology::Cluster {
+            return Err(bad_config(crate::config::CLUSTER_UNSUPPORTED));
+        }
+        let (current, sentinels) = match &config.redis.sentinel {
+            None => {
+                let client = redis::Client::open(config.redis.url.as_str())
+                    .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
+                let conn =
+                    ConnectionManager::new_lazy_with_config(client.clone(), mgr_config.clone())
+                        .map_err(|e| StoreError::Redis(e.to_string()))?;
+                let primary = Primary {
+                    client,
+                    conn,
+                    writers: Arc::new([]),
+                    address: crate::config::redis_address(&config.redis.url),
+                };
+                (Some(primary), None)
+            }
+            Some(s) => {
+                let mut urls = Vec::with_capacity(s.urls.len());
+                for u in &s.urls {
+                    let mut info = u.as_str().into_connection_info().map_err(bad_config)?;
+                    let mut settings = info.redis_settings().clone();
+                    if !s.sentinel_username.is_empty() {
+                        settings = settings.set_username(&s.sentinel_username);
+                    }
+                    if !s.sentinel_password.is_empty() {
+                        settings = settings.set_password(s.sentinel_password.expose());
+                    }
+                    info = info.set_redis_settings(settings);
+                    urls.push(info);
+                }
+                let mut node = RedisConnectionInfo::default().set_db(s.db);
+                if !s.username.is_empty() {
+                    node = node.set_username(&s.username);
+                }
+                if !s.password.is_empty() {
+                    node = node.set_password(s.password.expose());
+                }
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+                let client = SentinelClient::build(
+                    urls.clone(),
+                    &s.master,
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(bad_config)?;
+                let sentinels = Sentinels {
+                    client: tokio::sync::Mutex::new(client),
+                    master: s.master.clone(),
+                    urls,
+                    last_lookup: Mutex::new(None),
+                };
+                (None, Some(sentinels))
+            }
+        };
+        Ok(Endpoint {
+            topology: config.redis.topology(),
+            timeout,
+            mgr_config,
+            current: Mutex::new(current),
+            sentinels,
+            generation: tokio::sync::watch::channel(0).0,
+            next_writer: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// The primary's address (`sentinel:NAME` before the first lookup).
+    pub fn address(&self) -> String {
+        match (self.lock().as_ref(), &self.sentinels) {
+            (Some(p), _) => p.address.clone(),
+            (None, Some(s)) => format!("sentinel:{}", s.master),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// A receiver that sees every change of primary: connections to the old
+    /// one must be given up.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Primary>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shared command connection to the current primary (found through
+    /// the sentinels first if none is known yet).
+    pub async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(p) = self.lock().as_ref() {
+            return Ok(p.conn.clone());
+        }
+        self.resolve().await.map(|p| p.conn)
+    }
+
+    /// A connection for a change followed by `WAIT` (one of [`WRITERS`];
+    /// the command connection when there are none).
+    pub async fn writer(&self) -> Result<ConnectionManager, StoreError> {
+        let pick = |p: &Primary| {
+            if p.writers.is_empty() {
+                return p.conn.clone();
+            }
+            let i = self
+                .next_writer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            p.writers[i % p.writers.len()].clone()
+        };
+        if let Some(p) = self.lock().as_ref() {
+            return Ok(pick(p));
+        }
+        self.resolve().await.map(|p| pick(&p))
+    }
+
+    /// A client for a dedicated connection (Pub/Sub, blocking reads) to the
+    /// primary. With Sentinel the sentinels are asked afresh: this is called
+    /// when such a connection is (re)made, often because the old one failed.
+    pub async fn client(&self) -> Result<redis::Client, StoreError> {
+        if self.sentinels.is_none() {
+            if let Some(p) = self.lock().as_ref() {
+                return Ok(p.client.clone());
+            }
+        }
+        match self.resolve().await {
+            Ok(p) => Ok(p.client),
+            Err(e) => {
+                // No sentinel answers: the primary last named is still the
+                // best guess (the identity check and heartbeats verify it).
+                let known = self.lock().as_ref().map(|p| p.client.clone());
+                match known {
+                    Some(client) => {
+                        tracing::warn!(error = %e, "sentinels unreachable; reconnecting to the primary they named last");
+                        Ok(client)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Asks the sentinels where the primary is; adopts it if it moved.
+    async fn resolve(&self) -> Result<Primary, StoreError> {
+        let Some(s) = &self.sentinels else {
+            return self
+                .lock()
+                .clone()
+                .ok_or_else(|| StoreError::Unavailable("no redis configured".into()));
+        };
+        let mut sentinel = s.client.lock().await;
+        *s.last_lookup.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let limit = self.timeout.max(Duration::from_secs(1)) * 2;
+        let client = match tokio::time::timeout(limit, sentinel.async_get_client()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the sentinels do not name a reachable primary for {:?}: {e}",
+                    s.master
+                )))
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the sentinels did not name a primary for {:?} within {limit:?}",
+                    s.master
+                )))
+            }
+        };
+        drop(sentinel);
+        let address = address_of(&client);
+        let mut current = self.lock();
+        if let Some(p) = current.as_ref() {
+            if p.address == address {
+                return Ok(p.clone());
+            }
+        }
+        let lazy = || {
+            ConnectionManager::new_lazy_with_config(client.clone(), self.mgr_config.clone())
+                .map_err(|e| StoreError::Redis(e.to_string()))
+        };
+        let conn = lazy()?;
+        let writers = (0..WRITERS)
+            .map(|_| lazy())
+            .collect::<Result<Vec<_>, _>>()?;
+        let primary = Primary {
+            client: client.clone(),
+            conn,
+            writers: writers.into(),
+            address: address.clone(),
+        };
+        let previous = current.replace(primary.clone());
+        drop(current);
+        if let Some(old) = previous {
+            tracing::warn!(from = %old.address, to = %address, master = %s.master, "redis primary changed (sentinel failover); reconnecting every connection");
+            self.generation.send_modify(|g| *g += 1);
+        } else {
+            tracing::info!(primary = %address, master = %s.master, "redis primary found through the sentinels");
+        }
+        Ok(primary)
+    }
+
+    /// A command failed in a way a failover explains: ask the sentinels again
+    /// in the background (one lookup at a time, at most every [`RESOLVE_EVERY`]).
+    pub fn suspect(self: &Arc<Self>) {
+        let Some(s) = &self.sentinels else { return };
+        {
+            let mut last = s.last_lookup.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RESOLVE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if s.client.try_lock().is_err() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.resolve().await {
+                tracing::debug!(error = %e, "sentinel lookup failed");
+            }
+        });
+    }
+
+    /// Follows `+switch-master` announcements until `cancel` fires (Sentinel
+    /// only; returns at once otherwise).
+    pub async fn follow(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(s) = &self.sentinels else { return };
+        let mut i = 0usize;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let info = s.urls[i % s.urls.len()].clone();
+            i += 1;
+            let started = Instant::now();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                why = self.watch_one(info.clone(), &s.master) => {
+                    tracing::debug!(sentinel = %info.addr(), reason = %why, "sentinel watch lost; trying the next sentinel");
+                }
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(50);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One sentinel's `+switch-master` channel, from subscribe to loss.
+    async fn watch_one(&self, info: redis::ConnectionInfo, master: &str) -> String {
+        let limit = self.timeout.max(Duration::from_secs(1));
+        let connect = async {
+            let client = redis::Client::open(info)?;
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        let ps = match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(ps)) => ps,
+            Ok(Err(e)) => return format!("subscribe failed: {e}"),
+            Err(_) => return "subscribe timed out".into(),
+        };
+        // Whatever was announced while we were not listening.
+        if let Err(e) = self.resolve().await {
+            tracing::warn!(error = %e, "cannot find the redis primary through the sentinels");
+        }
+        let mut messages = ps.into_on_message();
+        while let Some(msg) = messages.next().await {
+            // "<master> <old-ip> <old-port> <new-ip> <new-port>"
+            let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
+            if payload.split(' ').next() != Some(master) {
+                continue;
+            }
+            tracing::info!(announcement = %payload, "sentinel: +switch-master");
+            // The announced primary may not answer as one yet: retry briefly.
+            for _ in 0..20 {
+                match self.resolve().await {
+                    Ok(p) if payload.ends_with(&p.address_port()) => break,
+                    Ok(_) | Err(_) => tokio::time::sleep(RESOLVE_EVERY).await,
+                }
+            }
+        }
+        "connection closed".into()
+    }
+}
+
+impl Primary {
+    /// `"host port"` as sentinels announce it.
+    fn address_port(&self) -> String {
+        match self.client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(h, p) => format!("{h} {p}"),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => format!("{host} {port}"),
+            other => other.to_string(),
+        }
+    }
+}
