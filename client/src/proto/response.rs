@@ -381,9 +381,25 @@ struct IdOnly {
 
 /// Reads only the `id` of a response body.
 pub fn decode_response_id(body: &[u8]) -> Result<u64, ProtoError> {
+    // shoald writes `id` first: read just that, without walking the result.
+    if let Some(id) = leading_id(body) {
+        return Ok(id);
+    }
     rmp_serde::from_slice::<IdOnly>(body)
         .map(|r| r.id)
         .map_err(|e| ProtoError::Decode(format!("response without a usable id: {e}")))
+}
+
+/// The id of a response map whose first key is `id` (as shoald writes them).
+fn leading_id(body: &[u8]) -> Option<u64> {
+    let mut rd = body;
+    rmp::decode::read_map_len(&mut rd).ok()?;
+    let mut key = [0u8; 2];
+    let k = rmp::decode::read_str(&mut rd, &mut key).ok()?;
+    if k != "id" {
+        return None;
+    }
+    rmp::decode::read_int(&mut rd).ok()
 }
 
 #[derive(Deserialize)]
@@ -417,6 +433,26 @@ pub fn decode_response<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_id_is_found_first_or_anywhere() {
+        // shoald's order: `id` first (the fast path)...
+        let f = encode_ok(9, "pong", 1 << 20);
+        assert_eq!(decode_response_id(&f[FRAME_HEADER_LEN..]).unwrap(), 9);
+        // ...any other order still decodes; a missing id is an error.
+        let mut other = Vec::new();
+        rmp::encode::write_map_len(&mut other, 2).unwrap();
+        rmp::encode::write_str(&mut other, "ok").unwrap();
+        rmp::encode::write_str(&mut other, "pong").unwrap();
+        rmp::encode::write_str(&mut other, "id").unwrap();
+        rmp::encode::write_uint(&mut other, 300).unwrap();
+        assert_eq!(decode_response_id(&other).unwrap(), 300);
+        let mut none = Vec::new();
+        rmp::encode::write_map_len(&mut none, 1).unwrap();
+        rmp::encode::write_str(&mut none, "ok").unwrap();
+        rmp::encode::write_nil(&mut none).unwrap();
+        assert!(decode_response_id(&none).is_err());
+    }
 
     #[test]
     fn encode_ok_into_appends_the_same_frame() {
