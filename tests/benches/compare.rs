@@ -130,12 +130,18 @@ where
             Ok::<_, anyhow::Error>((h, n))
         }));
     }
-    // CPU over the measured window (client: this process; and the servers).
-    let at = tokio::time::Instant::from_std(start);
-    tokio::time::sleep_until(at + warm).await;
-    let cpu0 = cpu_now(servers);
-    tokio::time::sleep_until(at + warm + dur).await;
-    let cpu = cpu_now(servers).saturating_sub(cpu0);
+    // CPU over the measured window (client: this process; and the servers),
+    // sampled from a thread of its own: callers that never yield (a client-side
+    // cache hit) would keep a task of this runtime from waking on time.
+    let servers_owned = servers.to_vec();
+    let cpu = std::thread::spawn(move || {
+        std::thread::sleep((start + warm).saturating_duration_since(Instant::now()));
+        let cpu0 = cpu_now(&servers_owned);
+        std::thread::sleep((start + warm + dur).saturating_duration_since(Instant::now()));
+        cpu_now(&servers_owned).saturating_sub(cpu0)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("CPU sampler panicked"))?;
     let mut hist = Histogram::<u64>::new(3)?;
     let mut total = 0u64;
     for t in tasks {
@@ -376,7 +382,11 @@ async fn floor(echo_path: &Path, echo_pid: u32, callers: usize) -> Result<Row> {
 
 fn l2_only(toml: String) -> String {
     // An L1 that admits nothing (every entry is above an eighth of 1 KiB): hits are L2 hits.
-    toml.replace("[cache]\n", "[cache]\nl1_max_bytes = 1024\n")
+    if toml.contains("[cache]\n") {
+        toml.replace("[cache]\n", "[cache]\nl1_max_bytes = 1024\n")
+    } else {
+        toml + "[cache]\nl1_max_bytes = 1024\n"
+    }
 }
 
 fn via(toml: String, redis_url: &str, proxy_url: &str) -> String {

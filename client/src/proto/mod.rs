@@ -20,8 +20,8 @@ pub use frame::{encode_frame_header, FrameCodec, FrameError, FrameErrorIo, FRAME
 pub use request::MAX_DURATION_MS;
 pub use request::{parse_request, Limits, Op, ParseError, Request, RevokeTarget};
 pub use response::{
-    decode_response, decode_response_id, encode_err, encode_ok, ErrorBody, Frame, GetResult,
-    HelloResult, InvalidateResult, InvalidateTagsResult, RatelimitDecision, ResetResult,
+    decode_response, decode_response_id, encode_err, encode_ok, encode_ok_into, ErrorBody, Frame,
+    GetResult, HelloResult, InvalidateResult, InvalidateTagsResult, RatelimitDecision, ResetResult,
     RevokeUserResult, RevokedResult, RotateResult, SessionCreated, SessionInfo, SessionListEntry,
     SetResult, Source, UpdatedResult,
 };

@@ -291,6 +291,47 @@ fn finish(mut out: Vec<u8>) -> Frame {
     out
 }
 
+/// [`encode_ok`] appended to `out` (a connection's output buffer), so the frame
+/// is written where it will be sent instead of copied there.
+pub fn encode_ok_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    id: u64,
+    result: &T,
+    max_frame: usize,
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let _ = rmp::encode::write_map_len(out, 2);
+    let _ = rmp::encode::write_str(out, "id");
+    let _ = rmp::encode::write_uint(out, id);
+    let _ = rmp::encode::write_str(out, "ok");
+    let mut ser = rmp_serde::Serializer::new(&mut *out).with_struct_map();
+    let len = match result.serialize(&mut ser) {
+        Ok(()) => out.len() - start - FRAME_HEADER_LEN,
+        Err(e) => {
+            out.truncate(start);
+            let frame = encode_err(
+                id,
+                ErrorCode::Internal,
+                &format!("cannot encode result: {e}"),
+            );
+            out.extend_from_slice(&frame);
+            return;
+        }
+    };
+    if len > max_frame {
+        out.truncate(start);
+        let frame = encode_err(
+            id,
+            ErrorCode::FrameTooLarge,
+            &format!("the result is {len} bytes, above max_frame ({max_frame} bytes)"),
+        );
+        out.extend_from_slice(&frame);
+        return;
+    }
+    out[start..start + FRAME_HEADER_LEN].copy_from_slice(&encode_frame_header(len));
+}
+
 /// Encodes `{"id": id, "ok": result}` as a complete frame. A result that would make
 /// the frame larger than `max_frame` becomes `frame_too_large` for the same id.
 pub fn encode_ok<T: Serialize + ?Sized>(id: u64, result: &T, max_frame: usize) -> Frame {
@@ -352,9 +393,25 @@ struct IdOnly {
 
 /// Reads only the `id` of a response body.
 pub fn decode_response_id(body: &[u8]) -> Result<u64, ProtoError> {
+    // shoald writes `id` first: read just that, without walking the result.
+    if let Some(id) = leading_id(body) {
+        return Ok(id);
+    }
     rmp_serde::from_slice::<IdOnly>(body)
         .map(|r| r.id)
         .map_err(|e| ProtoError::Decode(format!("response without a usable id: {e}")))
+}
+
+/// The id of a response map whose first key is `id` (as shoald writes them).
+fn leading_id(body: &[u8]) -> Option<u64> {
+    let mut rd = body;
+    rmp::decode::read_map_len(&mut rd).ok()?;
+    let mut key = [0u8; 2];
+    let k = rmp::decode::read_str(&mut rd, &mut key).ok()?;
+    if k != "id" {
+        return None;
+    }
+    rmp::decode::read_int(&mut rd).ok()
 }
 
 #[derive(Deserialize)]
@@ -388,6 +445,44 @@ pub fn decode_response<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_id_is_found_first_or_anywhere() {
+        // shoald's order: `id` first (the fast path)...
+        let f = encode_ok(9, "pong", 1 << 20);
+        assert_eq!(decode_response_id(&f[FRAME_HEADER_LEN..]).unwrap(), 9);
+        // ...any other order still decodes; a missing id is an error.
+        let mut other = Vec::new();
+        rmp::encode::write_map_len(&mut other, 2).unwrap();
+        rmp::encode::write_str(&mut other, "ok").unwrap();
+        rmp::encode::write_str(&mut other, "pong").unwrap();
+        rmp::encode::write_str(&mut other, "id").unwrap();
+        rmp::encode::write_uint(&mut other, 300).unwrap();
+        assert_eq!(decode_response_id(&other).unwrap(), 300);
+        let mut none = Vec::new();
+        rmp::encode::write_map_len(&mut none, 1).unwrap();
+        rmp::encode::write_str(&mut none, "ok").unwrap();
+        rmp::encode::write_nil(&mut none).unwrap();
+        assert!(decode_response_id(&none).is_err());
+    }
+
+    #[test]
+    fn encode_ok_into_appends_the_same_frame() {
+        let r = GetResult {
+            hit: true,
+            value: Some(Bytes::from(vec![7u8; 300])),
+            from: Some(Source::L1),
+            ttl_ms: Some(5),
+            lease: None,
+            wait_ms: None,
+        };
+        for max in [8192, 100] {
+            let mut out = b"before".to_vec();
+            encode_ok_into(&mut out, 42, &r, max);
+            assert_eq!(&out[..6], b"before");
+            assert_eq!(out[6..], encode_ok(42, &r, max)[..], "max_frame {max}");
+        }
+    }
 
     #[test]
     fn ok_and_err_roundtrip() {

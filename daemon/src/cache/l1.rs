@@ -226,6 +226,21 @@ impl L1 {
             self.stats.bypassed_reads.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        self.lookup(key, generation).await
+    }
+
+    /// As [`L1::get`], counting nothing (the caller counts a hit; a miss is
+    /// looked up again, and counted, by the normal path).
+    pub async fn peek(&self, key: &str) -> Option<Entry> {
+        let generation = self.generation();
+        if !self.is_trusted() {
+            return None;
+        }
+        self.lookup(key, generation).await
+    }
+
+    /// `generation`: taken before the trust check, for the shared-memory publish.
+    async fn lookup(&self, key: &str, generation: u64) -> Option<Entry> {
         let e = self.cache.get(key).await?;
         // A change of this key removed it from moka (exactly); a flush is checked
         // here rather than trusted to `invalidate_all`.

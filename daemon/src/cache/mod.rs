@@ -175,6 +175,16 @@ impl Cache {
         }
     }
 
+    /// An L1 hit answered at once, without a task or a future kept: `None` on a
+    /// miss, while L1 is untrusted, or if the cache would have to wait (the
+    /// caller then takes the normal path, which counts what happened).
+    pub fn l1_hit_now(&self, key: &str) -> Option<GetResult> {
+        let e = self.l1.peek(key).now_or_never()??;
+        self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+        let ttl = remaining_ms(e.l2_expires_at.or(Some(e.expires_at)));
+        Some(hit(e.value, Source::L1, ttl))
+    }
+
     /// `cache.get` after an L1 miss.
     pub async fn get_l2(self: &Arc<Self>, key: &str, lease: bool) -> Result<GetResult, StoreError> {
         if lease {

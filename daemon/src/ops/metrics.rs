@@ -152,7 +152,11 @@ impl Collector for ShoalCollector {
 
         // L1 and L2.
         let l1 = ctx.cache.l1();
-        o.counter("shoal_l1_hits", "reads answered from L1", load(&s.l1_hits))?;
+        o.counter(
+            "shoal_l1_hits",
+            "reads answered from L1",
+            s.l1_hits.load(Ordering::Relaxed),
+        )?;
         o.counter(
             "shoal_l1_misses",
             "reads L1 could not answer",
@@ -352,7 +356,11 @@ impl Collector for ShoalCollector {
             "requests being executed",
             as_i64(load(&s.inflight)),
         )?;
-        o.counter("shoal_requests", "requests received", load(&s.requests))?;
+        o.counter(
+            "shoal_requests",
+            "requests received",
+            s.requests.load(Ordering::Relaxed),
+        )?;
         o.counter(
             "shoal_request_errors",
             "requests answered with an error",

@@ -11,8 +11,8 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use shoal_client::proto::{
-    encode_err, encode_ok, parse_request, ErrorCode, Frame, HelloResult, InvalidateResult,
-    InvalidateTagsResult, Op, ParseError, SetResult, VERSION,
+    encode_err, encode_ok, encode_ok_into, parse_request, ErrorCode, Frame, HelloResult,
+    InvalidateResult, InvalidateTagsResult, Op, ParseError, SetResult, VERSION,
 };
 use tracing::Instrument;
 
@@ -26,6 +26,8 @@ pub const SERVER_NAME: &str = concat!("shoald/", env!("CARGO_PKG_VERSION"));
 pub enum Next {
     /// Write this response now.
     Reply(Frame),
+    /// The response was already appended to the connection's output.
+    Written,
     /// Write this response when the future completes.
     Pending(BoxFuture<'static, Frame>),
     /// Write this response, answer what is in flight, then close.
@@ -39,6 +41,7 @@ impl std::fmt::Debug for Next {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Next::Reply(_) => "Reply",
+            Next::Written => "Written",
             Next::Pending(_) => "Pending",
             Next::Close(_) => "Close",
             Next::ReplyFd(..) => "ReplyFd",
@@ -52,7 +55,9 @@ pub struct ConnState {
     greeted: bool,
 }
 
-pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
+/// Turns one frame into what the connection does next. Answers known at once
+/// may be appended to `out` directly (`Next::Written`).
+pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8], out: &mut Vec<u8>) -> Next {
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     let req = match parse_request(body, &ctx.limits) {
         Ok(r) => r,
@@ -109,7 +114,25 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
             ErrorCode::BadRequest,
             "the first request on a connection must be hello",
         )),
-        Op::Ping => Next::Reply(encode_ok(id, "pong", ctx.max_frame)),
+        Op::Ping => {
+            encode_ok_into(out, id, "pong", ctx.max_frame);
+            Next::Written
+        }
+        // The hot path: an L1 hit is answered here, encoded straight into the
+        // connection's output, with no future, task or span. Anything else (a
+        // miss, L1 untrusted, a traced request, debug logging on, which wants the
+        // request span) takes the normal path.
+        Op::CacheGet { ref key, .. }
+            if trace.is_none() && !tracing::enabled!(tracing::Level::DEBUG) =>
+        {
+            match ctx.cache.l1_hit_now(key) {
+                Some(hit) => {
+                    encode_ok_into(out, id, &hit, ctx.max_frame);
+                    Next::Written
+                }
+                None => pending(ctx, id, req.op, trace),
+            }
+        }
         Op::Stats => Next::Reply(encode_ok(id, &stats(ctx), ctx.max_frame)),
         Op::AdminInfo => Next::Reply(encode_ok(
             id,
@@ -122,11 +145,13 @@ pub fn handle_frame(ctx: &Arc<Ctx>, conn: &mut ConnState, body: &[u8]) -> Next {
             ctx.max_frame,
         )),
         Op::ShmAttach => shm_attach(ctx, id),
-        op => {
-            let ctx = ctx.clone();
-            Next::Pending(async move { run_op(&ctx, id, op, trace).await }.boxed())
-        }
+        op => pending(ctx, id, op, trace),
     }
+}
+
+fn pending(ctx: &Arc<Ctx>, id: u64, op: Op, trace: Option<String>) -> Next {
+    let ctx = ctx.clone();
+    Next::Pending(async move { run_op(&ctx, id, op, trace).await }.boxed())
 }
 
 /// `shm.attach`: the segment's descriptor rides on the answer.

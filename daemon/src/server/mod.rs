@@ -198,8 +198,9 @@ async fn serve_conn(mut stream: UnixStream, ctx: &Arc<Ctx>, drain: CancellationT
             match codec.decode_frame(&mut inbuf) {
                 Ok(Some(body)) => {
                     last_activity = Instant::now();
-                    match dispatch::handle_frame(ctx, &mut conn, &body) {
+                    match dispatch::handle_frame(ctx, &mut conn, &body, &mut out) {
                         Next::Reply(frame) => out.extend_from_slice(&frame),
+                        Next::Written => {}
                         Next::Pending(fut) => {
                             ctx.stats.inflight.fetch_add(1, Ordering::Relaxed);
                             pending.push(fut);
