@@ -34,17 +34,7 @@ use crate::store::streamid::StreamId;
 pub const ENTRY_OVERHEAD: usize = 128;
 const STRIPES: usize = 1 << 16;
 
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub value: Bytes,
-    pub expires_at: Instant,
-    /// The log position the value was read (or written) at.
-    pub pos: StreamId,
-    /// When L2's copy expires, as far as the read could tell.
-    pub l2_expires_at: Option<Instant>,
-    /// L1's flush count when it was filled: a later flush voids it.
-    flushes: u64,
-}
+pub use crate::cache::entry::Entry;
 
 struct EntryExpiry;
 

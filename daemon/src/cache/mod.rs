@@ -15,6 +15,7 @@
 //! caller arrived.
 
 pub mod coherence;
+pub mod entry;
 pub mod l1;
 pub mod shm;
 

@@ -32,7 +32,7 @@ use shoal_client::shm::{MonoClock, Record, Segment, ShmError};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-use crate::cache::l1::Entry;
+use crate::cache::entry::Entry;
 use crate::store::streamid::StreamId;
 
 /// What the daemon knows about one slot it wrote.
