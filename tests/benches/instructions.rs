@@ -118,8 +118,12 @@ async fn client(kind: &str, ops: u64, target: &str) -> Result<()> {
                     .await?;
             }
         }
-        "shoal" => {
-            let c = shoal_client::Client::connect(target).await?;
+        "shoal" | "shoal-shm" => {
+            // Socket rows measure the socket: the shared-memory L1 has its own row.
+            let c = shoal_client::Client::builder(target)
+                .shm(kind == "shoal-shm")
+                .connect()
+                .await?;
             c.get_raw("hot").await?;
             for _ in 0..ops {
                 c.get_raw("hot").await?;
@@ -192,7 +196,11 @@ async fn daemon_cost(
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let mut p = shoal_tests::DaemonProcess::spawn_wrapped(dir, &node, &toml, &wrapper)?;
         p.drain_stderr_to(&dir.join(format!("{node}.log")))?;
-        let c = p.wait_ready(Duration::from_secs(120)).await?;
+        p.wait_ready(Duration::from_secs(120)).await?;
+        let c = shoal_client::Client::builder(&p.socket)
+            .shm(false)
+            .connect()
+            .await?;
         // The same setup in both runs.
         let value = bytes::Bytes::from(vec![b'x'; 100]);
         c.set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
@@ -367,6 +375,9 @@ async fn bench() -> Result<()> {
     let client_echo = client_cost(d, "echo", &echo_path.display().to_string()).await?;
     let client_redis = client_cost(d, "redis", &redis.url()).await?;
     let client_shoal = client_cost(d, "shoal", &daemon.socket.display().to_string()).await?;
+    // Prime the shared-memory slot (an L1 hit through the socket publishes it).
+    c.get_raw("hot").await?;
+    let client_shm = client_cost(d, "shoal-shm", &daemon.socket.display().to_string()).await?;
     drop(c);
     daemon.signal(nix::sys::signal::Signal::SIGTERM)?;
     daemon.wait_exit(Duration::from_secs(30)).await?;
@@ -381,6 +392,11 @@ async fn bench() -> Result<()> {
         ("echo floor (ping frame)", client_echo, server_echo),
         ("redis-rs GET (redis-server)", client_redis, server_redis),
     ];
+    rows.push((
+        "shoal L1 hit, shared memory (client only; no server work)",
+        client_shm,
+        0.0,
+    ));
     for (name, what, l2) in [
         ("shoal ping", DaemonOp::Ping, false),
         ("shoal L1 hit", DaemonOp::L1Hit, false),
