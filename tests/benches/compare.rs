@@ -213,16 +213,6 @@ fn ping_frame() -> Vec<u8> {
     f
 }
 
-async fn connect_sync(path: &Path) -> Result<UnixStream> {
-    for _ in 0..500 {
-        if let Ok(s) = UnixStream::connect(path).await {
-            return Ok(s);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    anyhow::bail!("cannot connect to {}", path.display())
-}
-
 fn print_table(rows: &[Row]) {
     println!();
     println!(
@@ -360,7 +350,9 @@ async fn floor(echo_path: &Path, echo_pid: u32, callers: usize) -> Result<Row> {
     let reply_len = frame.len();
     let mut conns = Vec::new();
     for _ in 0..callers {
-        conns.push(Some(connect_sync(echo_path).await?));
+        conns.push(Some(
+            shoal_tests::echo::connect(echo_path, Duration::from_secs(5)).await?,
+        ));
     }
     let conns = Arc::new(std::sync::Mutex::new(conns));
     measure(
@@ -405,7 +397,7 @@ async fn bench() -> Result<()> {
     let mut echo = std::process::Command::new(std::env::current_exe()?)
         .env(ECHO_ENV, &echo_path)
         .spawn()?;
-    connect_sync(&echo_path).await?;
+    shoal_tests::echo::connect(&echo_path, Duration::from_secs(5)).await?;
 
     // Daemons: local to Redis, L2-only, and the same two behind the modelled network.
     let policies = "[ratelimit.policies.open]\nalgorithm = \"token_bucket\"\nlimit = 1000000000\nwindow = \"1s\"\n[ratelimit.policies.shut]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1h\"\n";

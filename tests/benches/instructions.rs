@@ -258,7 +258,7 @@ async fn echo_cost(dir: &Path) -> Result<f64> {
             .env(ECHO_ENV, &path)
             .stderr(Stdio::null())
             .spawn()?;
-        let mut s = connect(&path).await?;
+        let mut s = shoal_tests::echo::connect(&path, Duration::from_secs(30)).await?;
         client_ops_echo(&mut s, count).await?;
         drop(s);
         stop(&mut child).await?;
@@ -329,16 +329,6 @@ async fn redis_cost(dir: &Path) -> Result<f64> {
     Ok(totals[1].saturating_sub(totals[0]) as f64 / n as f64)
 }
 
-async fn connect(path: &Path) -> Result<UnixStream> {
-    for _ in 0..3000 {
-        if let Ok(s) = UnixStream::connect(path).await {
-            return Ok(s);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("cannot connect to {}", path.display())
-}
-
 /// SIGTERM (callgrind writes its totals as the process exits), then wait.
 async fn stop(child: &mut tokio::process::Child) -> Result<()> {
     if let Some(pid) = child.id() {
@@ -362,7 +352,7 @@ async fn bench() -> Result<()> {
     let mut echo = tokio::process::Command::new(std::env::current_exe()?)
         .env(ECHO_ENV, &echo_path)
         .spawn()?;
-    connect(&echo_path).await?;
+    shoal_tests::echo::connect(&echo_path, Duration::from_secs(30)).await?;
     let mut daemon =
         shoal_tests::DaemonProcess::spawn(d, "plain", &quiet_config(&redis, d, "plain"))?;
     let c = daemon.wait_ready(Duration::from_secs(60)).await?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 
 /// Serves echo on a Unix socket at `path` until the process is killed.
 pub fn serve(path: PathBuf) -> Result<()> {
@@ -52,4 +52,19 @@ pub fn serve(path: PathBuf) -> Result<()> {
             #[allow(unreachable_code)]
             Ok::<_, anyhow::Error>(())
         })
+}
+
+/// Connects to a Unix socket whose server (the echo floor, a daemon under
+/// valgrind) is still starting: retried every 10 ms for up to `within`.
+pub async fn connect(path: &std::path::Path, within: std::time::Duration) -> Result<UnixStream> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                anyhow::bail!("cannot connect to {}: {e}", path.display())
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
 }

@@ -379,7 +379,7 @@ mod tests {
         StreamId { ms, seq: 0 }
     }
 
-    fn entry(user: &str, epoch: u64, pos: StreamId) -> Arc<Cached> {
+    pub(super) fn entry(user: &str, epoch: u64, pos: StreamId) -> Arc<Cached> {
         let now = Instant::now();
         Arc::new(Cached {
             user: user.into(),
@@ -508,20 +508,7 @@ mod race {
     }
 
     fn cached(user: u64, epoch: u64, pos: u64) -> Arc<Cached> {
-        let now = Instant::now();
-        Arc::new(Cached {
-            user: format!("user{user}"),
-            data: Bytes::from_static(b"d"),
-            created_at_ms: 1,
-            last_seen_ms: 1,
-            idle_ms: 60_000,
-            absolute_expires_at_ms: 100_000,
-            epoch,
-            pos: StreamId { ms: pos, seq: 0 },
-            deadline: now + Duration::from_secs(60),
-            window_started: now,
-            touching: AtomicBool::new(false),
-        })
+        super::tests::entry(&format!("user{user}"), epoch, StreamId { ms: pos, seq: 0 })
     }
 
     #[test]
