@@ -1,7 +1,7 @@
-//! Redis Cluster (issue #16), as far as this version goes: the harness builds a
-//! real 3-primary, 3-replica cluster (`redis-cli --cluster create`);
-//! `shoalctl doctor` describes it and says shoald cannot use it yet, and shoald
-//! refuses `[redis.cluster]` with exit code 64 instead of misbehaving on it.
+//! Redis Cluster (issue #16): the harness's own faults on a real 3-primary,
+//! 3-replica cluster (`redis-cli --cluster create`) — a slot migrated under
+//! load, a primary failed over and back as a replica, a shard restarted in
+//! place — and `shoalctl doctor` on a healthy and on a broken cluster.
 
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,9 @@ async fn run_bin(name: &str, args: &[&str]) -> Result<(i32, String, String)> {
     ))
 }
 
-#[tokio::test]
-async fn doctor_describes_a_cluster_and_says_shoald_cannot_use_it_yet() -> Result<()> {
-    let cluster = ClusterSet::start().await?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("shoal.toml");
+/// Writes a `[redis.cluster]` config naming three of the seeds; returns its path.
+fn cluster_config(cluster: &ClusterSet, dir: &std::path::Path) -> Result<String> {
+    let file = dir.join("shoal.toml");
     let urls: Vec<String> = cluster.urls()[..3]
         .iter()
         .map(|u| format!("{u:?}"))
@@ -39,39 +37,120 @@ async fn doctor_describes_a_cluster_and_says_shoald_cannot_use_it_yet() -> Resul
         &file,
         format!("[redis.cluster]\nurls = [{}]\n", urls.join(", ")),
     )?;
-    let path = file.to_str().context("utf-8 path")?;
+    Ok(file.to_str().context("utf-8 path")?.to_string())
+}
+
+async fn doctor(path: &str) -> Result<(i32, serde_json::Value)> {
     let (code, out, err) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
     let report: serde_json::Value = serde_json::from_str(&out).with_context(|| err.clone())?;
-    assert_eq!(code, 1, "{report:#}");
-    assert_eq!(report["topology"], "cluster", "{report:#}");
-    assert_eq!(report["facts"]["cluster_state"], "ok", "{report:#}");
-    assert_eq!(report["facts"]["cluster_size"], "3", "{report:#}");
-    let cluster_findings: Vec<&serde_json::Value> = report["findings"]
+    Ok((code, report))
+}
+
+fn findings<'a>(report: &'a serde_json::Value, check: &str) -> Vec<&'a serde_json::Value> {
+    report["findings"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|f| f["check"] == "cluster")
-        .collect();
+        .filter(|f| f["check"] == check)
+        .collect()
+}
+
+/// A healthy cluster is fine for shoal: the cluster finding is ok, every
+/// primary answers (Redis 7+, so sharded Pub/Sub exists), the node checks run
+/// on a primary (not a replica seed), and the cluster's own commands are there.
+#[tokio::test]
+async fn doctor_finds_a_healthy_cluster_ok() -> Result<()> {
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let path = cluster_config(&cluster, dir.path())?;
+    let (_, report) = doctor(&path).await?;
+    assert_eq!(report["topology"], "cluster", "{report:#}");
+    assert_eq!(report["facts"]["cluster_state"], "ok", "{report:#}");
+    assert_eq!(report["facts"]["cluster_size"], "3", "{report:#}");
+    let primaries = report["facts"]["cluster primaries"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(primaries.split(", ").count(), 3, "{report:#}");
+    assert_eq!(report["facts"]["role"], "master", "{report:#}");
+    let cluster_findings = findings(&report, "cluster");
     assert!(
         cluster_findings.iter().any(|f| f["severity"] == "ok"),
         "{report:#}"
     );
     assert!(
-        cluster_findings.iter().any(|f| f["severity"] == "problem"
-            && f["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("issue #16"))),
+        cluster_findings.iter().all(|f| f["severity"] == "ok"),
+        "a healthy cluster has no cluster warning or problem: {report:#}"
+    );
+    assert!(
+        findings(&report, "replicas").is_empty(),
+        "every primary has a replica: {report:#}"
+    );
+    assert!(
+        findings(&report, "commands")
+            .iter()
+            .all(|f| f["severity"] == "ok"),
         "{report:#}"
     );
     assert!(
-        finding_of(&report, "replicas").is_null(),
-        "every primary has a replica: {report:#}"
+        findings(&report, "role").is_empty(),
+        "the node checks ran on a primary: {report:#}"
+    );
+    assert!(
+        !report.to_string().contains("issue #16"),
+        "nothing says shoald cannot use a cluster: {report:#}"
+    );
+    Ok(())
+}
+
+/// A cluster losing nodes: a primary whose replica is gone is a warning
+/// (losing it loses its slots); a shard with neither is a problem
+/// (`cluster_state:fail`, its slots unserved), and doctor exits 1.
+#[tokio::test]
+async fn doctor_reports_a_primary_without_replica_and_a_lost_shard() -> Result<()> {
+    let mut cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let path = cluster_config(&cluster, dir.path())?;
+    let slot = bucket_slot(2);
+    let primary = cluster.primary_of_slot(slot).await?;
+    let replica = cluster.replica_of(primary).await?;
+    cluster.nodes[replica].stop();
+    // Until the others flag the replica as failed (the node timeout, 2 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let (_, report) = doctor(&path).await?;
+        if !findings(&report, "replicas").is_empty() || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let replicas = findings(&report, "replicas");
+    assert!(
+        replicas.iter().any(|f| f["severity"] == "warning"
+            && f["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("1 primar"))),
+        "{report:#}"
     );
 
-    // shoald itself refuses the same file.
-    let (code, _, err) = run_bin("shoald", &["--config", path]).await?;
-    assert_eq!(code, 64, "{err}");
-    assert!(err.contains("not supported"), "{err}");
+    cluster.nodes[primary].stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, report) = loop {
+        let (code, report) = doctor(&path).await?;
+        if report["facts"]["cluster_state"] == "fail" || Instant::now() > deadline {
+            break (code, report);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        findings(&report, "cluster")
+            .iter()
+            .any(|f| f["severity"] == "problem"
+                && f["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("cluster_state is \"fail\""))),
+        "{report:#}"
+    );
     Ok(())
 }
 
@@ -241,14 +320,4 @@ async fn a_primary_restarted_in_place_keeps_its_slots_and_aof_data() -> Result<(
     };
     assert_eq!(got, "yes");
     Ok(())
-}
-
-fn finding_of(report: &serde_json::Value, check: &str) -> serde_json::Value {
-    report["findings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["check"] == check)
-        .cloned()
-        .unwrap_or_default()
 }
