@@ -9,7 +9,9 @@
 //! reshard` does ([`ClusterSet::migrate_slot`]: clients meet `ASK` while it
 //! runs and `MOVED` after), kills a primary so that its replica is promoted
 //! ([`ClusterSet::kill_primary`]; [`ClusterSet::restart_node`] brings it back
-//! as a replica), and restarts a primary in place ([`ClusterSet::restart_primary`]).
+//! as a replica), hands a shard over with `CLUSTER FAILOVER`
+//! ([`ClusterSet::manual_failover`]) and restarts a primary in place
+//! ([`ClusterSet::restart_primary`]).
 //! Which node is a primary changes with each fault; [`ClusterSet::view`] asks
 //! the cluster.
 
@@ -447,6 +449,32 @@ impl ClusterSet {
             }
             if Instant::now() > deadline {
                 bail!("node {replica} was not promoted in place of node {i} within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `CLUSTER FAILOVER` on the replica of primary `i` (an operator's failover:
+    /// the old primary is up, stops writes, hands over once the replica has
+    /// caught up, and becomes its replica). Returns the promoted node once every
+    /// node sees the cluster whole again.
+    pub async fn manual_failover(&self, i: usize, within: Duration) -> Result<usize> {
+        let replica = self.replica_of(i).await?;
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("FAILOVER");
+        ask::<()>(&self.nodes[replica], &cmd).await?;
+        let deadline = Instant::now() + within;
+        loop {
+            let promoted = Self::replication(&self.nodes[replica])
+                .await
+                .get("role")
+                .map(String::as_str)
+                == Some("master");
+            if promoted && self.healthy().await.is_ok() {
+                return Ok(replica);
+            }
+            if Instant::now() > deadline {
+                bail!("CLUSTER FAILOVER: node {replica} did not take over from node {i} within {within:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -251,7 +251,8 @@ async fn keys_survive_a_slot_migration_under_load() -> Result<()> {
 
 /// A primary SIGKILLed: its replica is promoted, the cluster answers again
 /// with every acknowledged (replicated) key, and the killed node, started
-/// again, rejoins as the replica of the node that replaced it.
+/// again, rejoins as the replica of the node that replaced it; a
+/// `CLUSTER FAILOVER` then makes it the primary again.
 #[tokio::test]
 async fn the_cluster_answers_after_a_primary_fails_over() -> Result<()> {
     let mut cluster = ClusterSet::start().await?;
@@ -288,6 +289,16 @@ async fn the_cluster_answers_after_a_primary_fails_over() -> Result<()> {
     cluster.restart_node(old).await?;
     assert_eq!(cluster.replica_of(promoted).await?, old);
     assert_eq!(cluster.primary_of_slot(slot).await?, promoted);
+    // And an operator's CLUSTER FAILOVER hands the shard back, data intact.
+    assert_eq!(
+        cluster
+            .manual_failover(promoted, Duration::from_secs(30))
+            .await?,
+        old
+    );
+    assert_eq!(cluster.primary_of_slot(slot).await?, old);
+    let v: i64 = c.get("{b5}:k7").await?;
+    assert_eq!(v, 7);
     Ok(())
 }
 
