@@ -2,7 +2,10 @@
 //! --minutes N` (or `SHOAL_CAMPAIGN_MINUTES=N`; `SHOAL_CAMPAIGN_SEED` replays a
 //! fault schedule, `SHOAL_CAMPAIGN_DAEMONS` sets the fleet size, default 3).
 //! `--sentinel` runs it against a Sentinel deployment (primary, replica, three
-//! sentinels) with failovers among the faults.
+//! sentinels) with failovers among the faults; `--cluster` against a Redis
+//! Cluster (three primaries, three replicas; `SHOAL_CAMPAIGN_BUCKETS` sets
+//! `redis.cluster.buckets`, default 8) with resharding, shard failovers and
+//! shard restarts among them.
 //! Prints the report table and every failure; exits non-zero on any failure.
 #![forbid(unsafe_code)]
 
@@ -29,6 +32,15 @@ fn main() -> Result<()> {
     config.verbose = true;
     if args.iter().any(|a| a == "--sentinel") {
         config.topology = Topology::Sentinel;
+    }
+    if args.iter().any(|a| a == "--cluster") {
+        config.topology = Topology::Cluster;
+        if let Some(b) = std::env::var("SHOAL_CAMPAIGN_BUCKETS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            config.buckets = b;
+        }
     }
     if let Some(n) = std::env::var("SHOAL_CAMPAIGN_DAEMONS")
         .ok()

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use shoal_client::{Client, SetOptions, Source};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use crate::history::{
     Got, History, Nanos, Read, ReadKind, Revocation, Revoked, SessionCreate, SessionRead, Target,
     Verdict, Write, WriteKind,
 };
+use crate::cluster::ClusterSet;
 use crate::proxy::FaultProxy;
 use crate::sentinel::SentinelSet;
 use crate::{Daemon, DaemonProcess, RedisServer};
@@ -64,6 +65,8 @@ pub struct CampaignConfig {
     pub verbose: bool,
     /// The Redis deployment the daemons use.
     pub topology: Topology,
+    /// `redis.cluster.buckets` under [`Topology::Cluster`].
+    pub buckets: u16,
 }
 
 /// The Redis deployment of a run.
@@ -74,6 +77,10 @@ pub enum Topology {
     /// A primary, a replica and three sentinels; the daemons use
     /// `[redis.sentinel]` (no proxies: the sentinels hand out real addresses).
     Sentinel,
+    /// A Redis Cluster of three primaries and three replicas (AOF, `appendfsync
+    /// always`); the daemons use `[redis.cluster]` (no proxies: the cluster
+    /// hands out real addresses).
+    Cluster,
 }
 
 impl CampaignConfig {
@@ -93,6 +100,7 @@ impl CampaignConfig {
             converge_within: Duration::from_secs(10),
             verbose: std::env::var_os("SHOAL_CAMPAIGN_VERBOSE").is_some(),
             topology: Topology::Standalone,
+            buckets: 8,
         }
     }
 }
@@ -130,6 +138,18 @@ pub enum FaultKind {
     /// The primary SIGKILLed; the sentinels promote the replica; the old
     /// primary restarted empty (the sentinels make it a replica).
     KillPrimary,
+    /// Cluster: the slot of a bucket holding workload keys moved to another
+    /// primary (`MIGRATE` in batches, `ASK` then `MOVED`) while the workload runs.
+    Reshard,
+    /// Cluster: a primary SIGKILLed, its replica promoted; the old primary
+    /// restarted with its data directory (it rejoins as a replica).
+    ShardFailover,
+    /// Cluster: `CLUSTER FAILOVER` on a replica (the old primary up; it hands
+    /// over and becomes the replica).
+    ClusterFailover,
+    /// Cluster: a primary SIGKILLed and restarted with its AOF within the node
+    /// timeout (it stays the primary).
+    ShardRestart,
 }
 
 impl FaultKind {
@@ -150,10 +170,32 @@ impl FaultKind {
                 FaultKind::Failover,
                 FaultKind::KillPrimary,
             ],
+            Topology::Cluster => vec![
+                FaultKind::KillPubsub,
+                FaultKind::KillNormal,
+                FaultKind::RedisStop,
+                FaultKind::FlushAll,
+                FaultKind::TrimDuringReplay,
+                FaultKind::DaemonKill,
+                FaultKind::OutputBuffer,
+                FaultKind::ForeignPublish,
+                FaultKind::Reshard,
+                FaultKind::ShardFailover,
+                FaultKind::ClusterFailover,
+                FaultKind::ShardRestart,
+            ],
         }
     }
 
-    pub const ALL: [FaultKind; 14] = [
+    /// The faults only a cluster meets.
+    pub const CLUSTER: [FaultKind; 4] = [
+        FaultKind::Reshard,
+        FaultKind::ShardFailover,
+        FaultKind::ClusterFailover,
+        FaultKind::ShardRestart,
+    ];
+
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::KillPubsub,
         FaultKind::KillNormal,
         FaultKind::RedisStop,
@@ -168,6 +210,10 @@ impl FaultKind {
         FaultKind::ForeignPublish,
         FaultKind::Failover,
         FaultKind::KillPrimary,
+        FaultKind::Reshard,
+        FaultKind::ShardFailover,
+        FaultKind::ClusterFailover,
+        FaultKind::ShardRestart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -186,6 +232,10 @@ impl FaultKind {
             FaultKind::ForeignPublish => "foreign message beyond the log",
             FaultKind::Failover => "SENTINEL FAILOVER",
             FaultKind::KillPrimary => "primary SIGKILL, failover, restart",
+            FaultKind::Reshard => "slot migration (resharding)",
+            FaultKind::ShardFailover => "shard primary SIGKILL, replica promoted",
+            FaultKind::ClusterFailover => "CLUSTER FAILOVER",
+            FaultKind::ShardRestart => "shard primary restart, AOF kept",
         }
     }
 }
@@ -336,8 +386,12 @@ impl Report {
             s,
             "campaign: {} Redis, seed {} ({} daemons, {} keys, heartbeat {:?}, Δ = max_staleness {:?}), {:.1} s",
             match self.config.topology {
-                Topology::Standalone => "standalone",
-                Topology::Sentinel => "Sentinel (primary, replica, 3 sentinels)",
+                Topology::Standalone => "standalone".to_string(),
+                Topology::Sentinel => "Sentinel (primary, replica, 3 sentinels)".into(),
+                Topology::Cluster => format!(
+                    "Cluster (3 primaries, 3 replicas, {} buckets)",
+                    self.config.buckets
+                ),
             },
             self.config.seed,
             self.config.daemons,
@@ -470,12 +524,16 @@ struct Shared {
     /// counts as completed: under Sentinel a failover may lose what only the
     /// primary had, exactly as it would for the daemons without `WAIT`.
     wait_replicas: u32,
+    /// `redis.cluster.buckets` on a cluster: every outside change goes to the
+    /// names of its key's bucket and is published with `SPUBLISH`.
+    buckets: Option<u16>,
 }
 
 /// The Redis of a run.
 enum Deployment {
     Single(RedisServer),
     Sentinel(SentinelSet),
+    Cluster(ClusterSet),
 }
 
 /// How outside writers and fault actions reach the primary (cheap to clone).
@@ -484,14 +542,71 @@ pub enum RedisTarget {
     Url(String),
     /// Sentinel addresses: the primary is asked for on every connect.
     Sentinels(Vec<String>),
+    /// Cluster seed nodes: a redis-rs cluster connection routes each command
+    /// to its slot's primary and follows `MOVED`/`ASK`.
+    Cluster(Vec<String>),
+}
+
+/// A connection to a standalone or Sentinel primary, or to a cluster.
+pub enum AnyConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for AnyConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnyConn::Single(_) => "AnyConn::Single",
+            AnyConn::Cluster(_) => "AnyConn::Cluster",
+        })
+    }
+}
+
+impl redis::aio::ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_command(cmd),
+            AnyConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConn::Single(c) => c.get_db(),
+            AnyConn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl RedisTarget {
-    /// A fresh connection to the primary. Not a connection manager: a write
+    /// A fresh connection to the primary (on a cluster, a cluster connection:
+    /// `WAIT` then goes to every primary). Not a connection manager: a write
     /// and its `WAIT` must go over one connection, or fail together.
-    pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection> {
+    pub async fn conn(&self) -> Result<AnyConn> {
         let url = match self {
             RedisTarget::Url(u) => u.clone(),
+            RedisTarget::Cluster(urls) => {
+                let client = redis::cluster::ClusterClient::builder(urls.clone())
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(Duration::from_secs(1))
+                    .build()?;
+                return Ok(AnyConn::Cluster(client.get_async_connection().await?));
+            }
             RedisTarget::Sentinels(urls) => {
                 let mut found = None;
                 for u in urls {
@@ -517,9 +632,11 @@ impl RedisTarget {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(None);
-        Ok(redis::Client::open(url)?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        Ok(AnyConn::Single(
+            redis::Client::open(url)?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        ))
     }
 }
 
@@ -528,12 +645,18 @@ impl Deployment {
         match self {
             Deployment::Single(r) => RedisTarget::Url(r.url()),
             Deployment::Sentinel(s) => RedisTarget::Sentinels(s.urls()),
+            Deployment::Cluster(c) => RedisTarget::Cluster(c.urls()),
         }
     }
     async fn primary_mut(&mut self) -> Result<&mut RedisServer> {
         match self {
             Deployment::Single(r) => Ok(r),
             Deployment::Sentinel(s) => s.primary_mut().await,
+            Deployment::Cluster(c) => {
+                let p = c.primaries().await?;
+                let i = *p.first().context("no primary")?;
+                Ok(&mut c.nodes[i])
+            }
         }
     }
     /// The primary's state, for failure messages.
@@ -544,6 +667,13 @@ impl Deployment {
                 Ok(p) => diagnose(p),
                 Err(e) => format!("no primary: {e:#}"),
             },
+            Deployment::Cluster(c) => c
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("node {i}: {}", diagnose(n)))
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 }
@@ -593,6 +723,18 @@ impl Shared {
         Ok(shoal_client::proto::to_value(
             &self.value_str(key, version),
         )?)
+    }
+    /// The Redis names of `name`'s change: one prefix standalone, its
+    /// bucket's on a cluster.
+    fn names(&self, name: &str) -> shoald::store::KeyNames {
+        match self.buckets {
+            None => shoald::store::KeyNames::new(PREFIX),
+            Some(b) => crate::cluster::bucket_names(PREFIX, name, b),
+        }
+    }
+    /// The publish command the scripts get as their optional last ARGV.
+    fn publish_arg(&self) -> Option<&'static str> {
+        self.buckets.map(|_| "SPUBLISH")
     }
     fn value_str(&self, key: u32, version: u64) -> String {
         format!("{}#{version}", self.keys[key as usize])
@@ -667,6 +809,9 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
             RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await?,
         ),
         Topology::Sentinel => Deployment::Sentinel(SentinelSet::start().await?),
+        Topology::Cluster => Deployment::Cluster(
+            ClusterSet::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await?,
+        ),
     };
     let target = deployment.target();
     let dir = tempfile::tempdir()?;
@@ -674,7 +819,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
     let mut nodes = Vec::new();
     for i in 0..config.daemons {
         let name = format!("n{i}");
-        let (proxy, url, sentinel) = match &deployment {
+        let (proxy, url) = match &deployment {
             Deployment::Single(redis) => {
                 let proxy = if i % 3 == 0 {
                     None
@@ -682,14 +827,22 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                     Some(FaultProxy::start(redis.port()).await?)
                 };
                 let url = proxy.as_ref().map_or_else(|| redis.url(), FaultProxy::url);
-                (proxy, url, None)
+                (proxy, url)
             }
-            Deployment::Sentinel(set) => (None, String::new(), Some(set)),
+            Deployment::Sentinel(_) | Deployment::Cluster(_) => (None, String::new()),
         };
         let runs = if i % 3 == 2 {
-            let redis_toml = match sentinel {
-                None => format!("[redis]\nurl = \"{url}\"\ntimeout = \"300ms\"\n"),
-                Some(set) => format!("[redis]\ntimeout = \"300ms\"\n{}", set.toml_section()),
+            let redis_toml = match &deployment {
+                Deployment::Single(_) => {
+                    format!("[redis]\nurl = \"{url}\"\ntimeout = \"300ms\"\n")
+                }
+                Deployment::Sentinel(set) => {
+                    format!("[redis]\ntimeout = \"300ms\"\n{}", set.toml_section())
+                }
+                Deployment::Cluster(set) => format!(
+                    "[redis]\ntimeout = \"300ms\"\n{}",
+                    set.toml_section(config.buckets)
+                ),
             };
             let toml = process_toml(&config, dir.path(), &name, &redis_toml);
             let mut p = DaemonProcess::spawn(dir.path(), &name, &toml)?;
@@ -704,9 +857,17 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
             c.node.id = name.clone();
             c.socket.path = dir.path().join(format!("{name}.sock"));
             c.admin.listen = String::new();
-            match sentinel {
-                None => c.redis.url = url,
-                Some(set) => set.configure(&mut c),
+            match &deployment {
+                Deployment::Single(_) => c.redis.url = url,
+                Deployment::Sentinel(set) => set.configure(&mut c),
+                Deployment::Cluster(set) => {
+                    c.redis.url = shoald::config::DEFAULT_REDIS_URL.into();
+                    c.redis.cluster = Some(shoald::config::ClusterConfig {
+                        urls: set.urls(),
+                        // buckets: config.buckets, (BUCKETS-PENDING-MERGE)
+                        ..shoald::config::ClusterConfig::default()
+                    });
+                }
             }
             apply_config(&config, &mut c);
             Runs::InProcess(Some(Daemon::start_ready(c).await?))
@@ -732,7 +893,8 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         tags: TAGS,
         ops: Mutex::default(),
         next_token: AtomicU32::new(1),
-        wait_replicas: u32::from(config.topology == Topology::Sentinel),
+        wait_replicas: u32::from(config.topology != Topology::Standalone),
+        buckets: (config.topology == Topology::Cluster).then_some(config.buckets),
     });
 
     // The workload.
@@ -799,14 +961,24 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         if deck.is_empty() {
             deck = kinds.clone();
             deck.shuffle(&mut rng);
-            if round == 0 && config.topology == Topology::Sentinel {
-                // The failovers early in the first round (the deck is used
-                // from its end), so a short run has both.
-                for (at, kind) in [(1, FaultKind::Failover), (3, FaultKind::KillPrimary)] {
-                    if let Some(i) = deck.iter().position(|k| *k == kind) {
-                        let to = deck.len() - at;
-                        deck.swap(i, to);
-                    }
+            // The topology's own faults early in the first round (the deck
+            // is used from its end), so a short run has them all.
+            let early: &[(usize, FaultKind)] = match (round, config.topology) {
+                (0, Topology::Sentinel) => {
+                    &[(1, FaultKind::Failover), (3, FaultKind::KillPrimary)]
+                }
+                (0, Topology::Cluster) => &[
+                    (1, FaultKind::Reshard),
+                    (2, FaultKind::ShardFailover),
+                    (4, FaultKind::ShardRestart),
+                    (6, FaultKind::ClusterFailover),
+                ],
+                _ => &[],
+            };
+            for (at, kind) in early {
+                if let Some(i) = deck.iter().position(|k| k == kind) {
+                    let to = deck.len() - at;
+                    deck.swap(i, to);
                 }
             }
         }
@@ -829,10 +1001,14 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
         // is seen as a primary, by Sentinel's design); under Sentinel a
         // primary stopped for over a second may be failed over too.
         let bound = match (config.topology, kind) {
-            (Topology::Sentinel, FaultKind::Failover | FaultKind::KillPrimary) => {
-                config.converge_within * 6
+            (Topology::Sentinel, FaultKind::Failover | FaultKind::KillPrimary)
+            | (
+                Topology::Cluster,
+                FaultKind::ShardFailover | FaultKind::ClusterFailover | FaultKind::ShardRestart,
+            ) => config.converge_within * 6,
+            (Topology::Sentinel | Topology::Cluster, _) | (_, FaultKind::DaemonKill) => {
+                config.converge_within * 3
             }
-            (Topology::Sentinel, _) | (_, FaultKind::DaemonKill) => config.converge_within * 3,
             _ => config.converge_within,
         };
         let converged = converge(&shared, &target, &probes, round, bound).await;
@@ -873,7 +1049,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
     }
     // Every daemon agrees once more at the end.
     let final_bound = match config.topology {
-        Topology::Sentinel => config.converge_within * 3,
+        Topology::Sentinel | Topology::Cluster => config.converge_within * 3,
         Topology::Standalone => config.converge_within,
     };
     if let Err(e) = converge(&shared, &target, &probes, round, final_bound).await {
@@ -1135,7 +1311,7 @@ async fn external_writer(
 ) -> Result<()> {
     let url = match &target {
         RedisTarget::Url(u) => u.clone(),
-        RedisTarget::Sentinels(_) => {
+        RedisTarget::Sentinels(_) | RedisTarget::Cluster(_) => {
             return external_writer_following(sh, target, rng, stop).await;
         }
     };
@@ -1164,7 +1340,8 @@ async fn external_writer(
 }
 
 /// The external writer under Sentinel: one connection to the primary the
-/// sentinels name, made again after any failure (a failover moves it).
+/// sentinels name, made again after any failure (a failover moves it). On a
+/// cluster: one redis-rs cluster connection, made again after any failure.
 async fn external_writer_following(
     sh: Arc<Shared>,
     target: RedisTarget,
@@ -1223,21 +1400,25 @@ async fn ext_set<C: redis::aio::ConnectionLike + Send>(
         return None;
     };
     let inv = sh.history.now();
+    let kn = sh.names(name);
+    let script = redis::Script::new(CACHE_SET_LUA);
+    let mut call = script.key(kn.value(name));
+    call.key(kn.lease(name))
+        .key(kn.log())
+        .key(kn.tag(&sh.tag_of(key)))
+        .arg(value)
+        .arg(TTL.as_millis() as u64)
+        .arg("")
+        .arg(100_000)
+        .arg(kn.channel())
+        .arg("external")
+        .arg(name);
+    if let Some(publish) = sh.publish_arg() {
+        call.arg(publish);
+    }
     let r = tokio::time::timeout(
         Duration::from_secs(1),
-        redis::Script::new(CACHE_SET_LUA)
-            .key(format!("{PREFIX}c:{name}"))
-            .key(format!("{PREFIX}l:{name}"))
-            .key(format!("{PREFIX}log"))
-            .key(format!("{PREFIX}t:{}", sh.tag_of(key)))
-            .arg(value)
-            .arg(TTL.as_millis() as u64)
-            .arg("")
-            .arg(100_000)
-            .arg(format!("{PREFIX}inv"))
-            .arg("external")
-            .arg(name)
-            .invoke_async::<redis::Value>(conn),
+        call.invoke_async::<redis::Value>(conn),
     )
     .await;
     let ok = matches!(r, Ok(Ok(_))) && confirmed(sh, conn).await;
@@ -1261,7 +1442,7 @@ async fn ext_invalidate<C: redis::aio::ConnectionLike + Send>(
 ) -> bool {
     let names: Vec<&str> = keys.iter().map(|k| sh.keys[*k as usize].as_str()).collect();
     let inv = sh.history.now();
-    let ok = invalidate_names(conn, &names).await.is_ok() && confirmed(sh, conn).await;
+    let ok = invalidate_names(sh, conn, &names).await.is_ok() && confirmed(sh, conn).await;
     let comp = sh.history.now();
     sh.count("external cache_invalidate.lua", ok);
     sh.history.write(Write {
@@ -1274,26 +1455,42 @@ async fn ext_invalidate<C: redis::aio::ConnectionLike + Send>(
     ok
 }
 
+/// `lua/cache_invalidate.lua` over `names`: one call, or on a cluster one per
+/// bucket (a script touches one slot).
 async fn invalidate_names<C: redis::aio::ConnectionLike + Send>(
+    sh: &Shared,
     conn: &mut C,
     names: &[&str],
 ) -> Result<()> {
-    let script = redis::Script::new(CACHE_INVALIDATE_LUA);
-    let mut inv = script.key(format!("{PREFIX}log"));
+    let mut groups: BTreeMap<String, (shoald::store::KeyNames, Vec<&str>)> = BTreeMap::new();
     for k in names {
-        inv.key(format!("{PREFIX}c:{k}"))
-            .key(format!("{PREFIX}l:{k}"));
+        let kn = sh.names(k);
+        groups
+            .entry(kn.log())
+            .or_insert_with(|| (kn, Vec::new()))
+            .1
+            .push(k);
     }
-    inv.arg(100_000).arg(format!("{PREFIX}inv")).arg("external");
-    for k in names {
-        inv.arg(*k);
+    for (kn, names) in groups.into_values() {
+        let script = redis::Script::new(CACHE_INVALIDATE_LUA);
+        let mut inv = script.key(kn.log());
+        for k in &names {
+            inv.key(kn.value(k)).key(kn.lease(k));
+        }
+        inv.arg(100_000).arg(kn.channel()).arg("external");
+        for k in &names {
+            inv.arg(*k);
+        }
+        if let Some(publish) = sh.publish_arg() {
+            inv.arg(publish);
+        }
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            inv.invoke_async::<redis::Value>(conn),
+        )
+        .await
+        .context("timed out")??;
     }
-    tokio::time::timeout(
-        Duration::from_secs(1),
-        inv.invoke_async::<redis::Value>(conn),
-    )
-    .await
-    .context("timed out")??;
     Ok(())
 }
 
@@ -1434,14 +1631,14 @@ async fn sessions(
 }
 
 /// A fresh connection for one fault action, retried while Redis restarts.
-async fn admin_conn(dep: &Deployment) -> Result<redis::aio::MultiplexedConnection> {
+async fn admin_conn(dep: &Deployment) -> Result<AnyConn> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let target = dep.target();
     loop {
         let conn = async {
             match dep {
-                Deployment::Single(redis) => redis.conn().await,
-                Deployment::Sentinel(_) => target.conn().await,
+                Deployment::Single(redis) => Ok(AnyConn::Single(redis.conn().await?)),
+                Deployment::Sentinel(_) | Deployment::Cluster(_) => target.conn().await,
             }
         };
         match tokio::time::timeout(Duration::from_secs(2), conn).await {
@@ -1479,8 +1676,8 @@ fn diagnose(redis: &RedisServer) -> String {
     format!("process state {state}, PING -> {reply}")
 }
 
-async fn cmd<T: redis::FromRedisValue>(
-    conn: &mut redis::aio::MultiplexedConnection,
+async fn cmd<T: redis::FromRedisValue, C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
     c: &redis::Cmd,
 ) -> Result<T> {
     Ok(
@@ -1490,7 +1687,7 @@ async fn cmd<T: redis::FromRedisValue>(
     )
 }
 
-async fn pubsub_ids(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec<String>> {
+async fn pubsub_ids<C: redis::aio::ConnectionLike + Send>(conn: &mut C) -> Result<Vec<String>> {
     let list: String = cmd(
         conn,
         redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"),
@@ -1513,6 +1710,9 @@ async fn inject(
     dir: &Path,
 ) -> Result<String> {
     let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    if let (Deployment::Cluster(set), false) = (&mut *dep, kind == FaultKind::DaemonKill) {
+        return inject_cluster(kind, set, sh, rng).await;
+    }
     match kind {
         FaultKind::KillPubsub => {
             let mut c = admin_conn(dep).await?;
@@ -1567,7 +1767,7 @@ async fn inject(
         FaultKind::FlushAll => {
             let mut c = admin_conn(dep).await?;
             let inv = sh.history.now();
-            let r = cmd::<()>(&mut c, &redis::cmd("FLUSHALL")).await;
+            let r = cmd::<(), _>(&mut c, &redis::cmd("FLUSHALL")).await;
             // Under Sentinel the flush counts once a replica has it too.
             let done = r.is_ok() && confirmed(sh, &mut c).await;
             sh.history.write(Write {
@@ -1662,7 +1862,7 @@ async fn inject(
         FaultKind::ForeignPublish => {
             let mut c = admin_conn(dep).await?;
             let ahead = rng.random_range(1..3600u64) * 1000;
-            let (secs, micros) = cmd::<(u64, u64)>(&mut c, &redis::cmd("TIME")).await?;
+            let (secs, micros) = cmd::<(u64, u64), _>(&mut c, &redis::cmd("TIME")).await?;
             let id = format!("{}-0", secs * 1000 + micros / 1000 + ahead);
             let msg = format!(r#"{{"id":"{id}","node":"foreign","keys":["burst-key-0"]}}"#);
             let heard: u64 = cmd(
@@ -1681,7 +1881,7 @@ async fn inject(
         FaultKind::OutputBuffer => {
             let mut c = admin_conn(dep).await?;
             let before = pubsub_ids(&mut c).await?;
-            cmd::<()>(
+            cmd::<(), _>(
                 &mut c,
                 redis::cmd("CONFIG")
                     .arg("SET")
@@ -1695,11 +1895,11 @@ async fn inject(
                 .collect();
             let names: Vec<&str> = burst.iter().map(String::as_str).collect();
             for _ in 0..3 {
-                let _ = invalidate_names(&mut c, &names).await;
+                let _ = invalidate_names(sh, &mut c, &names).await;
             }
             sleep(50).await;
             let after = pubsub_ids(&mut c).await?;
-            cmd::<()>(
+            cmd::<(), _>(
                 &mut c,
                 redis::cmd("CONFIG")
                     .arg("SET")
@@ -1720,6 +1920,10 @@ async fn inject(
             set.failover(Duration::from_secs(30)).await?;
             Ok(format!("node {before} -> {}", set.primary_index().await?))
         }
+        FaultKind::Reshard
+        | FaultKind::ShardFailover
+        | FaultKind::ClusterFailover
+        | FaultKind::ShardRestart => bail!("{} needs a cluster", kind.name()),
         FaultKind::KillPrimary => {
             let Deployment::Sentinel(set) = dep else {
                 bail!("a primary kill needs Sentinel");
@@ -1734,6 +1938,209 @@ async fn inject(
                 set.primary_index().await?
             ))
         }
+    }
+}
+
+/// `CLIENT KILL TYPE <kind>` on every running node of a cluster; how many.
+async fn kill_clients_everywhere(set: &ClusterSet, kind: &str) -> Result<u64> {
+    let mut n = 0;
+    for node in set.nodes.iter().filter(|n| n.pid().is_some()) {
+        let mut c = node.conn().await?;
+        n += cmd::<u64, _>(
+            &mut c,
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind),
+        )
+        .await?;
+    }
+    Ok(n)
+}
+
+/// A random primary of the cluster, once every shard has its replica back
+/// (the previous fault healed).
+async fn healthy_primary(set: &ClusterSet, rng: &mut StdRng) -> Result<usize> {
+    set.wait_ok(Duration::from_secs(60)).await?;
+    let p = set.primaries().await?;
+    p.choose(rng).copied().context("no primary")
+}
+
+/// The cluster's faults: the standalone ones applied to every node (or to one
+/// primary), and the cluster's own (resharding, failovers, shard restart).
+async fn inject_cluster(
+    kind: FaultKind,
+    set: &mut ClusterSet,
+    sh: &Shared,
+    rng: &mut StdRng,
+) -> Result<String> {
+    let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    let target = RedisTarget::Cluster(set.urls());
+    let buckets = sh.buckets.context("a cluster run has buckets")?;
+    match kind {
+        FaultKind::KillPubsub => Ok(format!(
+            "{} killed",
+            kill_clients_everywhere(set, "pubsub").await?
+        )),
+        FaultKind::KillNormal => Ok(format!(
+            "{} killed",
+            kill_clients_everywhere(set, "normal").await?
+        )),
+        FaultKind::RedisStop => {
+            let i = healthy_primary(set, rng).await?;
+            // Shorter than the node timeout (2 s): no failover.
+            let ms = rng.random_range(300..1500);
+            set.nodes[i].signal(nix::sys::signal::Signal::SIGSTOP)?;
+            sleep(ms).await;
+            set.nodes[i].signal(nix::sys::signal::Signal::SIGCONT)?;
+            Ok(format!("node {i}, {ms} ms"))
+        }
+        FaultKind::FlushAll => {
+            let mut c = target.conn().await?;
+            let inv = sh.history.now();
+            // Routed to every primary by the cluster connection.
+            let r = cmd::<(), _>(&mut c, &redis::cmd("FLUSHALL")).await;
+            let done = r.is_ok() && confirmed(sh, &mut c).await;
+            sh.history.write(Write {
+                kind: WriteKind::DataLoss,
+                target: Target::All,
+                version: None,
+                inv,
+                comp: done.then(|| sh.history.now()),
+            });
+            r?;
+            Ok(String::new())
+        }
+        FaultKind::TrimDuringReplay => {
+            let n = kill_clients_everywhere(set, "pubsub").await?;
+            let mut c = target.conn().await?;
+            let n_keys = sh.workload_keys() as u32;
+            let rounds = rng.random_range(2..6);
+            for _ in 0..rounds {
+                for _ in 0..3 {
+                    let k = rng.random_range(0..n_keys);
+                    if rng.random_bool(0.5) {
+                        ext_set(sh, &mut c, k).await;
+                    } else {
+                        ext_invalidate(sh, &mut c, &[k]).await;
+                    }
+                }
+                // Every bucket's log cut to two entries.
+                for b in 0..buckets {
+                    let log = shoald::store::KeyNames::new(&format!("{PREFIX}{{b{b}}}:")).log();
+                    let _: u64 = cmd(
+                        &mut c,
+                        redis::cmd("XTRIM").arg(log).arg("MAXLEN").arg(2),
+                    )
+                    .await?;
+                }
+                sleep(rng.random_range(0..20)).await;
+            }
+            Ok(format!("{n} subscribers killed, {rounds} trims of {buckets} logs"))
+        }
+        FaultKind::OutputBuffer => {
+            let mut before = 0;
+            for node in set.nodes.iter() {
+                let mut c = node.conn().await?;
+                before += pubsub_ids(&mut c).await?.len();
+                cmd::<(), _>(
+                    &mut c,
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("client-output-buffer-limit")
+                        .arg("pubsub 1kb 1kb 0"),
+                )
+                .await?;
+            }
+            let burst: Vec<String> = (0..1200)
+                .map(|j| format!("burst-key-{:05}", rng.random_range(0..100_000) + j))
+                .collect();
+            let names: Vec<&str> = burst.iter().map(String::as_str).collect();
+            let mut c = target.conn().await?;
+            for _ in 0..3 {
+                let _ = invalidate_names(sh, &mut c, &names).await;
+            }
+            sleep(50).await;
+            let mut after = 0;
+            for node in set.nodes.iter() {
+                let mut c = node.conn().await?;
+                after += pubsub_ids(&mut c).await?.len();
+                cmd::<(), _>(
+                    &mut c,
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("client-output-buffer-limit")
+                        .arg("pubsub 32mb 8mb 60"),
+                )
+                .await?;
+            }
+            Ok(format!("{before} subscribers before the burst, {after} after"))
+        }
+        FaultKind::ForeignPublish => {
+            let mut c = target.conn().await?;
+            let b = rng.random_range(0..buckets);
+            let kn = shoald::store::KeyNames::new(&format!("{PREFIX}{{b{b}}}:"));
+            let ahead = rng.random_range(1..3600u64) * 1000;
+            let (secs, micros) = cmd::<(u64, u64), _>(&mut c, &redis::cmd("TIME")).await?;
+            let id = format!("{}-0", secs * 1000 + micros / 1000 + ahead);
+            let msg = format!(r#"{{"id":"{id}","node":"foreign","keys":["burst-key-0"]}}"#);
+            let heard: u64 = cmd(
+                &mut c,
+                redis::cmd("SPUBLISH").arg(kn.channel()).arg(msg),
+            )
+            .await?;
+            sleep(rng.random_range(5..50)).await;
+            let n = kill_clients_everywhere(set, "pubsub").await?;
+            Ok(format!("bucket {b}, id {id} heard by {heard}, {n} subscribers killed"))
+        }
+        FaultKind::Reshard => {
+            set.wait_ok(Duration::from_secs(60)).await?;
+            // The bucket of a workload key (the hot ones most of the time).
+            let key = rng.random_range(0..sh.workload_keys().min(10));
+            let bucket = crate::cluster::bucket_of(&sh.keys[key], buckets);
+            let slot = crate::cluster::bucket_slot(bucket);
+            let from = set.primary_of_slot(slot).await?;
+            let others: Vec<usize> = set
+                .primaries()
+                .await?
+                .into_iter()
+                .filter(|p| *p != from)
+                .collect();
+            let to = *others.choose(rng).context("another primary")?;
+            let pause = rng.random_range(20..200);
+            let moved = set
+                .migrate_slot_paced(slot, to, Duration::from_millis(pause))
+                .await?;
+            Ok(format!(
+                "bucket {bucket} (slot {slot}, {moved} Redis keys) node {from} -> {to}, {pause} ms between batches"
+            ))
+        }
+        FaultKind::ShardFailover => {
+            let i = healthy_primary(set, rng).await?;
+            let promoted = set.kill_primary(i, Duration::from_secs(30)).await?;
+            let ms = rng.random_range(0..2000);
+            sleep(ms).await;
+            set.restart_node(i).await?;
+            Ok(format!(
+                "node {i} killed, node {promoted} promoted, node {i} back as a replica after {ms} ms"
+            ))
+        }
+        FaultKind::ClusterFailover => {
+            let i = healthy_primary(set, rng).await?;
+            let promoted = set.manual_failover(i, Duration::from_secs(30)).await?;
+            Ok(format!("node {i} -> node {promoted}"))
+        }
+        FaultKind::ShardRestart => {
+            let i = healthy_primary(set, rng).await?;
+            let ms = rng.random_range(50..500);
+            let primary = set.restart_primary(i, Duration::from_millis(ms)).await?;
+            Ok(format!(
+                "node {i}, down {ms} ms, {}",
+                if primary {
+                    "still the primary"
+                } else {
+                    "failed over meanwhile"
+                }
+            ))
+        }
+        other => bail!("{} is not a cluster fault", other.name()),
     }
 }
 

@@ -109,6 +109,59 @@ async fn campaign_on_sentinel() -> Result<()> {
     Ok(())
 }
 
+/// The campaign against Redis Cluster (issue 16): three primaries, three
+/// replicas, the daemons on `[redis.cluster]` with 8 buckets; besides the
+/// faults a standalone Redis meets (applied to every node, or to one primary),
+/// a resharding (the slot of a bucket holding workload keys migrated to
+/// another primary while the workload runs), a shard failover (a primary
+/// SIGKILLed, its replica promoted, the old primary back as a replica), an
+/// operator's `CLUSTER FAILOVER` and a shard restart (a primary SIGKILLed and
+/// back with its AOF). About 40 s in CI (`SHOAL_CAMPAIGN_MINUTES` runs it
+/// longer; the bench with `--cluster` too). Same oracle, same Δ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign_on_cluster() -> Result<()> {
+    let duration = std::env::var("SHOAL_CAMPAIGN_MINUTES")
+        .ok()
+        .and_then(|m| m.parse::<f64>().ok())
+        .map_or(Duration::from_secs(40), |m| {
+            Duration::from_secs_f64(m * 60.0)
+        });
+    let mut config = CampaignConfig::new(duration);
+    config.topology = Topology::Cluster;
+    config.buckets = 8;
+    let report = run(config).await?;
+    println!("{}", report.table());
+    let failures = report.failures(20);
+    for f in &failures {
+        println!("{f}");
+    }
+    for kind in FaultKind::CLUSTER {
+        assert!(
+            report.faults.iter().any(|f| f.kind == kind),
+            "{} never injected",
+            kind.name()
+        );
+    }
+    assert!(
+        report.verdict.reads_checked > 5_000,
+        "too few reads checked"
+    );
+    assert!(
+        report.l1_hits > 500,
+        "too few L1 hits: the oracle saw no cache"
+    );
+    assert!(report.verdict.session_reads_checked > 200);
+    assert!(
+        report.ok(),
+        "seed {} (SHOAL_CAMPAIGN_SEED={} to replay): {} failures, first: {:#?}",
+        report.config.seed,
+        report.config.seed,
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
 /// Convergence does not depend on Redis being close: a daemon 25 ms (each way)
 /// from Redis proves delivery every heartbeat well within Δ (a round trip is
 /// 50 ms), so it must become ready, stay ready and serve from L1 — even though

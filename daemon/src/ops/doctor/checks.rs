@@ -109,7 +109,12 @@ pub async fn run(config: &Config) -> Report {
     let version = info.get("redis_version").cloned();
 
     check_version(&mut f, version.as_deref());
-    check_commands(&mut f, &mut conn).await;
+    let cluster_commands: &[&str] = if topology == Topology::Cluster {
+        CLUSTER_COMMANDS
+    } else {
+        &[]
+    };
+    check_commands(&mut f, &mut conn, cluster_commands).await;
     check_eviction(&mut f, &info);
     check_persistence(&mut f, &mut conn, &info, &config.redis.prefix, &mut facts).await;
     check_pubsub_buffer(&mut f, &mut conn).await;
@@ -203,15 +208,21 @@ pub(super) fn check_version(f: &mut Findings, version: Option<&str>) {
     }
 }
 
-pub(super) async fn check_commands(f: &mut Findings, conn: &mut Conn) {
+/// Commands shoald sends on a cluster only: sharded Pub/Sub (Redis 7.0+) and
+/// the cluster's own.
+const CLUSTER_COMMANDS: &[&str] = &["SPUBLISH", "SSUBSCRIBE", "CLUSTER"];
+
+/// Every command of [`NEEDED_COMMANDS`] and `extra` exists (`COMMAND INFO`).
+pub(super) async fn check_commands(f: &mut Findings, conn: &mut Conn, extra: &[&str]) {
+    let needed: Vec<&str> = NEEDED_COMMANDS.iter().chain(extra).copied().collect();
     let mut cmd = redis::cmd("COMMAND");
     cmd.arg("INFO");
-    for c in NEEDED_COMMANDS.iter() {
+    for c in &needed {
         cmd.arg(c);
     }
     match conn.query::<Vec<redis::Value>>(&cmd).await {
-        Ok(infos) if infos.len() == NEEDED_COMMANDS.len() => {
-            let missing: Vec<&str> = NEEDED_COMMANDS
+        Ok(infos) if infos.len() == needed.len() => {
+            let missing: Vec<&str> = needed
                 .iter()
                 .zip(&infos)
                 .filter(|(_, v)| matches!(v, redis::Value::Nil))
@@ -221,7 +232,7 @@ pub(super) async fn check_commands(f: &mut Findings, conn: &mut Conn) {
                 f.add(
                     "commands",
                     Severity::Ok,
-                    format!("all {} commands shoal uses exist", NEEDED_COMMANDS.len()),
+                    format!("all {} commands shoal uses exist", needed.len()),
                     None,
                 );
             } else {

@@ -1,8 +1,9 @@
 //! Doctor's view of the deployment around the data node: under Sentinel, what
 //! every sentinel says about the primary and whether it has the replicas
-//! `wait_replicas` needs; under Cluster, the cluster's state, slots and
-//! primaries without a replica (and that shoald cannot use it yet). The
-//! node-level checks (`checks.rs`) then run on the primary (or one seed).
+//! `wait_replicas` needs; under Cluster, the cluster's state, slots,
+//! primaries without a replica and primaries too old for sharded Pub/Sub. The
+//! node-level checks (`checks.rs`) then run on the primary (under Cluster, on
+//! one primary).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -159,10 +160,74 @@ pub(super) async fn check_sentinels(
     }
 }
 
+/// A node of `CLUSTER NODES`: `id addr flags primary-id ... slots`.
+struct ClusterNode {
+    id: String,
+    host: String,
+    port: u16,
+    primary: bool,
+    failed: bool,
+    primary_id: String,
+    slots: u64,
+}
+
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            // `host:port@cport[,hostname]`
+            let addr = f.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            let flags = *f.get(2)?;
+            let slots = f
+                .iter()
+                .skip(8)
+                .filter(|s| !s.starts_with('['))
+                .map(|s| match s.split_once('-') {
+                    Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
+                        (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                        _ => 0,
+                    },
+                    None => u64::from(s.parse::<u64>().is_ok()),
+                })
+                .sum();
+            Some(ClusterNode {
+                id: f.first()?.to_string(),
+                host: host.trim_matches(['[', ']']).to_string(),
+                port: port.parse().ok()?,
+                primary: flags.contains("master"),
+                failed: flags.contains("fail") || f.get(7) == Some(&"disconnected"),
+                primary_id: f.get(3)?.to_string(),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// The connection settings of `seed` (credentials, TLS) pointed at another
+/// node of the cluster.
+fn node_info(seed: &redis::ConnectionInfo, host: &str, port: u16) -> redis::ConnectionInfo {
+    let addr = match seed.addr() {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
+    };
+    seed.clone().set_addr(addr)
+}
+
 /// `[redis.cluster]`: the first seed that answers describes the cluster
-/// (state, slots, primaries with and without replicas). shoald does not run on
-/// a cluster yet: that is reported as a problem. Returns the seed, on which the
-/// other checks run.
+/// (state, slots, primaries with and without replicas), then every primary is
+/// asked its version: shoald publishes invalidations with sharded Pub/Sub
+/// (`SPUBLISH`/`SSUBSCRIBE`, Redis 7.0+) on every shard. Returns a primary,
+/// on which the node-level checks run.
 pub(super) async fn check_cluster(
     f: &mut Findings,
     facts: &mut BTreeMap<String, String>,
@@ -173,12 +238,14 @@ pub(super) async fn check_cluster(
     let mut reached = None;
     for u in &c.urls {
         let ask = async {
-            let client = redis::Client::open(u.as_str()).map_err(|e| e.to_string())?;
+            let info = redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                .map_err(|e| e.to_string())?;
+            let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
             let mut conn = client
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| e.to_string())?;
-            let info: String = redis::cmd("CLUSTER")
+            let cluster_info: String = redis::cmd("CLUSTER")
                 .arg("INFO")
                 .query_async(&mut conn)
                 .await
@@ -188,11 +255,11 @@ pub(super) async fn check_cluster(
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>((client, info, nodes))
+            Ok::<_, String>((info, cluster_info, nodes))
         };
         match tokio::time::timeout(timeout, ask).await {
             Ok(Ok(r)) => {
-                reached = Some((redact_url(u), r));
+                reached = Some(r);
                 break;
             }
             Ok(Err(e)) => f.add(
@@ -209,7 +276,7 @@ pub(super) async fn check_cluster(
             ),
         }
     }
-    let Some((url, (client, info, nodes))) = reached else {
+    let Some((seed, info, nodes)) = reached else {
         f.add(
             "cluster",
             Severity::Problem,
@@ -230,30 +297,19 @@ pub(super) async fn check_cluster(
             facts.insert(k.to_string(), v.clone());
         }
     }
-    // CLUSTER NODES: `id addr flags master-id ... slots`; a replica names its primary.
-    let mut primaries: BTreeMap<String, usize> = BTreeMap::new();
-    let mut replicas_of: Vec<String> = Vec::new();
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (Some(id), Some(flags), Some(master)) = (fields.first(), fields.get(2), fields.get(3))
-        else {
-            continue;
-        };
-        if flags.contains("fail") {
-            continue;
-        }
-        if flags.contains("master") && fields.len() > 8 {
-            primaries.entry((*id).to_string()).or_default();
-        } else if flags.contains("slave") {
-            replicas_of.push((*master).to_string());
-        }
-    }
-    for m in replicas_of {
-        if let Some(n) = primaries.get_mut(&m) {
-            *n += 1;
-        }
-    }
-    let bare = primaries.values().filter(|n| **n == 0).count();
+    let nodes = parse_cluster_nodes(&nodes);
+    let primaries: Vec<&ClusterNode> = nodes
+        .iter()
+        .filter(|n| n.primary && !n.failed && n.slots > 0)
+        .collect();
+    let bare = primaries
+        .iter()
+        .filter(|p| {
+            !nodes
+                .iter()
+                .any(|n| !n.primary && !n.failed && n.primary_id == p.id)
+        })
+        .count();
     let state = info.get("cluster_state").cloned().unwrap_or_default();
     if state == "ok" {
         f.add(
@@ -284,14 +340,74 @@ pub(super) async fn check_cluster(
             Some("give every primary a replica (redis-cli --cluster add-node --cluster-slave)"),
         );
     }
-    f.add(
-        "cluster",
-        Severity::Problem,
-        "shoald does not run on Redis Cluster yet (issue #16); the checks below ran on one seed"
-            .into(),
-        Some("use a standalone Redis (redis.url) or Sentinel ([redis.sentinel]) for now"),
-    );
-    Some((url, client))
+    // Every primary runs Redis 7+ (sharded Pub/Sub); the first that answers
+    // gets the node-level checks.
+    let mut chosen = None;
+    let mut old = Vec::new();
+    let mut versions = Vec::new();
+    for p in &primaries {
+        let node = node_info(&seed, &p.host, p.port);
+        let address = format!("{}:{}", p.host, p.port);
+        let ask = async {
+            let client = redis::Client::open(node).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let text: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, parse_info(&text)))
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok((client, server))) => {
+                let version = server.get("redis_version").cloned().unwrap_or_default();
+                if super::parse_version(&version).is_some_and(|v| v < (7, 0, 0)) {
+                    old.push(format!("{address} (Redis {version})"));
+                }
+                versions.push(format!("{address} {version} ({} slots)", p.slots));
+                if chosen.is_none() {
+                    chosen = Some((address, client));
+                }
+            }
+            Ok(Err(e)) => f.add(
+                "cluster",
+                Severity::Warning,
+                format!("primary {address} does not answer: {e}"),
+                Some("check that every node is reachable from here with the same credentials"),
+            ),
+            Err(_) => f.add(
+                "cluster",
+                Severity::Warning,
+                format!("primary {address} did not answer within {timeout:?}"),
+                None,
+            ),
+        }
+    }
+    facts.insert("cluster primaries".into(), versions.join(", "));
+    if !old.is_empty() {
+        f.add(
+            "cluster",
+            Severity::Problem,
+            format!(
+                "primaries older than Redis 7.0: {}; shoald publishes invalidations on a cluster \
+                 with sharded Pub/Sub (SPUBLISH/SSUBSCRIBE), which they lack",
+                old.join(", ")
+            ),
+            Some("upgrade every node of the cluster to Redis 7.0 or later"),
+        );
+    }
+    if chosen.is_none() {
+        f.add(
+            "cluster",
+            Severity::Problem,
+            "no primary of the cluster answers: the node checks cannot run".into(),
+            Some("check that the nodes CLUSTER NODES lists are reachable from here"),
+        );
+    }
+    chosen
 }
 
 /// Under Sentinel: enough replicas to confirm changes (`wait_replicas`).
@@ -329,5 +445,33 @@ pub(super) fn check_replicas(f: &mut Findings, info: &BTreeMap<String, String>, 
             format!("{connected} replica(s) connected; each change waits for {wait} to confirm it"),
             None,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_lines_parse_with_slot_counts_and_replicas() {
+        let text = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+b2 127.0.0.1:7001@17001,host-b master - 0 1700000000000 2 connected 5461-10922 [10923->-c3]\n\
+c3 127.0.0.1:7002@17002 master,fail - 1700000000000 1700000000000 3 disconnected 10923-16383\n\
+d4 127.0.0.1:7003@17003 slave a1 0 1700000000000 1 connected\n\
+e5 [::1]:7004@17004 slave b2 0 1700000000000 2 connected\n";
+        let nodes = parse_cluster_nodes(text);
+        assert_eq!(nodes.len(), 5);
+        assert_eq!(
+            (nodes[0].port, nodes[0].slots, nodes[0].primary),
+            (7000, 5461, true)
+        );
+        assert_eq!((nodes[1].port, nodes[1].slots), (7001, 5462));
+        assert!(nodes[2].failed && !nodes[1].failed);
+        assert_eq!(
+            (nodes[3].primary, nodes[3].primary_id.as_str()),
+            (false, "a1")
+        );
+        assert_eq!((nodes[4].host.as_str(), nodes[4].port), ("::1", 7004));
     }
 }
