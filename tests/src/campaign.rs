@@ -860,7 +860,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                     c.redis.url = shoald::config::DEFAULT_REDIS_URL.into();
                     c.redis.cluster = Some(shoald::config::ClusterConfig {
                         urls: set.urls(),
-                        // buckets: config.buckets, (BUCKETS-PENDING-MERGE)
+                        buckets: config.buckets,
                         ..shoald::config::ClusterConfig::default()
                     });
                 }
