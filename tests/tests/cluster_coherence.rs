@@ -202,7 +202,13 @@ async fn a_change_no_replica_of_its_shard_confirmed_is_not_acknowledged() -> Res
     let invalidated = ca.invalidate([key]).await;
     cluster.nodes[replica].signal(nix::sys::signal::Signal::SIGCONT)?;
     let e = refused.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("not confirmed"), "set acknowledged without a replica: {e:?}");
-    assert!(invalidated.is_err(), "invalidate acknowledged without a replica");
+    assert!(
+        e.contains("not confirmed"),
+        "set acknowledged without a replica: {e:?}"
+    );
+    assert!(
+        invalidated.is_err(),
+        "invalidate acknowledged without a replica"
+    );
     Ok(())
 }
