@@ -212,3 +212,71 @@ async fn a_change_no_replica_of_its_shard_confirmed_is_not_acknowledged() -> Res
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_failover_flushes_only_that_shards_buckets() -> Result<()> {
+    let mut cluster = ClusterSet::start().await?;
+    wait_synced(&cluster).await?;
+    let dir = tempfile::tempdir()?;
+    let a = daemon(&cluster, dir.path(), "a").await?;
+    let b = daemon(&cluster, dir.path(), "b").await?;
+    let (ca, cb) = (a.client().await?, b.client().await?);
+    let keys = keys_in_every_bucket();
+    for k in &keys {
+        ca.set(k, &format!("{k}=v1"), None).await?;
+        value(&cb, k).await?;
+        assert_eq!(value(&cb, k).await?.1, Some(Source::L1), "{k} cached in b");
+    }
+
+    // The shard of the first key's bucket fails over: its replica (which
+    // confirmed every write) is promoted, another server with another run id.
+    let slot_of =
+        |k: &str| shoal_tests::cluster::bucket_slot(shoald::store::KeyNames::bucket_of(k, BUCKETS));
+    let primary = cluster.primary_of_slot(slot_of(&keys[0])).await?;
+    let mut on_shard = Vec::new();
+    let mut elsewhere = Vec::new();
+    for k in &keys {
+        if cluster.primary_of_slot(slot_of(k)).await? == primary {
+            on_shard.push(k.clone());
+        } else {
+            elsewhere.push(k.clone());
+        }
+    }
+    assert!(!elsewhere.is_empty(), "8 buckets spread over 3 shards");
+    let flushed_before = b.stat("l1_flushes_redis_identity");
+    cluster.kill_primary(primary, WAIT).await?;
+
+    // b notices the new server of those buckets (a flush of them) and is
+    // caught up on every bucket again.
+    let deadline = Instant::now() + WAIT;
+    while b.stat("l1_flushes_redis_identity") == flushed_before {
+        if Instant::now() > deadline {
+            bail!("b never flushed the failed-over shard's buckets");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.wait_ready(WAIT).await?;
+
+    // The other shards' keys were kept: still answered from L1. The failed
+    // over shard's keys were flushed: read again from L2, with the value every
+    // replica confirmed.
+    for k in &elsewhere {
+        let (v, from) = value(&cb, k).await?;
+        assert_eq!(v.as_deref(), Some(&*format!("{k}=v1")));
+        assert_eq!(from, Some(Source::L1), "{k} (another shard) kept in L1");
+    }
+    for k in &on_shard {
+        let (v, from) = value(&cb, k).await?;
+        assert_eq!(
+            v.as_deref(),
+            Some(&*format!("{k}=v1")),
+            "{k} survived the failover"
+        );
+        assert_eq!(
+            from,
+            Some(Source::L2),
+            "{k} (failed-over shard) flushed from L1"
+        );
+    }
+    Ok(())
+}

@@ -286,11 +286,22 @@ async fn shoald_refuses_two_topologies_with_exit_64() -> Result<()> {
 
     std::fs::write(
         &file,
-        "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n",
+        "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n[redis.sentinel]\n\
+         master = \"mymaster\"\nurls = [\"redis://127.0.0.1:26379\"]\n",
     )?;
     let (code, _, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("not supported"), "{err}");
+    assert!(err.contains("exactly one"), "{err}");
+
+    // A cluster configuration alone is fine, and prints without its password.
+    std::fs::write(
+        &file,
+        "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\npassword = \"cluster-secret\"\n",
+    )?;
+    let (code, out, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("buckets = 16"), "{out}");
+    assert!(!out.contains("cluster-secret"), "{out}");
 
     // A sentinel configuration alone is fine, and prints without secrets.
     std::fs::write(
