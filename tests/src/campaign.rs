@@ -24,11 +24,11 @@ use rand::{Rng, SeedableRng};
 use shoal_client::{Client, SetOptions, Source};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterSet;
 use crate::history::{
     Got, History, Nanos, Read, ReadKind, Revocation, Revoked, SessionCreate, SessionRead, Target,
     Verdict, Write, WriteKind,
 };
-use crate::cluster::ClusterSet;
 use crate::proxy::FaultProxy;
 use crate::sentinel::SentinelSet;
 use crate::{Daemon, DaemonProcess, RedisServer};
@@ -964,9 +964,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
             // The topology's own faults early in the first round (the deck
             // is used from its end), so a short run has them all.
             let early: &[(usize, FaultKind)] = match (round, config.topology) {
-                (0, Topology::Sentinel) => {
-                    &[(1, FaultKind::Failover), (3, FaultKind::KillPrimary)]
-                }
+                (0, Topology::Sentinel) => &[(1, FaultKind::Failover), (3, FaultKind::KillPrimary)],
                 (0, Topology::Cluster) => &[
                     (1, FaultKind::Reshard),
                     (2, FaultKind::ShardFailover),
@@ -2025,15 +2023,14 @@ async fn inject_cluster(
                 // Every bucket's log cut to two entries.
                 for b in 0..buckets {
                     let log = shoald::store::KeyNames::new(&format!("{PREFIX}{{b{b}}}:")).log();
-                    let _: u64 = cmd(
-                        &mut c,
-                        redis::cmd("XTRIM").arg(log).arg("MAXLEN").arg(2),
-                    )
-                    .await?;
+                    let _: u64 =
+                        cmd(&mut c, redis::cmd("XTRIM").arg(log).arg("MAXLEN").arg(2)).await?;
                 }
                 sleep(rng.random_range(0..20)).await;
             }
-            Ok(format!("{n} subscribers killed, {rounds} trims of {buckets} logs"))
+            Ok(format!(
+                "{n} subscribers killed, {rounds} trims of {buckets} logs"
+            ))
         }
         FaultKind::OutputBuffer => {
             let mut before = 0;
@@ -2071,7 +2068,9 @@ async fn inject_cluster(
                 )
                 .await?;
             }
-            Ok(format!("{before} subscribers before the burst, {after} after"))
+            Ok(format!(
+                "{before} subscribers before the burst, {after} after"
+            ))
         }
         FaultKind::ForeignPublish => {
             let mut c = target.conn().await?;
@@ -2081,14 +2080,12 @@ async fn inject_cluster(
             let (secs, micros) = cmd::<(u64, u64), _>(&mut c, &redis::cmd("TIME")).await?;
             let id = format!("{}-0", secs * 1000 + micros / 1000 + ahead);
             let msg = format!(r#"{{"id":"{id}","node":"foreign","keys":["burst-key-0"]}}"#);
-            let heard: u64 = cmd(
-                &mut c,
-                redis::cmd("SPUBLISH").arg(kn.channel()).arg(msg),
-            )
-            .await?;
+            let heard: u64 = cmd(&mut c, redis::cmd("SPUBLISH").arg(kn.channel()).arg(msg)).await?;
             sleep(rng.random_range(5..50)).await;
             let n = kill_clients_everywhere(set, "pubsub").await?;
-            Ok(format!("bucket {b}, id {id} heard by {heard}, {n} subscribers killed"))
+            Ok(format!(
+                "bucket {b}, id {id} heard by {heard}, {n} subscribers killed"
+            ))
         }
         FaultKind::Reshard => {
             set.wait_ok(Duration::from_secs(60)).await?;

@@ -3,11 +3,14 @@
 //! load, a primary failed over and back as a replica, a shard restarted in
 //! place — and `shoalctl doctor` on a healthy and on a broken cluster.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use redis::AsyncCommands;
 use shoal_tests::cluster::{bucket_slot, key_slot, ClusterSet};
+use shoal_tests::shoald::config::{Algorithm, FailMode, PolicyConfig};
+use shoal_tests::Daemon;
 
 /// Runs a workspace binary with `args` (without the test's `SHOAL_*` variables).
 async fn run_bin(name: &str, args: &[&str]) -> Result<(i32, String, String)> {
@@ -330,5 +333,181 @@ async fn a_primary_restarted_in_place_keeps_its_slots_and_aof_data() -> Result<(
         }
     };
     assert_eq!(got, "yes");
+    Ok(())
+}
+
+// ---- Rate limits on a cluster ----
+
+/// A test epoch, a multiple of every window used here.
+const T0: u64 = 1_800_000_000_000;
+
+fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
+    PolicyConfig {
+        algorithm,
+        limit,
+        window: Duration::from_millis(window_ms),
+        burst: None,
+        on_unavailable: FailMode::Closed,
+        expected_nodes: 1,
+        overrides: BTreeMap::new(),
+        max_reserve_ahead: None,
+        headers: None,
+        block: None,
+    }
+}
+
+/// `n` in-process daemons on the cluster (`[redis.cluster]`), with `policies`.
+async fn cluster_fleet(
+    cluster: &ClusterSet,
+    dir: &std::path::Path,
+    policies: &[(&str, PolicyConfig)],
+    n: usize,
+) -> Result<(Vec<Daemon>, Vec<shoal_client::Client>)> {
+    let mut daemons = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut c = shoal_tests::shoald::Config::default();
+        c.node.id = format!("d{i}");
+        c.socket.path = dir.join(format!("d{i}.sock"));
+        c.admin.listen = String::new();
+        c.redis.timeout = Duration::from_millis(500);
+        c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+            urls: cluster.urls(),
+            // buckets: 16, (BUCKETS-PENDING-MERGE)
+            ..Default::default()
+        });
+        for (name, p) in policies {
+            c.ratelimit.policies.insert(name.to_string(), p.clone());
+        }
+        c.ratelimit.override_refresh = Duration::from_millis(100);
+        let d = Daemon::start_ready(c).await?;
+        clients.push(d.client().await?);
+        daemons.push(d);
+    }
+    Ok((daemons, clients))
+}
+
+/// `callers` tasks spread over `clients`, each making `per_caller` checks of
+/// `key`; how many were allowed.
+async fn hammer(
+    clients: &[shoal_client::Client],
+    policy: &str,
+    key: &str,
+    callers: usize,
+    per_caller: usize,
+) -> Result<u64> {
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let c = clients[i % clients.len()].clone();
+        let (policy, key) = (policy.to_string(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0u64;
+            for _ in 0..per_caller {
+                if c.check(&policy, &key).await?.allowed {
+                    allowed += 1;
+                }
+            }
+            Ok::<_, shoal_client::Error>(allowed)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
+}
+
+/// For policy `name`, one key whose state (`{name:key}`) lives on each primary.
+async fn keys_on_every_primary(cluster: &ClusterSet, name: &str) -> Result<Vec<String>> {
+    let primaries = cluster.primaries().await?;
+    let view = cluster.view().await?;
+    let mut keys = Vec::new();
+    for p in primaries {
+        let port = cluster.nodes[p].port();
+        let owner = view.iter().find(|v| v.port == port).context("in view")?;
+        let key = (0..10_000)
+            .map(|i| format!("user{i}"))
+            .find(|k| owner.serves(key_slot(format!("{name}:{k}").as_bytes())))
+            .context("a key on that primary")?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Rate limits stay exact on a cluster: three daemons, every algorithm the
+/// standalone exactness test checks, keys whose state lives on each of the
+/// three primaries; 240 attempts per key from the three daemons allow exactly
+/// the limit. Then again while the slot of one key migrates to another
+/// primary (its state moves with `MIGRATE`; decisions meet `ASK`/`TRYAGAIN`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_exact_across_three_daemons_on_a_cluster() -> Result<()> {
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let policies = [
+        ("fw", pol(Algorithm::FixedWindow, 50, 60_000)),
+        ("sl", pol(Algorithm::SlidingLog, 50, 60_000)),
+        ("sc", pol(Algorithm::SlidingCounter, 50, 60_000)),
+        ("tb", pol(Algorithm::TokenBucket, 50, 60_000)),
+        ("gcra", pol(Algorithm::Gcra, 50, 60_000)),
+        // Real Redis TIME below: windows long enough that nothing refills.
+        ("sl_real", pol(Algorithm::SlidingLog, 50, 3_600_000)),
+        ("tb_real", pol(Algorithm::TokenBucket, 50, 3_600_000)),
+    ];
+    let (daemons, clients) = cluster_fleet(&cluster, dir.path(), &policies, 3).await?;
+    let set_now = |ms: Option<u64>| {
+        for d in &daemons {
+            d.ctx.ratelimits.set_test_now(ms);
+        }
+    };
+
+    set_now(Some(T0 + 1_234));
+    for name in ["fw", "sl", "sc", "tb", "gcra"] {
+        let keys = keys_on_every_primary(&cluster, name).await?;
+        assert_eq!(keys.len(), 3);
+        let mut runs = Vec::new();
+        for key in &keys {
+            runs.push(hammer(&clients, name, key, 24, 10));
+        }
+        let allowed = futures::future::try_join_all(runs).await?;
+        for (key, n) in keys.iter().zip(&allowed) {
+            assert_eq!(*n, 50, "{name} {key}: 240 attempts from 3 daemons");
+            let p = clients[0].peek(name, key).await?;
+            assert!(!p.allowed && p.remaining == 0, "{name} {key}: {p:?}");
+        }
+    }
+
+    set_now(None);
+    for name in ["sl_real", "tb_real"] {
+        for key in keys_on_every_primary(&cluster, name).await? {
+            let allowed = hammer(&clients, name, &key, 24, 10).await?;
+            assert_eq!(allowed, 50, "{name} {key} on Redis TIME");
+        }
+    }
+
+    // A resharding under the hammer: the key's state moves to another primary
+    // between two batches of decisions; the total stays exact.
+    set_now(Some(T0 + 61_234));
+    for name in ["fw", "gcra"] {
+        let key = "moving";
+        let slot = key_slot(format!("{name}:{key}").as_bytes());
+        let from = cluster.primary_of_slot(slot).await?;
+        let to = *cluster
+            .primaries()
+            .await?
+            .iter()
+            .find(|p| **p != from)
+            .context("another primary")?;
+        // The state exists on the source before the move starts.
+        for i in 0..10 {
+            assert!(clients[i % 3].check(name, key).await?.allowed);
+        }
+        let load = hammer(&clients, name, key, 24, 10);
+        let moving = cluster.migrate_slot_paced(slot, to, Duration::from_millis(20));
+        let (allowed, moved) = tokio::join!(load, moving);
+        let (allowed, moved) = (allowed?, moved?);
+        assert!(moved >= 1, "the state moved");
+        assert_eq!(cluster.primary_of_slot(slot).await?, to);
+        assert_eq!(allowed + 10, 50, "{name} during a slot migration");
+    }
     Ok(())
 }
