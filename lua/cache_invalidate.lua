@@ -12,6 +12,8 @@
 -- ARGV[4..n+3]  the cache keys as the application names them, same order
 --
 -- Returns the log id of the change (the `seq` of cache.invalidate).
+-- On Redis Cluster (a prefix ending in a bucket's hash tag, "{bN}:") the
+-- channel is sharded: SPUBLISH, received with SSUBSCRIBE on the slot's shard.
 local keys = {}
 for i = 4, #ARGV do
   keys[#keys + 1] = ARGV[i]
@@ -25,6 +27,7 @@ local prefix = string.match(KEYS[1], '^(.*)log$')
 if not prefix or ARGV[2] ~= prefix .. 'inv' then
   return redis.error_reply('ERR cache_invalidate: KEYS[1] must be PREFIX.."log" and ARGV[2] PREFIX.."inv"')
 end
+local publish = string.match(prefix, '{b%d+}:$') and 'SPUBLISH' or 'PUBLISH'
 for i, k in ipairs(keys) do
   if KEYS[2 * i] ~= prefix .. 'c:' .. k or KEYS[2 * i + 1] ~= prefix .. 'l:' .. k then
     return redis.error_reply('ERR cache_invalidate: KEYS[' .. (2 * i) .. '] and KEYS[' .. (2 * i + 1) .. '] must be PREFIX.."c:"..key and PREFIX.."l:"..key for ARGV[' .. (i + 3) .. ']')
@@ -34,5 +37,5 @@ for i = 2, #KEYS do
   redis.call('DEL', KEYS[i])
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'keys', cjson.encode(keys), 'node', ARGV[3])
-redis.call('PUBLISH', ARGV[2], cjson.encode({ id = id, node = ARGV[3], keys = keys }))
+redis.call(publish, ARGV[2], cjson.encode({ id = id, node = ARGV[3], keys = keys }))
 return id

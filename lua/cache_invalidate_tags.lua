@@ -14,6 +14,8 @@
 -- ARGV[5..m+4]  the members (cache keys), same order as their value/lease keys
 --
 -- Returns { 1, log_id, m } when done, { 0, false, current_member_count } to retry.
+-- On Redis Cluster (a prefix ending in a bucket's hash tag, "{bN}:") the
+-- channel is sharded: SPUBLISH, received with SSUBSCRIBE on the slot's shard.
 local t = tonumber(ARGV[4])
 local members = {}
 for i = 5, #ARGV do
@@ -25,6 +27,7 @@ local prefix = string.match(KEYS[1], '^(.*)log$')
 if not prefix or ARGV[2] ~= prefix .. 'inv' or not t or t < 1 or #KEYS ~= 1 + t + 2 * #members then
   return redis.error_reply('ERR cache_invalidate_tags: KEYS must be PREFIX.."log", t tag sets, then a value and lease key per member; ARGV[2] PREFIX.."inv"')
 end
+local publish = string.match(prefix, '{b%d+}:$') and 'SPUBLISH' or 'PUBLISH'
 for i = 2, t + 1 do
   if string.sub(KEYS[i], 1, #prefix + 2) ~= prefix .. 't:' then
     return redis.error_reply('ERR cache_invalidate_tags: KEYS[' .. i .. '] must be a tag set PREFIX.."t:"..tag')
@@ -63,5 +66,5 @@ if #members == 0 then
   return { 1, pos, 0 }
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'keys', cjson.encode(members), 'node', ARGV[3])
-redis.call('PUBLISH', ARGV[2], cjson.encode({ id = id, node = ARGV[3], keys = members }))
+redis.call(publish, ARGV[2], cjson.encode({ id = id, node = ARGV[3], keys = members }))
 return { 1, id, #members }

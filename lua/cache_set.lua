@@ -19,11 +19,14 @@
 -- Returns { 1, log_id } when stored, { 0, false } when the lease was gone.
 -- KEYS and ARGV must name the same things under one prefix (taken from the log
 -- key), so a mis-called script never changes L2 while telling no daemon.
+-- On Redis Cluster (a prefix ending in a bucket's hash tag, "{bN}:") the
+-- channel is sharded: SPUBLISH, received with SSUBSCRIBE on the slot's shard.
 local prefix = string.match(KEYS[3] or '', '^(.*)log$')
 if not prefix or ARGV[5] ~= prefix .. 'inv' or KEYS[1] ~= prefix .. 'c:' .. ARGV[7]
     or KEYS[2] ~= prefix .. 'l:' .. ARGV[7] then
   return redis.error_reply('ERR cache_set: KEYS[1..3] must be PREFIX.."c:"..key, PREFIX.."l:"..key, PREFIX.."log" for key ARGV[7], and ARGV[5] PREFIX.."inv"')
 end
+local publish = string.match(prefix, '{b%d+}:$') and 'SPUBLISH' or 'PUBLISH'
 for i = 4, #KEYS do
   if string.sub(KEYS[i], 1, #prefix + 2) ~= prefix .. 't:' then
     return redis.error_reply('ERR cache_set: KEYS[' .. i .. '] must be a tag set PREFIX.."t:"..tag')
@@ -49,5 +52,5 @@ for i = 4, #KEYS do
 end
 local keys = cjson.encode({ ARGV[7] })
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'keys', keys, 'node', ARGV[6])
-redis.call('PUBLISH', ARGV[5], cjson.encode({ id = id, node = ARGV[6], keys = { ARGV[7] } }))
+redis.call(publish, ARGV[5], cjson.encode({ id = id, node = ARGV[6], keys = { ARGV[7] } }))
 return { 1, id }

@@ -16,6 +16,8 @@
 -- Publishes {"t": token, "epoch": epoch or "", "last": last log id or "",
 --            "run": run id, "role": "master" | "slave"}.
 -- Returns the number of receivers (0 or 1).
+-- On Redis Cluster (a prefix ending in a bucket's hash tag, "{bN}:") the
+-- channel is sharded: SPUBLISH, received with SSUBSCRIBE on the slot's shard.
 local epoch = redis.call('GET', KEYS[1]) or ''
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local last_id = ''
@@ -24,5 +26,7 @@ if #last > 0 then
 end
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
 local role = string.match(redis.call('INFO', 'replication'), 'role:(%w+)') or ''
-return redis.call('PUBLISH', ARGV[1],
+local prefix = string.match(KEYS[2] or '', '^(.*)log$') or ''
+local publish = string.match(prefix, '{b%d+}:$') and 'SPUBLISH' or 'PUBLISH'
+return redis.call(publish, ARGV[1],
   cjson.encode({ t = ARGV[2], epoch = epoch, last = last_id, run = run, role = role }))

@@ -1,6 +1,6 @@
 -- session_check: what the revocation reader verifies after every XREAD, in one
 -- atomic step on its own connection: that Redis still holds the dataset its
--- cursor belongs to (the epoch key, kept as epoch.lua keeps it: a missing epoch
+-- cursor belongs to (the epoch key, kept as identity.lua keeps it: a missing epoch
 -- means Redis lost data, and a new one is created), whether revocation-stream
 -- entries the reader may not have seen were removed (trimmed or deleted), and
 -- which token hash key the fleet uses.

@@ -79,11 +79,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    if config.redis.topology() == shoald::config::Topology::Cluster {
-        eprintln!("shoald: {}", shoald::config::CLUSTER_UNSUPPORTED);
-        return ExitCode::from(EX_USAGE);
-    }
-    // A Sentinel configuration names its own Redis.
+    // A Sentinel or Cluster configuration names its own Redis.
     let dev_redis_wanted =
         dev_redis_wanted && config.redis.topology() == shoald::config::Topology::Standalone;
     if args.print_config {

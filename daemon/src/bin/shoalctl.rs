@@ -287,12 +287,14 @@ async fn run(cli: Cli, config: shoald::Config, out: &mut String) -> anyhow::Resu
         Cmd::Invalidate { tag, names } => {
             let config = aim(&cli, config).await?;
             let store = shoald::store::Store::new(&config)?;
-            let (seq, n) = if *tag {
-                let (id, keys) = store.cache_invalidate_tags(names).await?;
-                (id, keys.len())
+            // On a cluster, one change per bucket: the largest position.
+            let changes = if *tag {
+                store.cache_invalidate_tags(names).await?
             } else {
-                (store.cache_invalidate(names).await?, names.len())
+                store.cache_invalidate(names).await?
             };
+            let seq = changes.iter().map(|(id, _)| *id).max().unwrap_or_default();
+            let n: usize = changes.iter().map(|(_, keys)| keys.len()).sum();
             if cli.json {
                 say!(
                     out,

@@ -82,7 +82,7 @@ impl CoherenceState {
     pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<StreamId> {
         self.applied_tx.subscribe()
     }
-    fn set_applied(&self, id: StreamId) {
+    pub(crate) fn set_applied(&self, id: StreamId) {
         let mut s = self.lock();
         if id > s.applied {
             s.applied = id;
@@ -96,7 +96,7 @@ impl CoherenceState {
         self.lock().applied = id;
         self.applied_tx.send_replace(id);
     }
-    fn set_caught_up(&self, v: bool) {
+    pub(crate) fn set_caught_up(&self, v: bool) {
         self.lock().caught_up = v;
         self.ready_tx.send_replace(v);
     }
@@ -140,8 +140,12 @@ struct Beat {
 }
 
 impl Subscriber {
-    /// Runs until `cancel` fires, reconnecting with backoff.
+    /// Runs until `cancel` fires, reconnecting with backoff. On Redis Cluster
+    /// the work is per bucket: see `sharded.rs`.
     pub async fn run(self, cancel: CancellationToken) {
+        if self.store.buckets() > 0 {
+            return crate::cache::sharded::run(self, cancel).await;
+        }
         let mut backoff = Duration::from_millis(20);
         let mut first = true;
         loop {
@@ -257,7 +261,7 @@ impl Subscriber {
                     let store = self.store.clone();
                     let ch = hb_channel.clone();
                     let token = subscribed.elapsed().as_micros().to_string();
-                    tokio::spawn(async move { let _ = store.heartbeat(&ch, &token).await; });
+                    tokio::spawn(async move { let _ = store.heartbeat(store.keys(), &ch, &token).await; });
                 }
             }
         }
@@ -310,7 +314,7 @@ impl Subscriber {
     /// Redis identity check, then replay of the log after the applied id.
     async fn catch_up(&self) -> Result<(), StoreError> {
         self.store.load_scripts().await?;
-        let identity = self.store.identity().await?;
+        let identity = self.store.identity(self.store.keys()).await?;
         let (known, applied) = {
             let s = self.state.lock();
             (s.identity.clone(), s.applied)
@@ -318,7 +322,7 @@ impl Subscriber {
         match known {
             None => {
                 // First connection: L1 is empty, nothing before now matters.
-                let (_, last) = self.store.log_bounds().await?;
+                let (_, last) = self.store.log_bounds(self.store.keys()).await?;
                 self.state.lock().identity = Some(identity);
                 self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
                 return Ok(());
@@ -327,7 +331,7 @@ impl Subscriber {
                 tracing::warn!(
                     "redis identity changed (restart, failover or data loss); flushing L1"
                 );
-                let (_, last) = self.store.log_bounds().await?;
+                let (_, last) = self.store.log_bounds(self.store.keys()).await?;
                 self.cache.flush(FlushReason::RedisIdentity);
                 self.state.lock().identity = Some(identity);
                 self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
@@ -340,7 +344,11 @@ impl Subscriber {
         // never a silently skipped entry.
         let mut after = applied;
         loop {
-            match self.store.log_replay(after, REPLAY_BATCH).await? {
+            match self
+                .store
+                .log_replay(self.store.keys(), after, REPLAY_BATCH)
+                .await?
+            {
                 Replay::Entries(batch) if batch.is_empty() => break,
                 Replay::Entries(batch) => {
                     for (id, keys) in batch {
@@ -363,7 +371,7 @@ impl Subscriber {
                 }
                 Replay::Trimmed | Replay::Empty => {
                     tracing::warn!(%after, "invalidation log trimmed past our position; flushing L1");
-                    let (_, last) = self.store.log_bounds().await?;
+                    let (_, last) = self.store.log_bounds(self.store.keys()).await?;
                     self.cache.flush(FlushReason::LogTrimmed);
                     self.state.reset_applied(last.unwrap_or(StreamId::ZERO));
                     break;

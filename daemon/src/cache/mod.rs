@@ -17,6 +17,7 @@
 pub mod coherence;
 pub mod entry;
 pub mod l1;
+mod sharded;
 pub mod shm;
 
 use std::collections::HashMap;
@@ -321,13 +322,13 @@ impl Cache {
         }
         if !missing.is_empty() {
             let ticket = self.l1.ticket();
-            let (values, pos) = self.store.cache_mget(&missing).await?;
+            let values = self.store.cache_mget(&missing).await?;
             let mut values = values.into_iter();
             for (slot, key) in out.iter_mut().zip(keys) {
                 if slot.is_some() {
                     continue;
                 }
-                let Some(v) = values.next() else { break };
+                let Some((v, pos)) = values.next() else { break };
                 if let Some(b) = &v.value {
                     self.l1.fill(key, b.clone(), v.ttl_ms, pos, ticket).await;
                 }
@@ -375,30 +376,42 @@ impl Cache {
         }
     }
 
-    /// `cache.invalidate`: delete from L2 and every L1. Returns the log id.
+    /// `cache.invalidate`: delete from L2 and every L1. Returns the log id (on
+    /// a cluster, where each bucket has its log, the largest of the buckets').
     pub async fn invalidate(&self, keys: &[String]) -> Result<StreamId, StoreError> {
-        let id = self.store.cache_invalidate(keys).await?;
+        let changes = self.store.cache_invalidate(keys).await?;
         self.stats
             .invalidations_sent
             .fetch_add(1, Ordering::Relaxed);
-        for k in keys {
-            self.applied_locally(k, id).await;
+        let mut seq = StreamId::ZERO;
+        for (id, keys) in &changes {
+            for k in keys {
+                self.applied_locally(k, *id).await;
+            }
+            seq = seq.max(*id);
         }
-        Ok(id)
+        Ok(seq)
     }
 
-    /// `cache.invalidate_tags`: every key of the tags, as one change.
+    /// `cache.invalidate_tags`: every key of the tags, as one change per
+    /// group (bucket). Returns the largest log id and the number of keys.
     pub async fn invalidate_tags(&self, tags: &[String]) -> Result<(StreamId, u64), StoreError> {
-        let (id, keys) = self.store.cache_invalidate_tags(tags).await?;
-        if !keys.is_empty() {
-            self.stats
-                .invalidations_sent
-                .fetch_add(1, Ordering::Relaxed);
+        let changes = self.store.cache_invalidate_tags(tags).await?;
+        let mut seq = StreamId::ZERO;
+        let mut count = 0u64;
+        for (id, keys) in &changes {
+            if !keys.is_empty() {
+                self.stats
+                    .invalidations_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            for k in keys {
+                self.applied_locally(k, *id).await;
+            }
+            seq = seq.max(*id);
+            count += keys.len() as u64;
         }
-        for k in &keys {
-            self.applied_locally(k, id).await;
-        }
-        Ok((id, keys.len() as u64))
+        Ok((seq, count))
     }
 
     /// A change confirmed by Redis, applied here without waiting for the channel.

@@ -21,9 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{check_env, env_name, ENV_NOT_CONFIG, ENV_NOT_CONFIG_PREFIXES};
 pub use redact::{redact_url, redis_address};
-pub use topology::{
-    ClusterConfig, SentinelConfig, Topology, CLUSTER_UNSUPPORTED, DEFAULT_REDIS_URL,
-};
+pub use topology::{ClusterConfig, SentinelConfig, Topology, DEFAULT_REDIS_URL, MAX_BUCKETS};
 
 /// The whole configuration of one daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

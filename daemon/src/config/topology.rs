@@ -1,8 +1,8 @@
 //! The Redis deployment shoal talks to: exactly one of `redis.url` (standalone),
 //! `[redis.sentinel]` (the primary found and followed through sentinels) or
-//! `[redis.cluster]` (seed nodes; described by `shoalctl doctor`, refused by
-//! shoald for now). Two of them, or an incomplete section, is a configuration
-//! error naming the key.
+//! `[redis.cluster]` (seed nodes of a Redis Cluster, the rest discovered).
+//! Two of them, or an incomplete section, is a configuration error naming the
+//! key.
 
 use serde::{Deserialize, Serialize};
 
@@ -53,18 +53,43 @@ impl Default for SentinelConfig {
     }
 }
 
-/// `[redis.cluster]`: seed nodes of a Redis Cluster.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[redis.cluster]`: seed nodes of a Redis Cluster, and how shoal spreads
+/// its cache over it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Seed nodes, `redis://host:port`; the rest of the cluster is discovered.
     pub urls: Vec<String>,
+    /// ACL user of the cluster's nodes.
+    pub username: String,
+    /// Password of the cluster's nodes (`requirepass` / ACL).
+    pub password: Secret,
+    /// Hash-tag groups the cache is spread over. Each bucket is one slot: its
+    /// values, leases, tag sets, invalidation log and sharded channel live
+    /// together, so every script touches one slot. More buckets spread the
+    /// cache over more shards; each costs one heartbeat per `cache.heartbeat`.
+    /// Must be the same for every daemon (and outside writer) of a fleet.
+    pub buckets: u16,
+    /// Replicas of a shard that must confirm a change (`WAIT`) before shoal
+    /// acknowledges it, as `[redis.sentinel] wait_replicas`: an acknowledged
+    /// change survives the failover of its shard.
+    pub wait_replicas: u32,
 }
 
-/// Why shoald refuses `[redis.cluster]` (exit code 64).
-pub const CLUSTER_UNSUPPORTED: &str = "[redis.cluster]: Redis Cluster is not supported by this \
-     version of shoald yet (issue #16); use redis.url (standalone) or [redis.sentinel] \
-     (`shoalctl doctor` can inspect the cluster)";
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            urls: Vec::new(),
+            username: String::new(),
+            password: Secret::default(),
+            buckets: 16,
+            wait_replicas: 1,
+        }
+    }
+}
+
+/// Largest `redis.cluster.buckets`.
+pub const MAX_BUCKETS: u16 = 1024;
 
 /// Which Redis deployment shoal talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,9 +182,13 @@ impl Config {
             }
         }
         if let Some(c) = &r.cluster {
-            // Valid to describe (`shoalctl doctor` inspects a cluster); shoald
-            // itself refuses to run on one (`CLUSTER_UNSUPPORTED`).
             check_urls("redis.cluster.urls", &c.urls)?;
+            if c.buckets == 0 || c.buckets > MAX_BUCKETS {
+                return bad(
+                    "redis.cluster.buckets",
+                    format!("must be between 1 and {MAX_BUCKETS}"),
+                );
+            }
         }
         Ok(())
     }
@@ -187,6 +216,9 @@ impl Config {
         }
         if let Some(cl) = c.redis.cluster.as_mut() {
             cl.urls = cl.urls.iter().map(|u| redact_url(u)).collect();
+            if !cl.password.is_empty() {
+                cl.password = Secret("<redacted>".into());
+            }
         }
     }
 }

@@ -62,6 +62,12 @@ impl Config {
                 "must not be empty (it keeps shoal's keys apart)",
             );
         }
+        if self.redis.prefix.contains(['{', '}']) {
+            return bad(
+                "redis.prefix",
+                "must not contain `{` or `}`: shoal adds its own hash tags on Redis Cluster",
+            );
+        }
         if self.redis.timeout.is_zero() {
             return bad("redis.timeout", "must be positive");
         }

@@ -114,6 +114,41 @@ pub fn parse_info(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `INFO` as one parsed map: a standalone server's text, or on a cluster (where
+/// redis-rs asks every primary and answers node → text) the primaries' figures
+/// merged: integers summed (memory, evictions, clients; a flag such as
+/// `loading` is then non-zero if any primary is loading), anything else taken
+/// from the first primary.
+pub fn merge_info(v: &redis::Value) -> Option<BTreeMap<String, String>> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    };
+    if let Some(t) = text(v) {
+        return Some(parse_info(&t));
+    }
+    let Value::Map(nodes) = v else { return None };
+    let mut merged: BTreeMap<String, String> = BTreeMap::new();
+    for (_, node) in nodes {
+        for (k, val) in parse_info(&text(node)?) {
+            match merged.get_mut(&k) {
+                None => {
+                    merged.insert(k, val);
+                }
+                Some(have) => {
+                    if let (Ok(a), Ok(b)) = (have.parse::<u64>(), val.parse::<u64>()) {
+                        *have = (a + b).to_string();
+                    }
+                }
+            }
+        }
+    }
+    Some(merged)
+}
+
 /// A field of a parsed `INFO` as an integer (absent or malformed: `None`).
 pub fn info_u64(info: &BTreeMap<String, String>, key: &str) -> Option<u64> {
     info.get(key).and_then(|v| v.parse().ok())
@@ -164,12 +199,17 @@ impl Watcher {
         let info = match ping {
             Ok(_) => {
                 self.health.record_ping(ping_seconds);
-                self.store.cmd::<String>(&redis::cmd("INFO")).await
+                self.store.cmd::<redis::Value>(&redis::cmd("INFO")).await
             }
             Err(e) => Err(e),
         };
+        let info = info.and_then(|v| {
+            merge_info(&v).ok_or_else(|| {
+                crate::store::StoreError::Redis("INFO answered in an unexpected shape".into())
+            })
+        });
         let info = match info {
-            Ok(text) => parse_info(&text),
+            Ok(info) => info,
             Err(e) => {
                 let mut s = self.health.lock();
                 if s.up || !s.polled {

@@ -181,11 +181,12 @@ impl Sessions {
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '_' })
             .collect();
+        let session_keys = store.session_keys();
         Sessions {
             store,
             scripts: Scripts::load(),
             cx: Context {
-                keys: SessionKeys::new(&config.redis.prefix),
+                keys: SessionKeys::new(session_keys.prefix()),
                 log_len: s.revocation_log_len.max(1),
                 node: config.node.id.clone(),
                 touch_fraction: format!("{}", s.touch_fraction.clamp(0.0, 1.0)),

@@ -26,8 +26,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use crate::store::conn::Conn;
+use redis::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -194,23 +194,11 @@ impl Sessions {
         let mut primary_changes = self.store.endpoint().changes();
         primary_changes.mark_unchanged();
         let connect = async {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(limit))
-                // Blocking reads wait longer than any response timeout; each call
-                // below carries its own deadline instead.
-                .set_response_timeout(None);
-            let client = self.store.client().await.map_err(|e| e.to_string())?;
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
+            self.store
+                .endpoint()
+                .dedicated(&self.settings.reader_name)
                 .await
-                .map_err(|e| e.to_string())?;
-            redis::cmd("CLIENT")
-                .arg("SETNAME")
-                .arg(&self.settings.reader_name)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(conn)
+                .map_err(|e| e.to_string())
         };
         let mut conn = tokio::select! {
             _ = cancel.cancelled() => return Ended::Cancelled,
@@ -267,8 +255,12 @@ impl Sessions {
     /// On (re)connecting: Redis's identity. A change means Redis lost data or
     /// was replaced: flush and start after the stream's current end. On the
     /// first connection nothing is cached yet: start at the end too.
-    async fn on_connect(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
-        let identity = self.store.identity().await.map_err(|e| e.to_string())?;
+    async fn on_connect(&self, conn: &mut Conn) -> Result<(), String> {
+        let identity = self
+            .store
+            .identity(&self.store.session_keys())
+            .await
+            .map_err(|e| e.to_string())?;
         let known = self
             .reader
             .identity
@@ -294,13 +286,13 @@ impl Sessions {
     }
 
     /// Runs `session_check.lua` on the reader connection.
-    async fn check(&self, conn: &mut MultiplexedConnection) -> Result<Check, String> {
+    async fn check(&self, conn: &mut Conn) -> Result<Check, String> {
         let fleet_key = self.fleet_key_proposal();
         self.scripts
             .check(
                 conn,
                 &self.cx,
-                &self.store.keys().epoch(),
+                &self.store.session_keys().epoch(),
                 fleet_key.as_deref(),
                 self.settings.timeout,
             )
@@ -319,7 +311,7 @@ impl Sessions {
     /// The proof after a read that started at cursor `from`: same dataset, no
     /// entry after `from` removed unseen, the fleet's hash key. Flushes (and
     /// moves the cursor to the stream's end) when it cannot prove continuity.
-    async fn verify(&self, conn: &mut MultiplexedConnection, from: StreamId) -> Result<(), String> {
+    async fn verify(&self, conn: &mut Conn, from: StreamId) -> Result<(), String> {
         let check = self.check(conn).await?;
         self.adopt_checked_key(&check);
         let end = check
@@ -357,7 +349,7 @@ impl Sessions {
     /// Runs one command on the reader connection within `limit`.
     async fn bounded_for(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         cmd: &redis::Cmd,
         limit: Duration,
     ) -> Result<Value, String> {
@@ -370,11 +362,7 @@ impl Sessions {
 
     /// Reads and applies the entries after the cursor (blocking up to `block`).
     /// Returns how many there were.
-    async fn read_batch(
-        &self,
-        conn: &mut MultiplexedConnection,
-        block: Option<Duration>,
-    ) -> Result<usize, String> {
+    async fn read_batch(&self, conn: &mut Conn, block: Option<Duration>) -> Result<usize, String> {
         let before = self.cursor();
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(BATCH);

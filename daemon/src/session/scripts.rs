@@ -463,7 +463,7 @@ impl Scripts {
     /// daemon uses (`""` if none yet), put back only if Redis has none.
     pub async fn check(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut crate::store::conn::Conn,
         cx: &Context,
         epoch_key: &str,
         fleet_key: Option<&str>,

@@ -1,6 +1,11 @@
 //! L2, the cache in Redis: one script call per read or write (`cache_get`,
 //! `cache_mget`, `cache_set`, `cache_invalidate`, `cache_invalidate_tags`), each
 //! returning the log position it saw or wrote.
+//!
+//! On Redis Cluster each call goes to the bucket of its keys (see `keys.rs`):
+//! `cache_mget` and `cache_invalidate` are split by bucket (one script per
+//! bucket, run concurrently), and a tag invalidation visits every bucket,
+//! because a tag's keys may live in any of them. Positions are per bucket.
 
 use bytes::Bytes;
 use redis::Value;
@@ -8,7 +13,7 @@ use redis::Value;
 use crate::store::streamid::StreamId;
 
 use super::reply::{opt_string, opt_u64, parse_pos};
-use super::{Store, StoreError};
+use super::{KeyNames, Store, StoreError};
 
 /// An L2 read of one key.
 #[derive(Debug, Clone)]
@@ -62,10 +67,11 @@ impl Store {
         lease: Option<&LeaseRequest>,
     ) -> Result<L2Get, StoreError> {
         let mut conn = self.conn().await?;
+        let names = self.keys_of(key);
         let mut inv = self.scripts.get.prepare_invoke();
-        inv.key(self.keys.value(key))
-            .key(self.keys.lease(key))
-            .key(self.keys.log());
+        inv.key(names.value(key))
+            .key(names.lease(key))
+            .key(names.log());
         match lease {
             Some(l) => inv.arg("1").arg(&l.token).arg(l.ttl_ms).arg(l.max_wait_ms),
             None => inv.arg("0").arg("").arg(0).arg(0),
@@ -81,13 +87,46 @@ impl Store {
         })
     }
 
-    /// Reads many keys in one round trip; returns the values in order and the log position.
-    pub async fn cache_mget(&self, keys: &[&str]) -> Result<(Vec<L2Value>, StreamId), StoreError> {
+    /// Reads many keys, one round trip per group (bucket); returns the values
+    /// in order, each with the log position of its group.
+    pub async fn cache_mget(&self, keys: &[&str]) -> Result<Vec<(L2Value, StreamId)>, StoreError> {
+        let mut out: Vec<Option<(L2Value, StreamId)>> = vec![None; keys.len()];
+        for (group, idx) in self.by_group(keys.iter().copied()) {
+            let names = self.group_keys(group);
+            let batch: Vec<&str> = idx.iter().map(|&i| keys[i]).collect();
+            let (values, pos) = self.cache_mget_group(&names, &batch).await?;
+            for (i, v) in idx.into_iter().zip(values) {
+                out[i] = Some((v, pos));
+            }
+        }
+        out.into_iter()
+            .map(|v| v.ok_or_else(|| StoreError::Redis("cache_mget lost a key".into())))
+            .collect()
+    }
+
+    /// Indexes of `keys` grouped by the group (bucket) that holds them.
+    fn by_group<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<(u16, Vec<usize>)> {
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, k) in keys.enumerate() {
+            let g = self.group_of(k);
+            match groups.iter_mut().find(|(n, _)| *n == g) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((g, vec![i])),
+            }
+        }
+        groups
+    }
+
+    async fn cache_mget_group(
+        &self,
+        names: &KeyNames,
+        keys: &[&str],
+    ) -> Result<(Vec<L2Value>, StreamId), StoreError> {
         let mut conn = self.conn().await?;
         let mut inv = self.scripts.mget.prepare_invoke();
-        inv.key(self.keys.log());
+        inv.key(names.log());
         for k in keys {
-            inv.key(self.keys.value(k));
+            inv.key(names.value(k));
         }
         let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
         if v.len() != 1 + 2 * keys.len() {
@@ -112,18 +151,19 @@ impl Store {
         lease: Option<&str>,
         tags: &[String],
     ) -> Result<SetOutcome, StoreError> {
+        let names = self.keys_of(key);
         let mut inv = self.scripts.set.prepare_invoke();
-        inv.key(self.keys.value(key))
-            .key(self.keys.lease(key))
-            .key(self.keys.log());
+        inv.key(names.value(key))
+            .key(names.lease(key))
+            .key(names.log());
         for t in tags {
-            inv.key(self.keys.tag(t));
+            inv.key(names.tag(t));
         }
         inv.arg(value)
             .arg(ttl_ms)
             .arg(lease.unwrap_or(""))
             .arg(self.log_len)
-            .arg(self.keys.channel())
+            .arg(names.channel())
             .arg(&self.node)
             .arg(key);
         let v: Vec<Value> = self.change(&inv).await?;
@@ -136,15 +176,36 @@ impl Store {
         }
     }
 
-    pub async fn cache_invalidate(&self, keys: &[String]) -> Result<StreamId, StoreError> {
+    /// Deletes `keys` from L2 and announces it: one change per group (bucket),
+    /// each atomic. Returns each group's log id with its keys.
+    pub async fn cache_invalidate(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(StreamId, Vec<String>)>, StoreError> {
+        let groups = self.by_group(keys.iter().map(String::as_str));
+        let calls = groups.into_iter().map(|(group, idx)| {
+            let batch: Vec<String> = idx.iter().map(|&i| keys[i].clone()).collect();
+            async move {
+                let id = self
+                    .cache_invalidate_group(&self.group_keys(group), &batch)
+                    .await?;
+                Ok::<_, StoreError>((id, batch))
+            }
+        });
+        futures::future::try_join_all(calls).await
+    }
+
+    async fn cache_invalidate_group(
+        &self,
+        names: &KeyNames,
+        keys: &[String],
+    ) -> Result<StreamId, StoreError> {
         let mut inv = self.scripts.invalidate.prepare_invoke();
-        inv.key(self.keys.log());
+        inv.key(names.log());
         for k in keys {
-            inv.key(self.keys.value(k)).key(self.keys.lease(k));
+            inv.key(names.value(k)).key(names.lease(k));
         }
-        inv.arg(self.log_len)
-            .arg(self.keys.channel())
-            .arg(&self.node);
+        inv.arg(self.log_len).arg(names.channel()).arg(&self.node);
         for k in keys {
             inv.arg(k);
         }
@@ -152,9 +213,32 @@ impl Store {
         parse_pos(&v)
     }
 
-    /// Invalidates every key of `tags` as one change. Returns the log id and the keys.
+    /// Invalidates every key of `tags`: one change per group (on a cluster,
+    /// every bucket, since a tag's keys may be in any). Returns each group's
+    /// log id with the keys it invalidated (groups without any are left out).
     pub async fn cache_invalidate_tags(
         &self,
+        tags: &[String],
+    ) -> Result<Vec<(StreamId, Vec<String>)>, StoreError> {
+        let groups = if self.buckets == 0 { 1 } else { self.buckets };
+        let calls = (0..groups).map(|g| async move {
+            self.cache_invalidate_tags_group(&self.group_keys(g), tags)
+                .await
+        });
+        let done = futures::future::try_join_all(calls).await?;
+        if self.buckets == 0 {
+            // One group, even without keys: its position is the answer.
+            return Ok(done);
+        }
+        Ok(done
+            .into_iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .collect())
+    }
+
+    async fn cache_invalidate_tags_group(
+        &self,
+        names: &KeyNames,
         tags: &[String],
     ) -> Result<(StreamId, Vec<String>), StoreError> {
         // The members are read first and confirmed inside the script; a set that
@@ -162,19 +246,19 @@ impl Store {
         for _ in 0..8 {
             let mut sunion = redis::cmd("SUNION");
             for t in tags {
-                sunion.arg(self.keys.tag(t));
+                sunion.arg(names.tag(t));
             }
             let members: Vec<String> = self.cmd(&sunion).await?;
             let mut inv = self.scripts.invalidate_tags.prepare_invoke();
-            inv.key(self.keys.log());
+            inv.key(names.log());
             for t in tags {
-                inv.key(self.keys.tag(t));
+                inv.key(names.tag(t));
             }
             for m in &members {
-                inv.key(self.keys.value(m)).key(self.keys.lease(m));
+                inv.key(names.value(m)).key(names.lease(m));
             }
             inv.arg(self.log_len)
-                .arg(self.keys.channel())
+                .arg(names.channel())
                 .arg(&self.node)
                 .arg(tags.len());
             for m in &members {

@@ -1,5 +1,8 @@
-//! Where the Redis primary is: a fixed `redis.url`, or the primary the sentinels
-//! of `[redis.sentinel]` name, followed across failovers.
+//! Where the Redis primary is: a fixed `redis.url`, the primary the sentinels
+//! of `[redis.sentinel]` name, followed across failovers, or the nodes of a
+//! `[redis.cluster]` (redis-rs's cluster client: slots, `MOVED`/`ASK` and
+//! failovers of shards are its business; connected lazily, so shoald starts
+//! while the cluster is down).
 //!
 //! With Sentinel, the command connection is a [`ConnectionManager`] to the
 //! primary the sentinels last named. It is replaced (and the generation in
@@ -27,11 +30,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::Conn;
 use super::errors::StoreError;
 use crate::config::{Config, Topology};
 
@@ -64,6 +69,19 @@ struct Sentinels {
     last_lookup: Mutex<Option<Instant>>,
 }
 
+/// The nodes of a Redis Cluster: clients for the shared command connection,
+/// the writers (changes followed by `WAIT`), dedicated blocking readers and
+/// sharded Pub/Sub.
+struct ClusterNodes {
+    urls: Vec<String>,
+    username: String,
+    password: String,
+    /// The shared command connection, made on first use.
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    /// Connections for changes followed by `WAIT` (made on first use).
+    writers: tokio::sync::Mutex<Option<Arc<[ClusterConnection]>>>,
+}
+
 /// The way to the primary. Shared by the store and the background tasks.
 pub struct Endpoint {
     topology: Topology,
@@ -71,6 +89,7 @@ pub struct Endpoint {
     mgr_config: ConnectionManagerConfig,
     current: Mutex<Option<Primary>>,
     sentinels: Option<Sentinels>,
+    cluster: Option<ClusterNodes>,
     /// Advances every time the primary changes (not on the first lookup).
     generation: tokio::sync::watch::Sender<u64>,
     /// Round robin over the writer connections.
@@ -106,10 +125,15 @@ impl Endpoint {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(3);
-        if config.redis.topology() == Topology::Cluster {
-            return Err(bad_config(crate::config::CLUSTER_UNSUPPORTED));
-        }
+        let cluster = config.redis.cluster.as_ref().map(|c| ClusterNodes {
+            urls: c.urls.clone(),
+            username: c.username.clone(),
+            password: c.password.expose().to_string(),
+            conn: tokio::sync::Mutex::new(None),
+            writers: tokio::sync::Mutex::new(None),
+        });
         let (current, sentinels) = match &config.redis.sentinel {
+            None if cluster.is_some() => (None, None),
             None => {
                 let client = redis::Client::open(config.redis.url.as_str())
                     .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
@@ -168,6 +192,7 @@ impl Endpoint {
             mgr_config,
             current: Mutex::new(current),
             sentinels,
+            cluster,
             generation: tokio::sync::watch::channel(0).0,
             next_writer: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -177,13 +202,112 @@ impl Endpoint {
         self.topology
     }
 
-    /// The primary's address (`sentinel:NAME` before the first lookup).
+    /// The primary's address (`sentinel:NAME` before the first lookup,
+    /// `cluster:` and the seed nodes on a cluster).
     pub fn address(&self) -> String {
+        if let Some(c) = &self.cluster {
+            let seeds: Vec<String> = c
+                .urls
+                .iter()
+                .map(|u| crate::config::redis_address(u))
+                .collect();
+            return format!("cluster:{}", seeds.join(","));
+        }
         match (self.lock().as_ref(), &self.sentinels) {
             (Some(p), _) => p.address.clone(),
             (None, Some(s)) => format!("sentinel:{}", s.master),
             (None, None) => String::new(),
         }
+    }
+
+    /// A cluster client with this endpoint's credentials and deadlines.
+    /// `response_timeout` `None`: for blocking reads, which carry their own.
+    fn cluster_client(
+        &self,
+        c: &ClusterNodes,
+        response_timeout: Option<Duration>,
+        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> Result<redis::cluster::ClusterClient, StoreError> {
+        let mut b = redis::cluster::ClusterClientBuilder::new(c.urls.clone())
+            .connection_timeout(self.timeout.max(Duration::from_millis(100)))
+            .retries(4)
+            .min_retry_wait(10)
+            .max_retry_wait(200);
+        if let Some(t) = response_timeout {
+            b = b.response_timeout(t);
+        }
+        if !c.username.is_empty() {
+            b = b.username(&c.username);
+        }
+        if !c.password.is_empty() {
+            b = b.password(&c.password);
+        }
+        if let Some(tx) = push {
+            b = b
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx);
+        }
+        b.build().map_err(bad_config)
+    }
+
+    /// A new connection to the cluster (each has its own connections to the nodes).
+    async fn cluster_connect(
+        &self,
+        c: &ClusterNodes,
+        response_timeout: Option<Duration>,
+        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> Result<ClusterConnection, StoreError> {
+        let client = self.cluster_client(c, response_timeout, push)?;
+        let limit = self.timeout.max(Duration::from_secs(1)) * 2;
+        match tokio::time::timeout(limit, client.get_async_connection()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "no node of the redis cluster answers: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the redis cluster did not answer within {limit:?}"
+            ))),
+        }
+    }
+
+    /// A Pub/Sub connection to the cluster (RESP3): every push, sharded
+    /// messages and disconnections included, goes to `push`. redis-rs
+    /// re-subscribes it after reconnects and slot moves (Cluster only).
+    pub async fn cluster_pubsub(
+        &self,
+        push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Result<ClusterConnection, StoreError> {
+        let Some(c) = &self.cluster else {
+            return Err(StoreError::Redis("not a redis cluster".into()));
+        };
+        self.cluster_connect(c, Some(self.timeout), Some(push))
+            .await
+    }
+
+    /// A dedicated connection for blocking reads (`XREAD BLOCK`), without a
+    /// response timeout (each call carries its own deadline), named `name`
+    /// (`CLIENT SETNAME`, except on a cluster).
+    pub async fn dedicated(&self, name: &str) -> Result<Conn, StoreError> {
+        if let Some(c) = &self.cluster {
+            return self.cluster_connect(c, None, None).await.map(Conn::Cluster);
+        }
+        let limit = self.timeout.max(Duration::from_secs(1));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(limit))
+            .set_response_timeout(None);
+        let client = self.client().await?;
+        let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(unavailable)?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Conn::Multiplexed(conn))
     }
 
     /// A receiver that sees every change of primary: connections to the old
@@ -197,25 +321,48 @@ impl Endpoint {
     }
 
     /// The shared command connection to the current primary (found through
-    /// the sentinels first if none is known yet).
-    pub async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(p) = self.lock().as_ref() {
-            return Ok(p.conn.clone());
+    /// the sentinels first if none is known yet), or to the cluster.
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = &self.cluster {
+            let mut conn = c.conn.lock().await;
+            if let Some(conn) = conn.as_ref() {
+                return Ok(Conn::Cluster(conn.clone()));
+            }
+            let made = self.cluster_connect(c, Some(self.timeout), None).await?;
+            *conn = Some(made.clone());
+            return Ok(Conn::Cluster(made));
         }
-        self.resolve().await.map(|p| p.conn)
+        if let Some(p) = self.lock().as_ref() {
+            return Ok(Conn::Manager(p.conn.clone()));
+        }
+        self.resolve().await.map(|p| Conn::Manager(p.conn))
     }
 
     /// A connection for a change followed by `WAIT` (one of [`WRITERS`];
     /// the command connection when there are none).
-    pub async fn writer(&self) -> Result<ConnectionManager, StoreError> {
+    pub async fn writer(&self) -> Result<Conn, StoreError> {
+        let i = self
+            .next_writer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = &self.cluster {
+            let mut writers = c.writers.lock().await;
+            if writers.is_none() {
+                let mut made = Vec::with_capacity(WRITERS);
+                for _ in 0..WRITERS {
+                    made.push(self.cluster_connect(c, Some(self.timeout), None).await?);
+                }
+                *writers = Some(made.into());
+            }
+            let w = writers.as_ref().map(|w| w[i % w.len()].clone());
+            return w
+                .map(Conn::Cluster)
+                .ok_or_else(|| StoreError::Unavailable("no cluster writer".into()));
+        }
         let pick = |p: &Primary| {
             if p.writers.is_empty() {
-                return p.conn.clone();
+                return Conn::Manager(p.conn.clone());
             }
-            let i = self
-                .next_writer
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            p.writers[i % p.writers.len()].clone()
+            Conn::Manager(p.writers[i % p.writers.len()].clone())
         };
         if let Some(p) = self.lock().as_ref() {
             return Ok(pick(p));
@@ -227,6 +374,11 @@ impl Endpoint {
     /// primary. With Sentinel the sentinels are asked afresh: this is called
     /// when such a connection is (re)made, often because the old one failed.
     pub async fn client(&self) -> Result<redis::Client, StoreError> {
+        if self.cluster.is_some() {
+            return Err(StoreError::Redis(
+                "a redis cluster has no single primary to connect to".into(),
+            ));
+        }
         if self.sentinels.is_none() {
             if let Some(p) = self.lock().as_ref() {
                 return Ok(p.client.clone());

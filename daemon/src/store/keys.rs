@@ -1,6 +1,23 @@
 //! `KeyNames`: the Redis key and channel names of the cache (values, leases,
 //! tags, the invalidation log and channel, heartbeats, the epoch), all under
 //! `redis.prefix`.
+//!
+//! On Redis Cluster the cache is spread over `redis.cluster.buckets` hash-tag
+//! groups: bucket(key) = `CLUSTER KEYSLOT key` mod buckets, and bucket N uses
+//! the same names under the prefix `PREFIX{bN}:`, so a key's value, lease, tag
+//! sets, the bucket's log, channel and epoch share one slot and every script
+//! touches one slot.
+
+/// Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag (the first
+/// `{...}` with something inside) or of the whole key, mod 16384.
+pub fn keyslot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
+}
 
 /// Names of every key, channel and stream shoal uses under `redis.prefix`.
 #[derive(Debug, Clone)]
@@ -13,6 +30,24 @@ impl KeyNames {
         KeyNames {
             prefix: prefix.to_string(),
         }
+    }
+    /// The names of bucket `n` on Redis Cluster (`PREFIX{bN}:`).
+    pub fn bucket(prefix: &str, n: u16) -> Self {
+        KeyNames {
+            prefix: format!("{prefix}{{b{n}}}:"),
+        }
+    }
+    /// The bucket that holds `key` among `buckets` (`CLUSTER KEYSLOT key` mod buckets).
+    pub fn bucket_of(key: &str, buckets: u16) -> u16 {
+        keyslot(key.as_bytes()) % buckets.max(1)
+    }
+    /// The names of the bucket that holds `key` on Redis Cluster.
+    pub fn cluster_bucket(prefix: &str, key: &str, buckets: u16) -> Self {
+        Self::bucket(prefix, Self::bucket_of(key, buckets))
+    }
+    /// The prefix every name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
     pub fn value(&self, key: &str) -> String {
         format!("{}c:{key}", self.prefix)
@@ -34,5 +69,37 @@ impl KeyNames {
     }
     pub fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_is_one_slot_and_follows_keyslot() {
+        // CLUSTER KEYSLOT foo = 12182, bar = 5061 (Redis documentation).
+        assert_eq!(KeyNames::bucket_of("foo", 16384), 12182);
+        assert_eq!(KeyNames::bucket_of("bar", 16384), 5061);
+        assert_eq!(KeyNames::bucket_of("foo", 16), 12182 % 16);
+        let k = KeyNames::cluster_bucket("shoal:", "user:1", 16);
+        let slot = |s: &str| keyslot(s.as_bytes());
+        let names = [
+            k.value("user:1"),
+            k.lease("user:1"),
+            k.tag("t"),
+            k.log(),
+            k.channel(),
+            k.epoch(),
+            k.heartbeat_channel("x"),
+        ];
+        assert!(names.iter().all(|n| slot(n) == slot(&k.log())), "{names:?}");
+        assert_eq!(keyslot(b"{user1000}.following"), keyslot(b"user1000"));
+        assert_eq!(keyslot(b"foo{}{bar}"), keyslot(b"foo{}{bar}"));
+        assert_ne!(keyslot(b"foo{}{bar}"), keyslot(b"bar"));
+        assert_eq!(
+            k.log(),
+            format!("shoal:{{b{}}}:log", KeyNames::bucket_of("user:1", 16))
+        );
     }
 }

@@ -6,7 +6,7 @@ use redis::Value;
 use crate::store::streamid::StreamId;
 
 use super::reply::{as_string, parse_pos};
-use super::{Store, StoreError};
+use super::{KeyNames, Store, StoreError};
 
 /// One step of a log replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,27 +35,15 @@ fn entries_ids(v: Vec<Value>) -> Vec<(String, Value)> {
 }
 
 impl Store {
-    /// The dataset epoch (created if missing) and the server's run_id.
-    pub async fn identity(&self) -> Result<(String, String), StoreError> {
+    /// The dataset epoch (created if missing) and the server's run_id, of the
+    /// group named by `keys` (on a cluster: of the shard that owns its slot).
+    pub async fn identity(&self, keys: &KeyNames) -> Result<(String, String), StoreError> {
         let mut conn = self.conn().await?;
         let candidate = crate::random::random_token(16);
-        let mut inv = self.scripts.epoch.prepare_invoke();
-        inv.key(self.keys.epoch()).arg(candidate);
-        let epoch: String = self.call(inv.invoke_async(&mut conn)).await?;
-        let info: String = self.cmd(redis::cmd("INFO").arg("server")).await?;
-        let run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        let info: String = self.cmd(redis::cmd("INFO").arg("replication")).await?;
-        let role = info
-            .lines()
-            .find_map(|l| l.strip_prefix("role:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let mut inv = self.scripts.identity.prepare_invoke();
+        inv.key(keys.epoch()).arg(candidate);
+        let (epoch, run_id, role): (String, String, String) =
+            self.call(inv.invoke_async(&mut conn)).await?;
         if role != "master" {
             // Catching up against a demoted primary would prove nothing about
             // the changes the new one acknowledges.
@@ -70,8 +58,11 @@ impl Store {
     }
 
     /// The first and last ids of the invalidation log (`None` when it is empty or missing).
-    pub async fn log_bounds(&self) -> Result<(Option<StreamId>, Option<StreamId>), StoreError> {
-        let log = self.keys.log();
+    pub async fn log_bounds(
+        &self,
+        keys: &KeyNames,
+    ) -> Result<(Option<StreamId>, Option<StreamId>), StoreError> {
+        let log = keys.log();
         let first: Vec<(String, Value)> = self
             .cmd(
                 redis::cmd("XRANGE")
@@ -100,10 +91,15 @@ impl Store {
 
     /// One batch of log entries after `after` (exclusive), at most `count`, read
     /// atomically with the proof that the log still reaches back to `after`.
-    pub async fn log_replay(&self, after: StreamId, count: usize) -> Result<Replay, StoreError> {
+    pub async fn log_replay(
+        &self,
+        keys: &KeyNames,
+        after: StreamId,
+        count: usize,
+    ) -> Result<Replay, StoreError> {
         let mut conn = self.conn().await?;
         let mut inv = self.scripts.log_replay.prepare_invoke();
-        inv.key(self.keys.log()).arg(after.to_string()).arg(count);
+        inv.key(keys.log()).arg(after.to_string()).arg(count);
         let v: Vec<Value> = self.call(inv.invoke_async(&mut conn)).await?;
         let mut it = v.into_iter();
         let tag = it.next().as_ref().and_then(as_string).unwrap_or_default();
@@ -144,11 +140,16 @@ impl Store {
     }
 
     /// Publishes this daemon's heartbeat (see `lua/heartbeat.lua`).
-    pub async fn heartbeat(&self, channel: &str, token: &str) -> Result<u64, StoreError> {
+    pub async fn heartbeat(
+        &self,
+        keys: &KeyNames,
+        channel: &str,
+        token: &str,
+    ) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
         let mut inv = self.scripts.heartbeat.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .key(self.keys.log())
+        inv.key(keys.epoch())
+            .key(keys.log())
             .arg(channel)
             .arg(token);
         self.call(inv.invoke_async(&mut conn)).await

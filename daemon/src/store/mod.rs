@@ -21,6 +21,7 @@
 //! replies), `circuit.rs`, `streamid.rs`.
 
 pub mod circuit;
+pub mod conn;
 pub mod endpoint;
 pub mod streamid;
 
@@ -35,11 +36,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Value;
 
 use crate::config::Config;
 use crate::store::circuit::{Circuit, Gate};
+use crate::store::conn::Conn;
 use crate::store::endpoint::Endpoint;
 
 pub use cache::{L2Get, L2Value, LeaseRequest, SetOutcome};
@@ -59,6 +60,9 @@ pub struct Store {
     wait_replicas: u32,
     timeout: Duration,
     keys: KeyNames,
+    /// Hash-tag groups of the cache on Redis Cluster (0: not a cluster, one
+    /// group named by `keys`).
+    buckets: u16,
     node: String,
     log_len: u64,
     scripts: Arc<Scripts>,
@@ -90,7 +94,7 @@ impl Store {
             &s.set,
             &s.invalidate,
             &s.invalidate_tags,
-            &s.epoch,
+            &s.identity,
             &s.heartbeat,
             &s.log_replay,
         ] {
@@ -116,13 +120,14 @@ impl Store {
         let timeout = config.redis.timeout;
         Ok(Store {
             endpoint: Arc::new(Endpoint::new(config)?),
-            wait_replicas: config
-                .redis
-                .sentinel
-                .as_ref()
-                .map_or(0, |s| s.wait_replicas),
+            wait_replicas: match (&config.redis.sentinel, &config.redis.cluster) {
+                (Some(s), _) => s.wait_replicas,
+                (None, Some(c)) => c.wait_replicas,
+                (None, None) => 0,
+            },
             timeout,
             keys: KeyNames::new(&config.redis.prefix),
+            buckets: config.redis.cluster.as_ref().map_or(0, |c| c.buckets),
             node: config.node.id.clone(),
             log_len: config.cache.invalidation_log_len,
             scripts: Arc::new(Scripts::load()),
@@ -152,16 +157,57 @@ impl Store {
         &self.endpoint
     }
 
-    /// The shared command connection to the current primary.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    /// The shared command connection to the current primary (or the cluster).
+    async fn conn(&self) -> Result<Conn, StoreError> {
         self.endpoint
             .conn()
             .await
             .map_err(|e| self.trouble("unreachable", e))
     }
 
+    /// The names of the cache's single group (standalone and Sentinel); on a
+    /// cluster, names under the bare prefix (use [`Store::keys_of`]).
     pub fn keys(&self) -> &KeyNames {
         &self.keys
+    }
+
+    /// Hash-tag groups of the cache: `redis.cluster.buckets` on a cluster, 0
+    /// otherwise (one group, [`Store::keys`]).
+    pub fn buckets(&self) -> u16 {
+        self.buckets
+    }
+
+    /// The names of the group that holds cache key `key`.
+    pub fn keys_of(&self, key: &str) -> KeyNames {
+        if self.buckets == 0 {
+            return self.keys.clone();
+        }
+        KeyNames::cluster_bucket(&self.keys.prefix, key, self.buckets)
+    }
+
+    /// The group of `key`: its bucket on a cluster, 0 otherwise.
+    pub fn group_of(&self, key: &str) -> u16 {
+        if self.buckets == 0 {
+            return 0;
+        }
+        KeyNames::bucket_of(key, self.buckets)
+    }
+
+    /// The names of group `n` (bucket `n` on a cluster; the one group otherwise).
+    pub fn group_keys(&self, n: u16) -> KeyNames {
+        if self.buckets == 0 {
+            return self.keys.clone();
+        }
+        KeyNames::bucket(&self.keys.prefix, n)
+    }
+
+    /// The names of the session keys' group: `PREFIX{s}:` on a cluster (one
+    /// slot, so every session script touches one slot), the prefix otherwise.
+    pub fn session_keys(&self) -> KeyNames {
+        if self.buckets == 0 {
+            return self.keys.clone();
+        }
+        KeyNames::new(&format!("{}{{s}}:", self.keys.prefix))
     }
 
     pub fn timeout(&self) -> Duration {
@@ -335,7 +381,7 @@ impl Store {
 /// connection wrote so far) is kept in `confirmed`. One pipeline, so both go
 /// over the same connection even if the manager reconnects in between.
 struct WaitConn {
-    inner: ConnectionManager,
+    inner: Conn,
     replicas: u32,
     wait_ms: u64,
     confirmed: Option<i64>,

@@ -1,4 +1,4 @@
-//! The cache's scripts (`lua/cache_*.lua`, `epoch.lua`, `heartbeat.lua`,
+//! The cache's scripts (`lua/cache_*.lua`, `identity.lua`, `heartbeat.lua`,
 //! `log_replay.lua`), loaded at compile time and preloaded with `SCRIPT LOAD`.
 
 use redis::Script;
@@ -11,7 +11,7 @@ pub(super) struct Scripts {
     pub(super) set: Script,
     pub(super) invalidate: Script,
     pub(super) invalidate_tags: Script,
-    pub(super) epoch: Script,
+    pub(super) identity: Script,
     pub(super) heartbeat: Script,
     pub(super) log_replay: Script,
 }
@@ -24,7 +24,7 @@ impl Scripts {
             set: Script::new(include_str!("../../../lua/cache_set.lua")),
             invalidate: Script::new(include_str!("../../../lua/cache_invalidate.lua")),
             invalidate_tags: Script::new(include_str!("../../../lua/cache_invalidate_tags.lua")),
-            epoch: Script::new(include_str!("../../../lua/epoch.lua")),
+            identity: Script::new(include_str!("../../../lua/identity.lua")),
             heartbeat: Script::new(include_str!("../../../lua/heartbeat.lua")),
             log_replay: Script::new(include_str!("../../../lua/log_replay.lua")),
         }

