@@ -75,6 +75,11 @@ async fn doctor_finds_a_healthy_cluster_ok() -> Result<()> {
         .unwrap_or_default();
     assert_eq!(primaries.split(", ").count(), 3, "{report:#}");
     assert_eq!(report["facts"]["role"], "master", "{report:#}");
+    assert_eq!(report["facts"]["buckets"], "16", "{report:#}");
+    let spread = report["facts"]["buckets per primary"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(spread.split(", ").count(), 3, "{report:#}");
     let cluster_findings = findings(&report, "cluster");
     assert!(
         cluster_findings.iter().any(|f| f["severity"] == "ok"),
@@ -105,9 +110,10 @@ async fn doctor_finds_a_healthy_cluster_ok() -> Result<()> {
     Ok(())
 }
 
-/// A cluster losing nodes: a primary whose replica is gone is a warning
-/// (losing it loses its slots); a shard with neither is a problem
-/// (`cluster_state:fail`, its slots unserved), and doctor exits 1.
+/// A cluster losing nodes: a primary whose replica is gone is a problem with
+/// `wait_replicas = 1` (the default: changes on its buckets are refused); a
+/// shard with neither is one too (`cluster_state:fail`, its slots unserved),
+/// and doctor exits 1.
 #[tokio::test]
 async fn doctor_reports_a_primary_without_replica_and_a_lost_shard() -> Result<()> {
     let mut cluster = ClusterSet::start().await?;
@@ -128,7 +134,7 @@ async fn doctor_reports_a_primary_without_replica_and_a_lost_shard() -> Result<(
     };
     let replicas = findings(&report, "replicas");
     assert!(
-        replicas.iter().any(|f| f["severity"] == "warning"
+        replicas.iter().any(|f| f["severity"] == "problem"
             && f["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("1 primar"))),
@@ -373,7 +379,7 @@ async fn cluster_fleet(
         c.redis.timeout = Duration::from_millis(500);
         c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
             urls: cluster.urls(),
-            // buckets: 16, (BUCKETS-PENDING-MERGE)
+            buckets: 16,
             ..Default::default()
         });
         for (name, p) in policies {
