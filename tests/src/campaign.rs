@@ -732,10 +732,6 @@ impl Shared {
             Some(b) => crate::cluster::bucket_names(PREFIX, name, b),
         }
     }
-    /// The publish command the scripts get as their optional last ARGV.
-    fn publish_arg(&self) -> Option<&'static str> {
-        self.buckets.map(|_| "SPUBLISH")
-    }
     fn value_str(&self, key: u32, version: u64) -> String {
         format!("{}#{version}", self.keys[key as usize])
     }
@@ -1411,9 +1407,6 @@ async fn ext_set<C: redis::aio::ConnectionLike + Send>(
         .arg(kn.channel())
         .arg("external")
         .arg(name);
-    if let Some(publish) = sh.publish_arg() {
-        call.arg(publish);
-    }
     let r = tokio::time::timeout(
         Duration::from_secs(1),
         call.invoke_async::<redis::Value>(conn),
@@ -1478,9 +1471,6 @@ async fn invalidate_names<C: redis::aio::ConnectionLike + Send>(
         inv.arg(100_000).arg(kn.channel()).arg("external");
         for k in &names {
             inv.arg(*k);
-        }
-        if let Some(publish) = sh.publish_arg() {
-            inv.arg(publish);
         }
         tokio::time::timeout(
             Duration::from_secs(1),
