@@ -782,6 +782,12 @@ async fn bench_cluster() -> Result<()> {
             cluster.toml_section(BUCKETS)
         )
     };
+    // The echo floor, in its own process, as in the main table.
+    let echo_path = d.join("echo.sock");
+    let mut echo = std::process::Command::new(std::env::current_exe()?)
+        .env(ECHO_ENV, &echo_path)
+        .spawn()?;
+    shoal_tests::echo::connect(&echo_path, Duration::from_secs(5)).await?;
     let mut procs = vec![
         shoal_tests::DaemonProcess::spawn(d, "cl1", &cfg("cl1"))?,
         shoal_tests::DaemonProcess::spawn(d, "cl2", &l2_only(cfg("cl2")))?,
@@ -826,12 +832,20 @@ async fn bench_cluster() -> Result<()> {
     servers.pop();
     servers.push(procs[1].child.id());
     let sl2 = servers;
+    // What the servers cost with no operation running (this process excluded).
+    let idle = {
+        let used = || sl.iter().map(|p| proc_cpu(*p)).sum::<Duration>();
+        let (t, before) = (Instant::now(), used());
+        tokio::time::sleep(secs()).await;
+        used().saturating_sub(before).as_secs_f64() * 1e3 / t.elapsed().as_secs_f64()
+    };
     let mut rows = Vec::new();
     for callers in [1usize, 64] {
+        rows.push(floor(&echo_path, echo.id(), callers).await?);
         let (c, key) = (direct.clone(), hot_value.clone());
         rows.push(
             measure(
-                "cluster: redis-rs GET (cluster connection)",
+                "redis-rs GET through a cluster connection",
                 callers,
                 &rs,
                 |_| (c.clone(), key.clone()),
@@ -843,7 +857,7 @@ async fn bench_cluster() -> Result<()> {
             )
             .await?,
         );
-        rows.push(shoal_get("cluster: shoal L1 hit", callers, &sl, &local).await?);
+        rows.push(shoal_get("cluster: shoal L1 hit (socket)", callers, &sl, &local).await?);
         rows.push(shoal_get("cluster: shoal L2 hit", callers, &sl2, &l2).await?);
         rows.push(
             shoal_mget(
@@ -871,7 +885,8 @@ async fn bench_cluster() -> Result<()> {
     }
     println!(
         "Redis Cluster: 3 primaries, 3 replicas (redis-cli --cluster create), {BUCKETS} buckets; \
-         CPU counts the daemon and all six redis-servers"
+         CPU counts the daemon and all six redis-servers, which use {idle:.0} ms of CPU per \
+         second idle (cluster bus, replication, one heartbeat per bucket per cache.heartbeat)"
     );
     print_table(&rows);
     propagation(&[
@@ -881,6 +896,8 @@ async fn bench_cluster() -> Result<()> {
         clients[4].clone(),
     ])
     .await?;
+    let _ = echo.kill();
+    let _ = echo.wait();
     Ok(())
 }
 
