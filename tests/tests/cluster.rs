@@ -517,3 +517,142 @@ async fn rate_limits_are_exact_across_three_daemons_on_a_cluster() -> Result<()>
     }
     Ok(())
 }
+
+// ---- An invalidation lost with the subscriber's connection ----
+
+const CACHE_SET_LUA: &str = include_str!("../../lua/cache_set.lua");
+const CACHE_INVALIDATE_LUA: &str = include_str!("../../lua/cache_invalidate.lua");
+
+/// The fault the campaign's `CLIENT KILL TYPE pubsub` hits by chance, made
+/// deterministic: on the shard of key `k`'s bucket, one transaction kills
+/// every Pub/Sub client and then invalidates `k` (the message is published to
+/// nobody). redis-rs re-subscribes by itself; a later change in the same
+/// bucket is then heard. The daemon must still find `k`'s invalidation (in
+/// the bucket's log) and stop serving `k`'s old value from L1 within Δ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_published_while_the_subscriber_was_killed_is_not_skipped() -> Result<()> {
+    const BUCKETS: u16 = 8;
+    let delta = Duration::from_secs(1);
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = shoal_tests::shoald::Config::default();
+    c.node.id = "reader".into();
+    c.socket.path = dir.path().join("reader.sock");
+    c.admin.listen = String::new();
+    c.redis.timeout = Duration::from_secs(1);
+    c.cache.heartbeat = Duration::from_millis(200);
+    c.cache.max_staleness = delta;
+    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+        urls: cluster.urls(),
+        buckets: BUCKETS,
+        ..Default::default()
+    });
+    let daemon = Daemon::start_ready(c).await?;
+    let client = daemon.client().await?;
+
+    let k = "lost-key";
+    let bucket = shoal_tests::cluster::bucket_of(k, BUCKETS);
+    let k2 = (0..)
+        .map(|i| format!("neighbour{i}"))
+        .find(|n| shoal_tests::cluster::bucket_of(n, BUCKETS) == bucket)
+        .context("a key in the same bucket")?;
+    let names = shoal_tests::cluster::bucket_names("shoal:", k, BUCKETS);
+    let node = cluster.primary_of_slot(bucket_slot(bucket)).await?;
+    let mut conn = cluster.nodes[node].conn().await?;
+
+    client
+        .set_raw(k, bytes::Bytes::from_static(b"old"), None)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get_full(k, false).await?.from != Some(shoal_client::Source::L1) {
+        anyhow::ensure!(Instant::now() < deadline, "{k} never served from L1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Kill the subscribers, then invalidate k: atomically, so nobody hears it.
+    let mut tx = redis::pipe();
+    tx.atomic()
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .ignore()
+        .cmd("EVAL")
+        .arg(CACHE_INVALIDATE_LUA)
+        .arg(3)
+        .arg(names.log())
+        .arg(names.value(k))
+        .arg(names.lease(k))
+        .arg(100_000)
+        .arg(names.channel())
+        .arg("external")
+        .arg(k)
+        .ignore();
+    let _: () = tx.query_async(&mut conn).await?;
+    let invalidated = Instant::now();
+
+    // Once re-subscribed, a change in the same bucket is heard.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs: (String, u64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(names.channel())
+            .query_async(&mut conn)
+            .await?;
+        if subs.1 > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the daemon never re-subscribed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _: redis::Value = redis::Script::new(CACHE_SET_LUA)
+        .key(names.value(&k2))
+        .key(names.lease(&k2))
+        .key(names.log())
+        .arg(shoal_client::proto::to_value(&"v")?)
+        .arg(3_600_000)
+        .arg("")
+        .arg(100_000)
+        .arg(names.channel())
+        .arg("external")
+        .arg(&k2)
+        .invoke_async(&mut conn)
+        .await?;
+
+    let heard = Instant::now();
+
+    // From Δ after the invalidation on, k's old value is never served.
+    let until = heard.max(invalidated + delta) + Duration::from_millis(700);
+    let (mut reads_after_delta, mut errors) = (0, Vec::new());
+    while Instant::now() < until {
+        let began = Instant::now();
+        let r = client.get_full(k, false).await;
+        if began > invalidated + delta {
+            if let Err(e) = &r {
+                errors.push(e.to_string());
+            }
+            if let Ok(r) = &r {
+                reads_after_delta += 1;
+                assert!(
+                    !r.hit,
+                    "{k} served ({:?}, from {:?}) {:?} after its invalidation (Δ {delta:?}; \
+                     re-subscribed and {k2} heard {:?} after it); subscriber reconnects {}, \
+                     replayed log entries {}",
+                    r.value,
+                    r.from,
+                    began - invalidated,
+                    heard - invalidated,
+                    daemon.stat("subscriber_reconnects"),
+                    daemon.stat("log_entries_replayed")
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        reads_after_delta > 10,
+        "only {reads_after_delta} reads after Δ (re-subscribed and heard {:?} after the invalidation); errors: {errors:?}",
+        heard - invalidated
+    );
+    Ok(())
+}
