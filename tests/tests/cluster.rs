@@ -656,3 +656,180 @@ async fn an_invalidation_published_while_the_subscriber_was_killed_is_not_skippe
     );
     Ok(())
 }
+
+// ---- A daemon through resharding and failover ----
+
+/// Cache and session operations through one daemon, once each: the errors
+/// they returned (empty: all succeeded).
+async fn one_round(client: &shoal_client::Client, keys: &[String], round: u32) -> Vec<String> {
+    let mut errors = Vec::new();
+    for k in keys {
+        let v = format!("{k}={round}");
+        if let Err(e) = client.set_raw(k, v.clone().into_bytes(), None).await {
+            errors.push(format!("set {k}: {e}"));
+            continue;
+        }
+        match client.get_full(k, false).await {
+            Ok(r) if r.value.as_deref() == Some(v.as_bytes()) => {}
+            Ok(r) => errors.push(format!("get {k}: {:?}", r.value)),
+            Err(e) => errors.push(format!("get {k}: {e}")),
+        }
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    if let Err(e) = client.mget_raw(&refs).await {
+        errors.push(format!("mget: {e}"));
+    }
+    match client
+        .session_create_raw("u1", b"d".to_vec(), Default::default())
+        .await
+    {
+        Ok(s) => match client.session_get_raw(&s.token, false).await {
+            Ok(Some(_)) => {}
+            Ok(None) => errors.push("session.get: not found".into()),
+            Err(e) => errors.push(format!("session.get: {e}")),
+        },
+        Err(e) => errors.push(format!("session.create: {e}")),
+    }
+    errors
+}
+
+/// Rounds until one is clean; the errors of the rounds before it. Fails
+/// when none is clean within `within`.
+async fn settle(
+    client: &shoal_client::Client,
+    keys: &[String],
+    round: &mut u32,
+    within: Duration,
+) -> Result<Vec<String>> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        *round += 1;
+        let errors = one_round(client, keys, *round).await;
+        if errors.is_empty() {
+            return Ok(seen);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no clean round within {within:?}; last errors: {errors:?}"
+        );
+        seen.extend(errors);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What an operator does to a cluster while shoald runs on it: moves the
+/// slot of a cache bucket and the sessions' slot to another primary, kills a
+/// primary (its replica takes over; the old one comes back as a replica),
+/// hands a shard over with `CLUSTER FAILOVER`. After each, the daemon answers
+/// every cache and session operation again within seconds, and never with an
+/// `internal` error (a `MOVED` is followed, not reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_keeps_serving_through_resharding_and_failovers() -> Result<()> {
+    const BUCKETS: u16 = 8;
+    let mut cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = shoal_tests::shoald::Config::default();
+    c.node.id = "d0".into();
+    c.socket.path = dir.path().join("d0.sock");
+    c.admin.listen = String::new();
+    c.redis.timeout = Duration::from_secs(1);
+    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+        urls: cluster.urls(),
+        buckets: BUCKETS,
+        ..Default::default()
+    });
+    let daemon = Daemon::start_ready(c).await?;
+    let client = daemon.client().await?;
+    let keys: Vec<String> = (0..24).map(|i| format!("key{i}")).collect();
+    let mut round = 0;
+    let mut internal = Vec::new();
+    let mut check = |what: &str, errors: Vec<String>| {
+        internal.extend(
+            errors
+                .into_iter()
+                .filter(|e| e.contains("internal"))
+                .map(|e| format!("{what}: {e}")),
+        );
+    };
+    let errors = settle(&client, &keys, &mut round, Duration::from_secs(10)).await?;
+    check("start", errors);
+    // Operations all along, through every fault below.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let phase = std::sync::Arc::new(std::sync::Mutex::new(String::from("start")));
+    let load = {
+        let (client, keys, stop) = (daemon.client().await?, keys.clone(), stop.clone());
+        let phase = phase.clone();
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut round = 1_000_000;
+            while !stop.is_cancelled() {
+                round += 1;
+                let now = phase.lock().map(|p| p.clone()).unwrap_or_default();
+                errors.extend(
+                    one_round(&client, &keys, round)
+                        .await
+                        .into_iter()
+                        .map(|e| format!("{now}: {e}")),
+                );
+            }
+            errors
+        })
+    };
+    let set_phase = |p: String| {
+        if let Ok(mut g) = phase.lock() {
+            *g = p;
+        }
+    };
+
+    // A cache bucket's slot, then the sessions' slot, to another primary.
+    let sessions_slot = key_slot(b"shoal:{s}:");
+    for slot in [
+        bucket_slot(shoal_tests::cluster::bucket_of("key0", BUCKETS)),
+        sessions_slot,
+    ] {
+        let from = cluster.primary_of_slot(slot).await?;
+        let to = *cluster
+            .primaries()
+            .await?
+            .iter()
+            .find(|p| **p != from)
+            .context("another primary")?;
+        set_phase(format!("while slot {slot} moves to node {to}"));
+        cluster.migrate_slot(slot, to).await?;
+        set_phase(format!("after slot {slot} moved to node {to}"));
+        let errors = settle(&client, &keys, &mut round, Duration::from_secs(10)).await?;
+        check(&format!("slot {slot} moved"), errors);
+    }
+    // The primary of key0's bucket killed; back as a replica (until then the
+    // promoted node has no replica to confirm changes: `wait_replicas = 1`
+    // refuses them, as it should).
+    let slot = bucket_slot(shoal_tests::cluster::bucket_of("key0", BUCKETS));
+    let old = cluster.primary_of_slot(slot).await?;
+    set_phase(format!("while primary node {old} is killed and fails over"));
+    let promoted = cluster.kill_primary(old, Duration::from_secs(30)).await?;
+    set_phase(format!("after node {promoted} was promoted"));
+    cluster.restart_node(old).await?;
+    set_phase(format!("after node {old} is back as a replica"));
+    let errors = settle(&client, &keys, &mut round, Duration::from_secs(15)).await?;
+    check("primary killed, back as a replica", errors);
+    // An operator's failover of the sessions' shard.
+    let s = cluster.primary_of_slot(sessions_slot).await?;
+    set_phase(format!("during CLUSTER FAILOVER of node {s}"));
+    cluster.manual_failover(s, Duration::from_secs(30)).await?;
+    set_phase("after CLUSTER FAILOVER".into());
+    let errors = settle(&client, &keys, &mut round, Duration::from_secs(15)).await?;
+    check("CLUSTER FAILOVER", errors);
+    stop.cancel();
+    let during = load.await?;
+    let during_count = during.len();
+    check("during the faults", during);
+    println!(
+        "{during_count} errors during the faults (unavailable while a shard had no replica, ...)"
+    );
+    assert!(
+        internal.is_empty(),
+        "internal errors on the way: {internal:#?}"
+    );
+    Ok(())
+}
