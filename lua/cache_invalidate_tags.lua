@@ -65,6 +65,10 @@ if #members == 0 then
   end
   return { 1, pos, 0 }
 end
+-- The entry before this one ("0-0": none), published with it: a subscriber
+-- whose position is not `prev` missed something and replays the log.
+local before = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = before[1] and before[1][1] or '0-0'
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'keys', cjson.encode(members), 'node', ARGV[3])
-redis.call(publish, ARGV[2], cjson.encode({ id = id, node = ARGV[3], keys = members }))
+redis.call(publish, ARGV[2], cjson.encode({ id = id, prev = prev, node = ARGV[3], keys = members }))
 return { 1, id, #members }

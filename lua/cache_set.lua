@@ -51,6 +51,10 @@ for i = 4, #KEYS do
   end
 end
 local keys = cjson.encode({ ARGV[7] })
+-- The entry before this one ("0-0": none), published with it: a subscriber
+-- whose position is not `prev` missed something and replays the log.
+local before = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local prev = before[1] and before[1][1] or '0-0'
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'keys', keys, 'node', ARGV[6])
-redis.call(publish, ARGV[5], cjson.encode({ id = id, node = ARGV[6], keys = { ARGV[7] } }))
+redis.call(publish, ARGV[5], cjson.encode({ id = id, prev = prev, node = ARGV[6], keys = { ARGV[7] } }))
 return { 1, id }

@@ -181,3 +181,34 @@ async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_no_replica_of_its_shard_confirmed_is_not_acknowledged() -> Result<()> {
+    let cluster = ClusterSet::start().await?;
+    wait_synced(&cluster).await?;
+    let dir = tempfile::tempdir()?;
+    let a = daemon(&cluster, dir.path(), "a").await?;
+    let ca = a.client().await?;
+    let key = "account:7";
+    ca.set(key, "v1", None).await?;
+
+    // The replica of the key's shard cannot confirm anything: a failover now
+    // could lose the change, so it is not acknowledged.
+    let slot = shoal_tests::cluster::bucket_slot(shoald::store::KeyNames::bucket_of(key, BUCKETS));
+    let primary = cluster.primary_of_slot(slot).await?;
+    let replica = cluster.replica_of(primary).await?;
+    cluster.nodes[replica].signal(nix::sys::signal::Signal::SIGSTOP)?;
+    let refused = ca.set(key, "v2", None).await;
+    let invalidated = ca.invalidate([key]).await;
+    cluster.nodes[replica].signal(nix::sys::signal::Signal::SIGCONT)?;
+    let e = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        e.contains("not confirmed"),
+        "set acknowledged without a replica: {e:?}"
+    );
+    assert!(
+        invalidated.is_err(),
+        "invalidate acknowledged without a replica"
+    );
+    Ok(())
+}

@@ -8,15 +8,21 @@
 //! time, the bucket's dataset (epoch key), the server that ran it (run id,
 //! role) and the log's last id *at the moment of the beat*. A beat heard back
 //! on bucket b's channel proves that the subscription to b's shard delivered
-//! everything published on it before the beat, so:
-//! - the applied position equals the beat's last id: nothing was missed;
-//! - it is behind: messages were lost (a reconnect, a slot move); the log is
-//!   replayed from the position, atomically checked against trimming
+//! everything published on it before the beat. Every message also names the
+//! log entry before it (`prev`), so a hole is seen even when later messages
+//! arrive: the applied position advances only along that chain, and a message
+//! whose `prev` is not the position marks the bucket as having a gap (its keys
+//! are evicted all the same). On a beat:
+//! - the applied position equals the beat's last id and there is no gap:
+//!   nothing was missed;
+//! - there is a gap, or the position is behind: the log is replayed from the
+//!   position up to the beat's last id, atomically checked against trimming
 //!   (`log_replay.lua`), and a trimmed log flushes L1;
-//! - it is ahead, or the epoch or run id changed (a restart, a shard's
-//!   failover, the slot moved to another shard): L1 is flushed and the
-//!   position restarts at the beat's last id, everything before it being
-//!   covered by the flush.
+//! - a message heard before the beat carries an id beyond the beat's last id
+//!   (nobody's real change: a foreign publish), or the epoch or run id changed
+//!   (a restart, a shard's failover, the slot moved to another shard): L1 is
+//!   flushed and the position restarts at the beat's last id, everything
+//!   before it being covered by the flush.
 //!
 //! Only then does the beat count as a delivery proof for its bucket. L1 is
 //! trusted as a whole: it serves while every bucket has a proof younger than
@@ -59,6 +65,10 @@ struct Beat {
 #[derive(Debug, Deserialize)]
 struct Message {
     id: String,
+    /// The log entry before this one ("0-0": none); absent from messages of
+    /// older scripts, which then always count as a gap.
+    #[serde(default)]
+    prev: Option<String>,
     #[serde(default)]
     keys: Vec<String>,
 }
@@ -69,6 +79,11 @@ struct Bucket {
     /// (epoch, run id) of the dataset the position belongs to.
     identity: Option<(String, String)>,
     applied: StreamId,
+    /// A message did not follow the applied position: replay before the
+    /// next proof.
+    gap: bool,
+    /// Largest id heard on the channel since the last beat.
+    max_seen: StreamId,
     /// Send time of the newest beat that proved delivery.
     proof: Option<Instant>,
     /// When a re-subscription was last asked for.
@@ -154,6 +169,23 @@ impl Sharded<'_> {
         };
         if let Err(e) = self.sub.store.load_scripts().await {
             return format!("loading scripts failed: {e}");
+        }
+        // Every daemon and outside writer of a fleet must spread keys over the
+        // same buckets, or they would read and invalidate different names.
+        let layout = format!("{}{{b0}}:buckets", self.sub.store.prefix());
+        let mine = self.names.len().to_string();
+        let mut set = redis::cmd("SET");
+        set.arg(&layout).arg(&mine).arg("NX").arg("GET");
+        match self.sub.store.cmd::<Option<String>>(&set).await {
+            Ok(Some(fleet)) if fleet != mine => {
+                tracing::error!(key = %layout, fleet = %fleet, here = %mine, "redis.cluster.buckets differs from the fleet's; L1 stays off");
+                return format!(
+                    "redis.cluster.buckets is {mine} here but {fleet} in the fleet ({layout}); \
+                     every daemon and writer of a fleet must use the same"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return format!("reading the fleet's bucket count failed: {e}"),
         }
         for b in 0..self.names.len() {
             let chans = self.bucket_channels(b);
@@ -289,10 +321,13 @@ impl Sharded<'_> {
     async fn on_message(&mut self, b: u16, payload: &[u8]) {
         let stats = &self.sub.stats;
         stats.invalidation_messages.fetch_add(1, Ordering::Relaxed);
-        let msg: Option<(StreamId, Vec<String>)> = serde_json::from_slice::<Message>(payload)
+        let msg = serde_json::from_slice::<Message>(payload)
             .ok()
-            .and_then(|m| Some((StreamId::parse(&m.id)?, m.keys)));
-        let Some((id, keys)) = msg else {
+            .and_then(|m| {
+                let prev = m.prev.as_deref().and_then(StreamId::parse);
+                Some((StreamId::parse(&m.id)?, prev, m.keys))
+            });
+        let Some((id, prev, keys)) = msg else {
             tracing::warn!(
                 bucket = b,
                 bytes = payload.len(),
@@ -308,10 +343,15 @@ impl Sharded<'_> {
             .invalidations_applied
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let bucket = &mut self.buckets[usize::from(b)];
-        if id > bucket.applied {
+        bucket.max_seen = bucket.max_seen.max(id);
+        if !bucket.gap && bucket.identity.is_some() && prev == Some(bucket.applied) {
             bucket.applied = id;
+            self.sub.state.set_applied(id);
+        } else {
+            // Something before this message was not heard (or this is the
+            // first since start): the next beat replays the log.
+            bucket.gap = true;
         }
-        self.sub.state.set_applied(id);
     }
 
     /// Bucket `b`'s heartbeat heard back: check the bucket's dataset and
@@ -348,12 +388,17 @@ impl Sharded<'_> {
         };
         let identity = (beat.epoch, beat.run);
         let known = self.buckets[i].identity.clone();
+        let restart = |bucket: &mut Bucket, identity| {
+            bucket.identity = Some(identity);
+            bucket.applied = last;
+            bucket.gap = false;
+            bucket.max_seen = last;
+        };
         match known {
             None => {
                 // First beat of this bucket since start: nothing of it is cached
                 // (L1 serves only once every bucket was proven).
-                self.buckets[i].identity = Some(identity);
-                self.buckets[i].applied = last;
+                restart(&mut self.buckets[i], identity);
             }
             Some(k) if k != identity => {
                 tracing::warn!(
@@ -361,16 +406,17 @@ impl Sharded<'_> {
                     "redis identity of a bucket changed (shard restart or failover, or its slot moved); flushing L1"
                 );
                 self.sub.cache.flush(FlushReason::RedisIdentity);
-                self.buckets[i].identity = Some(identity);
-                self.buckets[i].applied = last;
+                restart(&mut self.buckets[i], identity);
             }
             Some(_) => {
-                let applied = self.buckets[i].applied;
-                if applied > last {
-                    tracing::warn!(bucket = b, %applied, %last, "applied position lies beyond the bucket's log; flushing L1");
+                let bucket = &self.buckets[i];
+                if bucket.applied > last || bucket.max_seen > last {
+                    // Heard before the beat, so logged before it: an id beyond
+                    // the log's end at the beat is nobody's change.
+                    tracing::warn!(bucket = b, applied = %bucket.applied, seen = %bucket.max_seen, %last, "an id beyond the bucket's log was heard; flushing L1");
                     self.sub.cache.flush(FlushReason::BadMessage);
-                    self.buckets[i].applied = last;
-                } else if applied < last && !self.replay(b, last).await {
+                    restart(&mut self.buckets[i], identity);
+                } else if (bucket.gap || bucket.applied < last) && !self.replay(b, last).await {
                     return;
                 }
             }
@@ -382,22 +428,34 @@ impl Sharded<'_> {
         self.prove();
     }
 
-    /// Messages of bucket `b` were missed (its position is behind `last`):
-    /// replays its log, or flushes L1 when the log no longer reaches back.
+    /// Messages of bucket `b` were missed (a gap, or its position is behind
+    /// `last`): replays its log up to `last` (later entries come as messages,
+    /// after the beat), or flushes L1 when the log no longer reaches back.
     /// `false`: Redis failed, nothing is proven.
     async fn replay(&mut self, b: u16, last: StreamId) -> bool {
         let i = usize::from(b);
         let keys = self.names[i].clone();
         loop {
             let after = self.buckets[i].applied;
+            if after >= last {
+                self.buckets[i].gap = false;
+                return true;
+            }
             match self.sub.store.log_replay(&keys, after, REPLAY_BATCH).await {
                 Err(e) => {
                     tracing::debug!(bucket = b, error = %e, "log replay failed");
                     return false;
                 }
-                Ok(Replay::Entries(batch)) if batch.is_empty() => return true,
+                Ok(Replay::Entries(batch)) if batch.is_empty() => {
+                    // The log ends before `last`: entries were removed.
+                    tracing::warn!(bucket = b, %after, %last, "bucket log lost entries; flushing L1");
+                    self.sub.cache.flush(FlushReason::LogTrimmed);
+                    self.buckets[i].applied = last;
+                    self.buckets[i].gap = false;
+                    return true;
+                }
                 Ok(Replay::Entries(batch)) => {
-                    for (id, keys) in batch {
+                    for (id, keys) in batch.into_iter().filter(|(id, _)| *id <= last) {
                         let keys: Option<Vec<String>> =
                             keys.and_then(|k| serde_json::from_str(&k).ok());
                         match keys {
@@ -414,17 +472,27 @@ impl Sharded<'_> {
                         }
                         self.buckets[i].applied = id;
                     }
+                    if self.buckets[i].applied == after {
+                        // Only entries beyond `last`: `last` itself was removed.
+                        tracing::warn!(bucket = b, %after, %last, "bucket log lost entries; flushing L1");
+                        self.sub.cache.flush(FlushReason::LogTrimmed);
+                        self.buckets[i].applied = last;
+                        self.buckets[i].gap = false;
+                        return true;
+                    }
                 }
                 Ok(Replay::Trimmed | Replay::Empty) => {
                     tracing::warn!(bucket = b, %after, "bucket log trimmed past our position; flushing L1");
                     self.sub.cache.flush(FlushReason::LogTrimmed);
                     self.buckets[i].applied = last;
+                    self.buckets[i].gap = false;
                     return true;
                 }
                 Ok(Replay::Beyond(end)) => {
                     tracing::warn!(bucket = b, %after, %end, "applied position lies beyond the bucket's log; flushing L1");
                     self.sub.cache.flush(FlushReason::BadMessage);
-                    self.buckets[i].applied = end;
+                    self.buckets[i].applied = last;
+                    self.buckets[i].gap = false;
                     return true;
                 }
             }

@@ -27,7 +27,7 @@ impl StoreError {
 
 /// Server error codes that mean "this Redis cannot serve now", with their
 /// `kind` label in `/metrics`.
-const TROUBLE_CODES: [(&str, &str); 10] = [
+const TROUBLE_CODES: [(&str, &str); 12] = [
     ("OOM", "oom"),
     ("LOADING", "loading"),
     ("READONLY", "readonly"),
@@ -38,6 +38,10 @@ const TROUBLE_CODES: [(&str, &str); 10] = [
     ("CLUSTERDOWN", "clusterdown"),
     ("MISCONF", "misconf"),
     ("NOREPLICAS", "noreplicas"),
+    // A slot moving or moved (Redis Cluster) that redis-rs did not follow
+    // within the deadline: the cluster's state, retryable.
+    ("MOVED", "moved"),
+    ("ASK", "ask"),
 ];
 
 /// Every `kind` label of `shoal_redis_command_errors_total`: the trouble codes,
@@ -54,6 +58,8 @@ pub const ERROR_KINDS: [&str; TROUBLE_CODES.len() + 4] = [
     "clusterdown",
     "misconf",
     "noreplicas",
+    "moved",
+    "ask",
     "timeout",
     "unreachable",
     "circuit_open",

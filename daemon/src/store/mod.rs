@@ -387,6 +387,9 @@ struct WaitConn {
     confirmed: Option<i64>,
 }
 
+/// Attempts of a change and its `WAIT` after `MOVED`, `ASK` or `TRYAGAIN`.
+const REDIRECTS: usize = 5;
+
 impl redis::aio::ConnectionLike for WaitConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         Box::pin(async move {
@@ -397,19 +400,68 @@ impl redis::aio::ConnectionLike for WaitConn {
             if !is_eval {
                 return self.inner.req_packed_command(cmd).await;
             }
-            let mut pipe = redis::pipe();
-            pipe.add_command(cmd.clone())
-                .cmd("WAIT")
-                .arg(self.replicas)
-                .arg(self.wait_ms);
-            let mut replies = self.inner.req_packed_commands(&pipe, 0, 2).await?;
-            let wait = replies.pop();
-            let reply = replies.pop().unwrap_or(Value::Nil);
-            self.confirmed = match wait {
-                Some(Value::Int(n)) => Some(n),
-                _ => None,
-            };
-            reply.extract_error()
+            // On a cluster the pipeline goes to the node of the script's slot.
+            // A redirect inside a pipeline is not followed by redis-rs, and
+            // `WAIT` must run where the script ran, so redirects are followed
+            // here: the pipeline goes to the node named (after `ASKING` for
+            // `ASK`: the slot is being moved there).
+            let mut to: Option<(String, u16, bool)> = None;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let mut pipe = redis::pipe();
+                let asking = to.as_ref().is_some_and(|t| t.2);
+                if asking {
+                    pipe.cmd("ASKING");
+                }
+                pipe.add_command(cmd.clone())
+                    .cmd("WAIT")
+                    .arg(self.replicas)
+                    .arg(self.wait_ms);
+                let n = if asking { 3 } else { 2 };
+                let mut replies = match (&mut self.inner, &to) {
+                    (Conn::Cluster(c), Some((host, port, _))) => {
+                        let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        };
+                        c.route_pipeline(pipe, 0, n, route).await?
+                    }
+                    (inner, _) => inner.req_packed_commands(&pipe, 0, n).await?,
+                };
+                let wait = replies.pop();
+                let reply = replies.pop().unwrap_or(Value::Nil);
+                self.confirmed = match wait {
+                    Some(Value::Int(n)) => Some(n),
+                    _ => None,
+                };
+                let e = match reply.extract_error() {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                if !matches!(self.inner, Conn::Cluster(_)) || attempt >= REDIRECTS {
+                    return Err(e);
+                }
+                use redis::{ErrorKind, ServerErrorKind};
+                match e.kind() {
+                    ErrorKind::Server(k @ (ServerErrorKind::Moved | ServerErrorKind::Ask)) => {
+                        let Some((host, port)) = e
+                            .redirect_node()
+                            .and_then(|(addr, _)| addr.rsplit_once(':'))
+                            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                        else {
+                            return Err(e);
+                        };
+                        to = Some((host, port, k == ServerErrorKind::Ask));
+                    }
+                    ErrorKind::Server(ServerErrorKind::TryAgain) => {
+                        // Keys of the script on both sides of a moving slot.
+                        tokio::time::sleep(std::time::Duration::from_millis(10 * attempt as u64))
+                            .await;
+                    }
+                    _ => return Err(e),
+                }
+            }
         })
     }
 
