@@ -18,6 +18,12 @@
 //!
 //! `cargo bench -p shoal-tests --bench compare` (`BENCH_SECS` sets the time per
 //! row, default 1.5). Prints markdown tables.
+//!
+//! `-- --cluster` measures the cluster rows instead (issue 16): a private Redis
+//! Cluster (three primaries, three replicas), daemons on `[redis.cluster]` with
+//! 16 buckets; redis-rs GET through a cluster connection, shoal L1 hit, L2 hit,
+//! `cache.mget` of 16 keys (L1, and L2: split by slot and gathered), and
+//! propagation of invalidations and revocations to 3 other daemons.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -43,10 +49,17 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return Ok(());
     }
+    let cluster = std::env::args().any(|a| a == "--cluster");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(bench())
+        .block_on(async {
+            if cluster {
+                bench_cluster().await
+            } else {
+                bench().await
+            }
+        })
 }
 
 struct Row {
@@ -752,6 +765,139 @@ async fn bench() -> Result<()> {
             )
             .unwrap_or_default()
     );
+    Ok(())
+}
+
+/// `--cluster`: the rows that change on a cluster, one table.
+async fn bench_cluster() -> Result<()> {
+    const BUCKETS: u16 = 16;
+    let cluster = shoal_tests::cluster::ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let cfg = |n: &str| {
+        format!(
+            "[node]\nid = \"{n}\"\n[socket]\npath = \"{}\"\n[redis]\ntimeout = \"300ms\"\n{}\
+             [admin]\nlisten = \"\"\n[shutdown]\ngrace = \"5s\"\n",
+            d.join(format!("{n}.sock")).display(),
+            cluster.toml_section(BUCKETS)
+        )
+    };
+    // The echo floor, in its own process, as in the main table.
+    let echo_path = d.join("echo.sock");
+    let mut echo = std::process::Command::new(std::env::current_exe()?)
+        .env(ECHO_ENV, &echo_path)
+        .spawn()?;
+    shoal_tests::echo::connect(&echo_path, Duration::from_secs(5)).await?;
+    let mut procs = vec![
+        shoal_tests::DaemonProcess::spawn(d, "cl1", &cfg("cl1"))?,
+        shoal_tests::DaemonProcess::spawn(d, "cl2", &l2_only(cfg("cl2")))?,
+    ];
+    for i in 0..3 {
+        let n = format!("cprop{i}");
+        procs.push(shoal_tests::DaemonProcess::spawn(d, &n, &cfg(&n))?);
+    }
+    let mut clients = Vec::new();
+    for p in &mut procs {
+        clients.push(p.wait_ready(Duration::from_secs(60)).await?);
+    }
+    let socket_only = |p: &shoal_tests::DaemonProcess| {
+        shoal_client::Client::builder(&p.socket)
+            .shm(false)
+            .connect()
+    };
+    let (local, l2) = (socket_only(&procs[0]).await?, socket_only(&procs[1]).await?);
+    let value = bytes::Bytes::from(vec![b'x'; 100]);
+    local
+        .set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
+        .await?;
+    let mkeys: Vec<String> = (0..16).map(|i| format!("m{i}")).collect();
+    for k in &mkeys {
+        local
+            .set_raw(k, value.clone(), Some(Duration::from_secs(3600)))
+            .await?;
+        local.get_raw(k).await?;
+    }
+    local.get_raw("hot").await?;
+    let slots: std::collections::BTreeSet<u16> = mkeys
+        .iter()
+        .map(|k| shoal_tests::cluster::bucket_slot(shoal_tests::cluster::bucket_of(k, BUCKETS)))
+        .collect();
+    let direct = cluster.conn().await?;
+    let hot_value = shoal_tests::cluster::bucket_names("shoal:", "hot", BUCKETS).value("hot");
+
+    let mut servers: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+    let rs = servers.clone();
+    servers.push(procs[0].child.id());
+    let sl = servers.clone();
+    servers.pop();
+    servers.push(procs[1].child.id());
+    let sl2 = servers;
+    // What the servers cost with no operation running (this process excluded).
+    let idle = {
+        let used = || sl.iter().map(|p| proc_cpu(*p)).sum::<Duration>();
+        let (t, before) = (Instant::now(), used());
+        tokio::time::sleep(secs()).await;
+        used().saturating_sub(before).as_secs_f64() * 1e3 / t.elapsed().as_secs_f64()
+    };
+    let mut rows = Vec::new();
+    for callers in [1usize, 64] {
+        rows.push(floor(&echo_path, echo.id(), callers).await?);
+        let (c, key) = (direct.clone(), hot_value.clone());
+        rows.push(
+            measure(
+                "redis-rs GET through a cluster connection",
+                callers,
+                &rs,
+                |_| (c.clone(), key.clone()),
+                |(mut c, key)| async move {
+                    let _: Option<Vec<u8>> =
+                        redis::cmd("GET").arg(&key).query_async(&mut c).await?;
+                    Ok((c, key))
+                },
+            )
+            .await?,
+        );
+        rows.push(shoal_get("cluster: shoal L1 hit (socket)", callers, &sl, &local).await?);
+        rows.push(shoal_get("cluster: shoal L2 hit", callers, &sl2, &l2).await?);
+        rows.push(
+            shoal_mget(
+                "cluster: shoal cache.mget 16 keys (L1)",
+                callers,
+                &sl,
+                &local,
+                &mkeys,
+            )
+            .await?,
+        );
+        rows.push(
+            shoal_mget(
+                &format!(
+                    "cluster: shoal cache.mget 16 keys (L2, {} slots)",
+                    slots.len()
+                ),
+                callers,
+                &sl2,
+                &l2,
+                &mkeys,
+            )
+            .await?,
+        );
+    }
+    println!(
+        "Redis Cluster: 3 primaries, 3 replicas (redis-cli --cluster create), {BUCKETS} buckets; \
+         CPU counts the daemon and all six redis-servers, which use {idle:.0} ms of CPU per \
+         second idle (cluster bus, replication, one heartbeat per bucket per cache.heartbeat)"
+    );
+    print_table(&rows);
+    propagation(&[
+        clients[0].clone(),
+        clients[2].clone(),
+        clients[3].clone(),
+        clients[4].clone(),
+    ])
+    .await?;
+    let _ = echo.kill();
+    let _ = echo.wait();
     Ok(())
 }
 

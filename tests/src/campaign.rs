@@ -2012,7 +2012,7 @@ async fn inject_cluster(
                 }
                 // Every bucket's log cut to two entries.
                 for b in 0..buckets {
-                    let log = shoald::store::KeyNames::new(&format!("{PREFIX}{{b{b}}}:")).log();
+                    let log = shoald::store::KeyNames::bucket(PREFIX, b).log();
                     let _: u64 =
                         cmd(&mut c, redis::cmd("XTRIM").arg(log).arg("MAXLEN").arg(2)).await?;
                 }
@@ -2065,7 +2065,7 @@ async fn inject_cluster(
         FaultKind::ForeignPublish => {
             let mut c = target.conn().await?;
             let b = rng.random_range(0..buckets);
-            let kn = shoald::store::KeyNames::new(&format!("{PREFIX}{{b{b}}}:"));
+            let kn = shoald::store::KeyNames::bucket(PREFIX, b);
             let ahead = rng.random_range(1..3600u64) * 1000;
             let (secs, micros) = cmd::<(u64, u64), _>(&mut c, &redis::cmd("TIME")).await?;
             let id = format!("{}-0", secs * 1000 + micros / 1000 + ahead);

@@ -48,7 +48,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
 /// The bucket of cache key `key` among `buckets` (the daemon's hash-tag groups
 /// on a cluster): its slot modulo the bucket count.
 pub fn bucket_of(key: &str, buckets: u16) -> u16 {
-    key_slot(key.as_bytes()) % buckets
+    shoald::store::KeyNames::bucket_of(key, buckets)
 }
 
 /// The slot that holds every Redis name of bucket `bucket` (`PREFIX{bN}:...`).
@@ -58,7 +58,7 @@ pub fn bucket_slot(bucket: u16) -> u16 {
 
 /// The Redis names of the bucket holding `key` (`PREFIX{bN}:c:KEY`, ...).
 pub fn bucket_names(prefix: &str, key: &str, buckets: u16) -> shoald::store::KeyNames {
-    shoald::store::KeyNames::new(&format!("{prefix}{{b{}}}:", bucket_of(key, buckets)))
+    shoald::store::KeyNames::cluster_bucket(prefix, key, buckets)
 }
 
 /// One node as `CLUSTER NODES` describes it.

@@ -3,11 +3,14 @@
 //! load, a primary failed over and back as a replica, a shard restarted in
 //! place — and `shoalctl doctor` on a healthy and on a broken cluster.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use redis::AsyncCommands;
 use shoal_tests::cluster::{bucket_slot, key_slot, ClusterSet};
+use shoal_tests::shoald::config::{Algorithm, FailMode, PolicyConfig};
+use shoal_tests::Daemon;
 
 /// Runs a workspace binary with `args` (without the test's `SHOAL_*` variables).
 async fn run_bin(name: &str, args: &[&str]) -> Result<(i32, String, String)> {
@@ -72,6 +75,11 @@ async fn doctor_finds_a_healthy_cluster_ok() -> Result<()> {
         .unwrap_or_default();
     assert_eq!(primaries.split(", ").count(), 3, "{report:#}");
     assert_eq!(report["facts"]["role"], "master", "{report:#}");
+    assert_eq!(report["facts"]["buckets"], "16", "{report:#}");
+    let spread = report["facts"]["buckets per primary"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(spread.split(", ").count(), 3, "{report:#}");
     let cluster_findings = findings(&report, "cluster");
     assert!(
         cluster_findings.iter().any(|f| f["severity"] == "ok"),
@@ -102,9 +110,10 @@ async fn doctor_finds_a_healthy_cluster_ok() -> Result<()> {
     Ok(())
 }
 
-/// A cluster losing nodes: a primary whose replica is gone is a warning
-/// (losing it loses its slots); a shard with neither is a problem
-/// (`cluster_state:fail`, its slots unserved), and doctor exits 1.
+/// A cluster losing nodes: a primary whose replica is gone is a problem with
+/// `wait_replicas = 1` (the default: changes on its buckets are refused); a
+/// shard with neither is one too (`cluster_state:fail`, its slots unserved),
+/// and doctor exits 1.
 #[tokio::test]
 async fn doctor_reports_a_primary_without_replica_and_a_lost_shard() -> Result<()> {
     let mut cluster = ClusterSet::start().await?;
@@ -125,7 +134,7 @@ async fn doctor_reports_a_primary_without_replica_and_a_lost_shard() -> Result<(
     };
     let replicas = findings(&report, "replicas");
     assert!(
-        replicas.iter().any(|f| f["severity"] == "warning"
+        replicas.iter().any(|f| f["severity"] == "problem"
             && f["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("1 primar"))),
@@ -330,5 +339,497 @@ async fn a_primary_restarted_in_place_keeps_its_slots_and_aof_data() -> Result<(
         }
     };
     assert_eq!(got, "yes");
+    Ok(())
+}
+
+// ---- Rate limits on a cluster ----
+
+/// A test epoch, a multiple of every window used here.
+const T0: u64 = 1_800_000_000_000;
+
+fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
+    PolicyConfig {
+        algorithm,
+        limit,
+        window: Duration::from_millis(window_ms),
+        burst: None,
+        on_unavailable: FailMode::Closed,
+        expected_nodes: 1,
+        overrides: BTreeMap::new(),
+        max_reserve_ahead: None,
+        headers: None,
+        block: None,
+    }
+}
+
+/// `n` in-process daemons on the cluster (`[redis.cluster]`), with `policies`.
+async fn cluster_fleet(
+    cluster: &ClusterSet,
+    dir: &std::path::Path,
+    policies: &[(&str, PolicyConfig)],
+    n: usize,
+) -> Result<(Vec<Daemon>, Vec<shoal_client::Client>)> {
+    let mut daemons = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut c = shoal_tests::shoald::Config::default();
+        c.node.id = format!("d{i}");
+        c.socket.path = dir.join(format!("d{i}.sock"));
+        c.admin.listen = String::new();
+        c.redis.timeout = Duration::from_millis(500);
+        c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+            urls: cluster.urls(),
+            buckets: 16,
+            ..Default::default()
+        });
+        for (name, p) in policies {
+            c.ratelimit.policies.insert(name.to_string(), p.clone());
+        }
+        c.ratelimit.override_refresh = Duration::from_millis(100);
+        let d = Daemon::start_ready(c).await?;
+        clients.push(d.client().await?);
+        daemons.push(d);
+    }
+    Ok((daemons, clients))
+}
+
+/// `callers` tasks spread over `clients`, each making `per_caller` checks of
+/// `key`; how many were allowed.
+async fn hammer(
+    clients: &[shoal_client::Client],
+    policy: &str,
+    key: &str,
+    callers: usize,
+    per_caller: usize,
+) -> Result<u64> {
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let c = clients[i % clients.len()].clone();
+        let (policy, key) = (policy.to_string(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0u64;
+            for _ in 0..per_caller {
+                if c.check(&policy, &key).await?.allowed {
+                    allowed += 1;
+                }
+            }
+            Ok::<_, shoal_client::Error>(allowed)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
+}
+
+/// For policy `name`, one key whose state (`{name:key}`) lives on each primary.
+async fn keys_on_every_primary(cluster: &ClusterSet, name: &str) -> Result<Vec<String>> {
+    let primaries = cluster.primaries().await?;
+    let view = cluster.view().await?;
+    let mut keys = Vec::new();
+    for p in primaries {
+        let port = cluster.nodes[p].port();
+        let owner = view.iter().find(|v| v.port == port).context("in view")?;
+        let key = (0..10_000)
+            .map(|i| format!("user{i}"))
+            .find(|k| owner.serves(key_slot(format!("{name}:{k}").as_bytes())))
+            .context("a key on that primary")?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Rate limits stay exact on a cluster: three daemons, every algorithm the
+/// standalone exactness test checks, keys whose state lives on each of the
+/// three primaries; 240 attempts per key from the three daemons allow exactly
+/// the limit. Then again while the slot of one key migrates to another
+/// primary (its state moves with `MIGRATE`; decisions meet `ASK`/`TRYAGAIN`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_exact_across_three_daemons_on_a_cluster() -> Result<()> {
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let policies = [
+        ("fw", pol(Algorithm::FixedWindow, 50, 60_000)),
+        ("sl", pol(Algorithm::SlidingLog, 50, 60_000)),
+        ("sc", pol(Algorithm::SlidingCounter, 50, 60_000)),
+        ("tb", pol(Algorithm::TokenBucket, 50, 60_000)),
+        ("gcra", pol(Algorithm::Gcra, 50, 60_000)),
+        // Real Redis TIME below: windows long enough that nothing refills.
+        ("sl_real", pol(Algorithm::SlidingLog, 50, 3_600_000)),
+        ("tb_real", pol(Algorithm::TokenBucket, 50, 3_600_000)),
+    ];
+    let (daemons, clients) = cluster_fleet(&cluster, dir.path(), &policies, 3).await?;
+    let set_now = |ms: Option<u64>| {
+        for d in &daemons {
+            d.ctx.ratelimits.set_test_now(ms);
+        }
+    };
+
+    set_now(Some(T0 + 1_234));
+    for name in ["fw", "sl", "sc", "tb", "gcra"] {
+        let keys = keys_on_every_primary(&cluster, name).await?;
+        assert_eq!(keys.len(), 3);
+        let mut runs = Vec::new();
+        for key in &keys {
+            runs.push(hammer(&clients, name, key, 24, 10));
+        }
+        let allowed = futures::future::try_join_all(runs).await?;
+        for (key, n) in keys.iter().zip(&allowed) {
+            assert_eq!(*n, 50, "{name} {key}: 240 attempts from 3 daemons");
+            let p = clients[0].peek(name, key).await?;
+            assert!(!p.allowed && p.remaining == 0, "{name} {key}: {p:?}");
+        }
+    }
+
+    set_now(None);
+    for name in ["sl_real", "tb_real"] {
+        for key in keys_on_every_primary(&cluster, name).await? {
+            let allowed = hammer(&clients, name, &key, 24, 10).await?;
+            assert_eq!(allowed, 50, "{name} {key} on Redis TIME");
+        }
+    }
+
+    // A resharding under the hammer: the key's state moves to another primary
+    // between two batches of decisions; the total stays exact.
+    set_now(Some(T0 + 61_234));
+    for name in ["fw", "gcra"] {
+        let key = "moving";
+        let slot = key_slot(format!("{name}:{key}").as_bytes());
+        let from = cluster.primary_of_slot(slot).await?;
+        let to = *cluster
+            .primaries()
+            .await?
+            .iter()
+            .find(|p| **p != from)
+            .context("another primary")?;
+        // The state exists on the source before the move starts.
+        for i in 0..10 {
+            assert!(clients[i % 3].check(name, key).await?.allowed);
+        }
+        let load = hammer(&clients, name, key, 24, 10);
+        let moving = cluster.migrate_slot_paced(slot, to, Duration::from_millis(20));
+        let (allowed, moved) = tokio::join!(load, moving);
+        let (allowed, moved) = (allowed?, moved?);
+        assert!(moved >= 1, "the state moved");
+        assert_eq!(cluster.primary_of_slot(slot).await?, to);
+        assert_eq!(allowed + 10, 50, "{name} during a slot migration");
+    }
+    Ok(())
+}
+
+// ---- An invalidation lost with the subscriber's connection ----
+
+const CACHE_SET_LUA: &str = include_str!("../../lua/cache_set.lua");
+const CACHE_INVALIDATE_LUA: &str = include_str!("../../lua/cache_invalidate.lua");
+
+/// The fault the campaign's `CLIENT KILL TYPE pubsub` hits by chance, made
+/// deterministic: on the shard of key `k`'s bucket, one transaction kills
+/// every Pub/Sub client and then invalidates `k` (the message is published to
+/// nobody). redis-rs re-subscribes by itself; a later change in the same
+/// bucket is then heard. The daemon must still find `k`'s invalidation (in
+/// the bucket's log) and stop serving `k`'s old value from L1 within Δ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_published_while_the_subscriber_was_killed_is_not_skipped() -> Result<()> {
+    const BUCKETS: u16 = 8;
+    let delta = Duration::from_secs(1);
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = shoal_tests::shoald::Config::default();
+    c.node.id = "reader".into();
+    c.socket.path = dir.path().join("reader.sock");
+    c.admin.listen = String::new();
+    c.redis.timeout = Duration::from_secs(1);
+    c.cache.heartbeat = Duration::from_millis(200);
+    c.cache.max_staleness = delta;
+    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+        urls: cluster.urls(),
+        buckets: BUCKETS,
+        ..Default::default()
+    });
+    let daemon = Daemon::start_ready(c).await?;
+    let client = daemon.client().await?;
+
+    let k = "lost-key";
+    let bucket = shoal_tests::cluster::bucket_of(k, BUCKETS);
+    let k2 = (0..)
+        .map(|i| format!("neighbour{i}"))
+        .find(|n| shoal_tests::cluster::bucket_of(n, BUCKETS) == bucket)
+        .context("a key in the same bucket")?;
+    let names = shoal_tests::cluster::bucket_names("shoal:", k, BUCKETS);
+    let node = cluster.primary_of_slot(bucket_slot(bucket)).await?;
+    let mut conn = cluster.nodes[node].conn().await?;
+
+    client
+        .set_raw(k, bytes::Bytes::from_static(b"old"), None)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get_full(k, false).await?.from != Some(shoal_client::Source::L1) {
+        anyhow::ensure!(Instant::now() < deadline, "{k} never served from L1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Kill the subscribers, then invalidate k: atomically, so nobody hears it.
+    let mut tx = redis::pipe();
+    tx.atomic()
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .ignore()
+        .cmd("EVAL")
+        .arg(CACHE_INVALIDATE_LUA)
+        .arg(3)
+        .arg(names.log())
+        .arg(names.value(k))
+        .arg(names.lease(k))
+        .arg(100_000)
+        .arg(names.channel())
+        .arg("external")
+        .arg(k)
+        .ignore();
+    let _: () = tx.query_async(&mut conn).await?;
+    let invalidated = Instant::now();
+
+    // Once re-subscribed, a change in the same bucket is heard.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs: (String, u64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(names.channel())
+            .query_async(&mut conn)
+            .await?;
+        if subs.1 > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the daemon never re-subscribed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _: redis::Value = redis::Script::new(CACHE_SET_LUA)
+        .key(names.value(&k2))
+        .key(names.lease(&k2))
+        .key(names.log())
+        .arg(shoal_client::proto::to_value(&"v")?)
+        .arg(3_600_000)
+        .arg("")
+        .arg(100_000)
+        .arg(names.channel())
+        .arg("external")
+        .arg(&k2)
+        .invoke_async(&mut conn)
+        .await?;
+
+    let heard = Instant::now();
+
+    // From Δ after the invalidation on, k's old value is never served.
+    let until = heard.max(invalidated + delta) + Duration::from_millis(700);
+    let (mut reads_after_delta, mut errors) = (0, Vec::new());
+    while Instant::now() < until {
+        let began = Instant::now();
+        let r = client.get_full(k, false).await;
+        if began > invalidated + delta {
+            if let Err(e) = &r {
+                errors.push(e.to_string());
+            }
+            if let Ok(r) = &r {
+                reads_after_delta += 1;
+                assert!(
+                    !r.hit,
+                    "{k} served ({:?}, from {:?}) {:?} after its invalidation (Δ {delta:?}; \
+                     re-subscribed and {k2} heard {:?} after it); subscriber reconnects {}, \
+                     replayed log entries {}",
+                    r.value,
+                    r.from,
+                    began - invalidated,
+                    heard - invalidated,
+                    daemon.stat("subscriber_reconnects"),
+                    daemon.stat("log_entries_replayed")
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        reads_after_delta > 10,
+        "only {reads_after_delta} reads after Δ (re-subscribed and heard {:?} after the invalidation); errors: {errors:?}",
+        heard - invalidated
+    );
+    Ok(())
+}
+
+// ---- A daemon through resharding and failover ----
+
+/// Cache and session operations through one daemon, once each: the errors
+/// they returned (empty: all succeeded).
+async fn one_round(client: &shoal_client::Client, keys: &[String], round: u32) -> Vec<String> {
+    let mut errors = Vec::new();
+    for k in keys {
+        let v = format!("{k}={round}");
+        if let Err(e) = client.set_raw(k, v.clone().into_bytes(), None).await {
+            errors.push(format!("set {k}: {e}"));
+            continue;
+        }
+        match client.get_full(k, false).await {
+            Ok(r) if r.value.as_deref() == Some(v.as_bytes()) => {}
+            Ok(r) => errors.push(format!("get {k}: {:?}", r.value)),
+            Err(e) => errors.push(format!("get {k}: {e}")),
+        }
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    if let Err(e) = client.mget_raw(&refs).await {
+        errors.push(format!("mget: {e}"));
+    }
+    match client
+        .session_create_raw("u1", b"d".to_vec(), Default::default())
+        .await
+    {
+        Ok(s) => match client.session_get_raw(&s.token, false).await {
+            Ok(Some(_)) => {}
+            Ok(None) => errors.push("session.get: not found".into()),
+            Err(e) => errors.push(format!("session.get: {e}")),
+        },
+        Err(e) => errors.push(format!("session.create: {e}")),
+    }
+    errors
+}
+
+/// Rounds until one is clean; the errors of the rounds before it. Fails
+/// when none is clean within `within`.
+async fn settle(
+    client: &shoal_client::Client,
+    keys: &[String],
+    round: &mut u32,
+    within: Duration,
+) -> Result<Vec<String>> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        *round += 1;
+        let errors = one_round(client, keys, *round).await;
+        if errors.is_empty() {
+            return Ok(seen);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no clean round within {within:?}; last errors: {errors:?}"
+        );
+        seen.extend(errors);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What an operator does to a cluster while shoald runs on it: moves the
+/// slot of a cache bucket and the sessions' slot to another primary, kills a
+/// primary (its replica takes over; the old one comes back as a replica),
+/// hands a shard over with `CLUSTER FAILOVER`. After each, the daemon answers
+/// every cache and session operation again within seconds, and never with an
+/// `internal` error (a `MOVED` is followed, not reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_keeps_serving_through_resharding_and_failovers() -> Result<()> {
+    const BUCKETS: u16 = 8;
+    let mut cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = shoal_tests::shoald::Config::default();
+    c.node.id = "d0".into();
+    c.socket.path = dir.path().join("d0.sock");
+    c.admin.listen = String::new();
+    c.redis.timeout = Duration::from_secs(1);
+    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+        urls: cluster.urls(),
+        buckets: BUCKETS,
+        ..Default::default()
+    });
+    let daemon = Daemon::start_ready(c).await?;
+    let client = daemon.client().await?;
+    let keys: Vec<String> = (0..24).map(|i| format!("key{i}")).collect();
+    let mut round = 0;
+    let mut internal = Vec::new();
+    let mut check = |what: &str, errors: Vec<String>| {
+        internal.extend(
+            errors
+                .into_iter()
+                .filter(|e| e.contains("internal"))
+                .map(|e| format!("{what}: {e}")),
+        );
+    };
+    let errors = settle(&client, &keys, &mut round, Duration::from_secs(10)).await?;
+    check("start", errors);
+    // Operations all along, through every fault below.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let phase = std::sync::Arc::new(std::sync::Mutex::new(String::from("start")));
+    let load = {
+        let (client, keys, stop) = (daemon.client().await?, keys.clone(), stop.clone());
+        let phase = phase.clone();
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut round = 1_000_000;
+            while !stop.is_cancelled() {
+                round += 1;
+                let now = phase.lock().map(|p| p.clone()).unwrap_or_default();
+                errors.extend(
+                    one_round(&client, &keys, round)
+                        .await
+                        .into_iter()
+                        .map(|e| format!("{now}: {e}")),
+                );
+            }
+            errors
+        })
+    };
+    let set_phase = |p: String| {
+        if let Ok(mut g) = phase.lock() {
+            *g = p;
+        }
+    };
+
+    // A cache bucket's slot, then the sessions' slot, to another primary.
+    let sessions_slot = key_slot(b"shoal:{s}:");
+    for slot in [
+        bucket_slot(shoal_tests::cluster::bucket_of("key0", BUCKETS)),
+        sessions_slot,
+    ] {
+        let from = cluster.primary_of_slot(slot).await?;
+        let to = *cluster
+            .primaries()
+            .await?
+            .iter()
+            .find(|p| **p != from)
+            .context("another primary")?;
+        set_phase(format!("while slot {slot} moves to node {to}"));
+        cluster.migrate_slot(slot, to).await?;
+        set_phase(format!("after slot {slot} moved to node {to}"));
+        let errors = settle(&client, &keys, &mut round, Duration::from_secs(10)).await?;
+        check(&format!("slot {slot} moved"), errors);
+    }
+    // The primary of key0's bucket killed; back as a replica (until then the
+    // promoted node has no replica to confirm changes: `wait_replicas = 1`
+    // refuses them, as it should).
+    let slot = bucket_slot(shoal_tests::cluster::bucket_of("key0", BUCKETS));
+    let old = cluster.primary_of_slot(slot).await?;
+    set_phase(format!("while primary node {old} is killed and fails over"));
+    let promoted = cluster.kill_primary(old, Duration::from_secs(30)).await?;
+    set_phase(format!("after node {promoted} was promoted"));
+    cluster.restart_node(old).await?;
+    set_phase(format!("after node {old} is back as a replica"));
+    let errors = settle(&client, &keys, &mut round, Duration::from_secs(15)).await?;
+    check("primary killed, back as a replica", errors);
+    // An operator's failover of the sessions' shard.
+    let s = cluster.primary_of_slot(sessions_slot).await?;
+    set_phase(format!("during CLUSTER FAILOVER of node {s}"));
+    cluster.manual_failover(s, Duration::from_secs(30)).await?;
+    set_phase("after CLUSTER FAILOVER".into());
+    let errors = settle(&client, &keys, &mut round, Duration::from_secs(15)).await?;
+    check("CLUSTER FAILOVER", errors);
+    stop.cancel();
+    let during = load.await?;
+    let during_count = during.len();
+    check("during the faults", during);
+    println!(
+        "{during_count} errors during the faults (unavailable while a shard had no replica, ...)"
+    );
+    assert!(
+        internal.is_empty(),
+        "internal errors on the way: {internal:#?}"
+    );
     Ok(())
 }

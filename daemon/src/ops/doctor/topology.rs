@@ -168,7 +168,15 @@ struct ClusterNode {
     primary: bool,
     failed: bool,
     primary_id: String,
+    /// Slot ranges served (inclusive).
+    ranges: Vec<(u16, u16)>,
     slots: u64,
+}
+
+impl ClusterNode {
+    fn serves(&self, slot: u16) -> bool {
+        self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
 }
 
 fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
@@ -179,18 +187,17 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
             let addr = f.get(1)?.split(['@', ',']).next()?;
             let (host, port) = addr.rsplit_once(':')?;
             let flags = *f.get(2)?;
-            let slots = f
+            let ranges: Vec<(u16, u16)> = f
                 .iter()
                 .skip(8)
                 .filter(|s| !s.starts_with('['))
-                .map(|s| match s.split_once('-') {
-                    Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
-                        (Ok(a), Ok(b)) if b >= a => b - a + 1,
-                        _ => 0,
-                    },
-                    None => u64::from(s.parse::<u64>().is_ok()),
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|a| (a, a)),
                 })
-                .sum();
+                .filter(|(a, b)| b >= a)
+                .collect();
+            let slots = ranges.iter().map(|(a, b)| u64::from(b - a) + 1).sum();
             Some(ClusterNode {
                 id: f.first()?.to_string(),
                 host: host.trim_matches(['[', ']']).to_string(),
@@ -198,6 +205,7 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
                 primary: flags.contains("master"),
                 failed: flags.contains("fail") || f.get(7) == Some(&"disconnected"),
                 primary_id: f.get(3)?.to_string(),
+                ranges,
                 slots,
             })
         })
@@ -238,8 +246,16 @@ pub(super) async fn check_cluster(
     let mut reached = None;
     for u in &c.urls {
         let ask = async {
-            let info = redis::IntoConnectionInfo::into_connection_info(u.as_str())
+            let mut info = redis::IntoConnectionInfo::into_connection_info(u.as_str())
                 .map_err(|e| e.to_string())?;
+            let mut settings = info.redis_settings().clone();
+            if !c.username.is_empty() {
+                settings = settings.set_username(&c.username);
+            }
+            if !c.password.is_empty() {
+                settings = settings.set_password(c.password.expose());
+            }
+            info = info.set_redis_settings(settings);
             let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
             let mut conn = client
                 .get_multiplexed_async_connection()
@@ -332,12 +348,79 @@ pub(super) async fn check_cluster(
             Some("check CLUSTER NODES for failed nodes and unassigned slots"),
         );
     }
-    if bare > 0 {
+    let wait = c.wait_replicas;
+    facts.insert("wait_replicas".into(), wait.to_string());
+    if bare > 0 && wait > 0 {
+        f.add(
+            "replicas",
+            Severity::Problem,
+            format!(
+                "{bare} primar(y/ies) without a replica and redis.cluster.wait_replicas = {wait}: \
+                 every change to the buckets, sessions and rate limits on them is refused \
+                 until a replica confirms it"
+            ),
+            Some("give every primary a replica (redis-cli --cluster add-node --cluster-slave), or lower redis.cluster.wait_replicas"),
+        );
+    } else if bare > 0 {
         f.add(
             "replicas",
             Severity::Warning,
             format!("{bare} primar(y/ies) without a replica: losing one loses its slots' data"),
             Some("give every primary a replica (redis-cli --cluster add-node --cluster-slave)"),
+        );
+    } else if wait == 0 {
+        f.add(
+            "replicas",
+            Severity::Warning,
+            "redis.cluster.wait_replicas = 0: changes are acknowledged on a primary's word; \
+             a shard's failover may lose acknowledged invalidations and revocations"
+                .into(),
+            Some("set redis.cluster.wait_replicas = 1"),
+        );
+    }
+    // Where the cache's buckets live: bucket N is the slot of `{bN}`.
+    let prefix = &config.redis.prefix;
+    let mut per_primary: BTreeMap<String, u32> = primaries
+        .iter()
+        .map(|p| (format!("{}:{}", p.host, p.port), 0))
+        .collect();
+    for b in 0..c.buckets {
+        // `bucket_of(name, 16384)` is the name's slot.
+        let slot = crate::store::KeyNames::bucket_of(
+            &crate::store::KeyNames::bucket(prefix, b).log(),
+            16384,
+        );
+        if let Some(p) = primaries.iter().find(|p| p.serves(slot)) {
+            *per_primary
+                .entry(format!("{}:{}", p.host, p.port))
+                .or_default() += 1;
+        }
+    }
+    facts.insert("buckets".into(), c.buckets.to_string());
+    facts.insert(
+        "buckets per primary".into(),
+        per_primary
+            .iter()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let idle: Vec<&String> = per_primary
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(a, _)| a)
+        .collect();
+    if !idle.is_empty() && state == "ok" {
+        f.add(
+            "cluster",
+            Severity::Warning,
+            format!(
+                "no cache bucket lives on {}: of redis.cluster.buckets = {}, none hashes to \
+                 their slots, so the cache does not use them",
+                idle.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
+                c.buckets
+            ),
+            Some("raise redis.cluster.buckets (the same on every daemon and outside writer), or reshard"),
         );
     }
     // Every primary runs Redis 7+ (sharded Pub/Sub); the first that answers
@@ -468,6 +551,7 @@ e5 [::1]:7004@17004 slave b2 0 1700000000000 2 connected\n";
         );
         assert_eq!((nodes[1].port, nodes[1].slots), (7001, 5462));
         assert!(nodes[2].failed && !nodes[1].failed);
+        assert!(nodes[0].serves(0) && nodes[0].serves(5460) && !nodes[0].serves(5461));
         assert_eq!(
             (nodes[3].primary, nodes[3].primary_id.as_str()),
             (false, "a1")
