@@ -66,14 +66,7 @@ async fn wait_flushed_and_ready(d: &Daemon, n: u64) -> Result<()> {
     d.wait_ready(WAIT).await
 }
 
-async fn value(c: &Client, key: &str) -> Result<(Option<String>, Option<Source>)> {
-    let r = c.get_full(key, false).await?;
-    let v = match r.value {
-        Some(b) if r.hit => Some(shoal_client::proto::from_value::<String>(&b)?),
-        _ => None,
-    };
-    Ok((v, r.from))
-}
+use shoal_tests::read_string as value;
 
 /// Reads `key` through `c` until it shows `want` (the change must arrive).
 async fn until_value(c: &Client, key: &str, want: &str) -> Result<()> {

@@ -37,40 +37,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::{PushKind, Value};
-use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::coherence::Subscriber;
+use crate::cache::coherence::{Beat, Message, Subscriber};
 use crate::cache::l1::FlushReason;
 use crate::store::streamid::StreamId;
 use crate::store::{KeyNames, Replay};
-
-/// A heartbeat as published by `lua/heartbeat.lua`.
-#[derive(Debug, Deserialize)]
-struct Beat {
-    t: String,
-    #[serde(default)]
-    epoch: String,
-    #[serde(default)]
-    last: String,
-    #[serde(default)]
-    run: String,
-    #[serde(default)]
-    role: String,
-}
-
-/// A message on an invalidation channel (JSON, written by the Lua scripts).
-#[derive(Debug, Deserialize)]
-struct Message {
-    id: String,
-    /// The log entry before this one ("0-0": none); absent from messages of
-    /// older scripts, which then always count as a gap.
-    #[serde(default)]
-    prev: Option<String>,
-    #[serde(default)]
-    keys: Vec<String>,
-}
 
 /// What this daemon knows of one bucket.
 #[derive(Debug, Default)]

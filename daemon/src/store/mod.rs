@@ -45,7 +45,7 @@ use crate::store::endpoint::Endpoint;
 
 pub use cache::{L2Get, L2Value, LeaseRequest, SetOutcome};
 pub use errors::{ErrorCounts, Latency, StoreError, ERROR_KINDS, LATENCY_BUCKETS_US, TROUBLE_HOLD};
-pub use keys::KeyNames;
+pub use keys::{keyslot, KeyNames};
 pub use log::Replay;
 
 use errors::classify;
