@@ -334,6 +334,7 @@ impl Drop for Daemon {
     }
 }
 
+<<<<<<< HEAD
 /// `key` read through `c` as a string, with where the daemon found it
 /// (`None` on a miss).
 pub async fn read_string(
@@ -349,6 +350,10 @@ pub async fn read_string(
 }
 
 /// Path of a binary of the workspace (`shoald`, `shoalctl`), building it if needed.
+=======
+/// Path of a binary of the workspace (`shoald`, `shoalctl`), building it if it
+/// is missing or older than the daemon's sources.
+>>>>>>> cluster-tests
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -359,7 +364,17 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         "release"
     };
     let path = target.join(profile).join(name);
-    if !path.exists() {
+    // Built before the daemon's sources last changed (a `git merge` since):
+    // rebuilt, or a test would run yesterday's daemon without a word.
+    let stale = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_or(true, |built| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            ["daemon/src", "daemon/Cargo.toml", "lua", "Cargo.lock"]
+                .iter()
+                .any(|p| newer_than(&root.join(p), built))
+        });
+    if stale {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "shoald", "--bin", name]);
         if !cfg!(debug_assertions) {
@@ -371,6 +386,22 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         }
     }
     Ok(path)
+}
+
+/// Whether `path` (a file, or any file under a directory) changed after `t`.
+fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| newer_than(&e.path(), t))
+    } else {
+        meta.modified().is_ok_and(|m| m > t)
+    }
 }
 
 /// A `shoald` process.
