@@ -334,7 +334,6 @@ impl Drop for Daemon {
     }
 }
 
-<<<<<<< HEAD
 /// `key` read through `c` as a string, with where the daemon found it
 /// (`None` on a miss).
 pub async fn read_string(
@@ -349,11 +348,8 @@ pub async fn read_string(
     Ok((v, r.from))
 }
 
-/// Path of a binary of the workspace (`shoald`, `shoalctl`), building it if needed.
-=======
 /// Path of a binary of the workspace (`shoald`, `shoalctl`), building it if it
 /// is missing or older than the daemon's sources.
->>>>>>> cluster-tests
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
