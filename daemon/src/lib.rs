@@ -71,7 +71,12 @@ pub async fn run_with(
         max_staleness: ctx.config.cache.max_staleness,
         instance: format!("{}:{}", ctx.config.node.id, random_token(8)),
     };
-    tasks.spawn(subscriber.run(background.child_token()));
+    // On Redis Cluster the subscriber keeps one position and proof per bucket.
+    if ctx.store.buckets() > 0 {
+        tasks.spawn(cache::sharded::run(subscriber, background.child_token()));
+    } else {
+        tasks.spawn(subscriber.run(background.child_token()));
+    }
     // Sentinel: follows `+switch-master` (returns at once otherwise).
     tasks.spawn(
         ctx.store

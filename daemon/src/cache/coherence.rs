@@ -144,12 +144,9 @@ pub(super) struct Beat {
 }
 
 impl Subscriber {
-    /// Runs until `cancel` fires, reconnecting with backoff. On Redis Cluster
-    /// the work is per bucket: see `sharded.rs`.
+    /// Runs until `cancel` fires, reconnecting with backoff. (On Redis Cluster
+    /// the subscriber runs per bucket: `sharded::run`.)
     pub async fn run(self, cancel: CancellationToken) {
-        if self.store.buckets() > 0 {
-            return crate::cache::sharded::run(self, cancel).await;
-        }
         let mut backoff = Duration::from_millis(20);
         let mut first = true;
         loop {

@@ -17,7 +17,7 @@
 pub mod coherence;
 pub mod entry;
 pub mod l1;
-mod sharded;
+pub mod sharded;
 pub mod shm;
 
 use std::collections::HashMap;

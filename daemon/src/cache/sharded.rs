@@ -83,7 +83,7 @@ struct Sharded<'a> {
 }
 
 /// Runs the cluster subscriber until `cancel` fires.
-pub(super) async fn run(sub: Subscriber, cancel: CancellationToken) {
+pub async fn run(sub: Subscriber, cancel: CancellationToken) {
     let n = sub.store.buckets();
     let names: Vec<KeyNames> = (0..n).map(|b| sub.store.group_keys(b)).collect();
     let mut channels = HashMap::new();
