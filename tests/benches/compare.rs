@@ -896,8 +896,68 @@ async fn bench_cluster() -> Result<()> {
         clients[4].clone(),
     ])
     .await?;
+    session_shard(&cluster, &clients[..2]).await?;
     let _ = echo.kill();
     let _ = echo.wait();
+    Ok(())
+}
+
+/// Sessions live in one slot (`shoal:{s}:`), so one shard carries every
+/// session change of the fleet: what a change costs that shard (its primary
+/// and replica, from `/proc`) says how many it holds.
+async fn session_shard(
+    cluster: &shoal_tests::cluster::ClusterSet,
+    clients: &[shoal_client::Client],
+) -> Result<()> {
+    use shoal_client::session::SessionOptions;
+    let primary = cluster
+        .primary_of_slot(shoal_tests::cluster::key_slot(b"{s}"))
+        .await?;
+    let replica = cluster.replica_of(primary).await?;
+    let pids: Vec<u32> = [primary, replica]
+        .iter()
+        .filter_map(|&i| cluster.nodes[i].pid())
+        .collect();
+    let cpu = || pids.iter().map(|p| proc_cpu(*p)).sum::<Duration>();
+    // Idle cost of the two nodes, subtracted below.
+    let (t, before) = (Instant::now(), cpu());
+    tokio::time::sleep(secs()).await;
+    let idle_per_sec = cpu().saturating_sub(before).as_secs_f64() / t.elapsed().as_secs_f64();
+    let callers = 16usize;
+    let deadline = Instant::now() + secs() * 2;
+    let (t, before) = (Instant::now(), cpu());
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let c = clients[i % clients.len()].clone();
+            tokio::spawn(async move {
+                let mut pairs = 0u64;
+                while Instant::now() < deadline {
+                    let s = c
+                        .session_create(&format!("user{i}"), &"profile", SessionOptions::default())
+                        .await?;
+                    c.session_get::<String>(&s.token).await?;
+                    c.session_revoke(&s.token).await?;
+                    pairs += 1;
+                }
+                Ok::<u64, anyhow::Error>(pairs)
+            })
+        })
+        .collect();
+    let mut pairs = 0u64;
+    for t in tasks {
+        pairs += t.await??;
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let used = cpu().saturating_sub(before).as_secs_f64() - idle_per_sec * wall;
+    let per = used.max(0.0) * 1e6 / pairs.max(1) as f64;
+    println!(
+        "\n| sessions on one shard ({callers} callers, 2 daemons) | value |\n|---|---:|\n\
+         | create + get + revoke per second | {:.0} |\n\
+         | CPU of the sessions' shard (primary + replica, idle removed) per create + get + revoke | {per:.1} µs |\n\
+         | such triples one core of that shard holds per second | {:.0} |",
+        pairs as f64 / wall,
+        1e6 / per.max(0.001)
+    );
     Ok(())
 }
 
