@@ -22,8 +22,9 @@
 //! `-- --cluster` measures the cluster rows instead (issue 16): a private Redis
 //! Cluster (three primaries, three replicas), daemons on `[redis.cluster]` with
 //! 16 buckets; redis-rs GET through a cluster connection, shoal L1 hit, L2 hit,
-//! `cache.mget` of 16 keys (L1, and L2: split by slot and gathered), and
-//! propagation of invalidations and revocations to 3 other daemons.
+//! `cache.mget` of 16 keys (L1, and L2: split by slot and gathered),
+//! propagation of invalidations and revocations to 3 other daemons, and what
+//! sessions (all in one slot) cost the shard that holds them.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
