@@ -49,6 +49,7 @@ impl Ctx {
                 config.cache.max_staleness,
                 stats.clone(),
             )
+            .with_buckets(store.buckets())
             .with_shm(shm.clone()),
         );
         let cache = Arc::new(cache::Cache::new(

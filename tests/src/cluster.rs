@@ -22,27 +22,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::RedisServer;
 
-/// The cluster's hash slot of `key` (`CLUSTER KEYSLOT`): CRC16 (XMODEM) of the
-/// key, or of its hash tag (the bytes between the first `{` and the next `}`,
-/// when not empty), modulo 16384.
+/// The cluster's hash slot of `key` (`CLUSTER KEYSLOT`), as shoald computes it
+/// (`key_slot_agrees_with_cluster_keyslot` checks it against Redis).
 pub fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|b| *b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        let close = rest.iter().position(|b| *b == b'}')?;
-        (close > 0).then(|| &rest[..close])
-    });
-    let mut crc: u16 = 0;
-    for b in tagged.unwrap_or(key) {
-        crc ^= u16::from(*b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
+    shoald::store::keyslot(key)
 }
 
 /// The bucket of cache key `key` among `buckets` (the daemon's hash-tag groups

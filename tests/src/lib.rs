@@ -334,6 +334,20 @@ impl Drop for Daemon {
     }
 }
 
+/// `key` read through `c` as a string, with where the daemon found it
+/// (`None` on a miss).
+pub async fn read_string(
+    c: &shoal_client::Client,
+    key: &str,
+) -> Result<(Option<String>, Option<shoal_client::Source>)> {
+    let r = c.get_full(key, false).await?;
+    let v = match r.value {
+        Some(b) if r.hit => Some(shoal_client::proto::from_value::<String>(&b)?),
+        _ => None,
+    };
+    Ok((v, r.from))
+}
+
 /// Path of a binary of the workspace (`shoald`, `shoalctl`), building it if it
 /// is missing or older than the daemon's sources.
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {

@@ -833,3 +833,31 @@ async fn a_daemon_keeps_serving_through_resharding_and_failovers() -> Result<()>
     );
     Ok(())
 }
+
+/// `quota.usage` (and the `/quotas` page) lists the keys of every shard: a
+/// bare `SCAN` through a cluster client visits one node, whose cursor means
+/// nothing to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_usage_lists_the_keys_of_every_shard() -> Result<()> {
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let policies = [("api", pol(Algorithm::FixedWindow, 10, 60_000))];
+    let (_daemons, clients) = cluster_fleet(&cluster, dir.path(), &policies, 1).await?;
+    let keys: Vec<String> = (0..30).map(|i| format!("tenant:{i}")).collect();
+    let mut shards = std::collections::BTreeSet::new();
+    for k in &keys {
+        assert!(clients[0].check("api", k).await?.allowed);
+        let slot = shoal_tests::cluster::key_slot(format!("rl.fw{{api:{k}}}").as_bytes());
+        shards.insert(cluster.primary_of_slot(slot).await?);
+    }
+    assert_eq!(shards.len(), 3, "the keys live on every primary");
+    let usage = clients[0].quota_usage("api", None, None).await?;
+    assert!(!usage.truncated);
+    let mut listed: Vec<String> = usage.keys.iter().map(|k| k.key.clone()).collect();
+    listed.sort();
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(usage.keys.iter().all(|k| k.used == 1 && k.limit == 10));
+    Ok(())
+}

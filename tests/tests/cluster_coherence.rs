@@ -61,13 +61,40 @@ async fn daemon(cluster: &ClusterSet, dir: &std::path::Path, node: &str) -> Resu
     Daemon::start_ready(c).await
 }
 
-async fn value(c: &Client, key: &str) -> Result<(Option<String>, Option<Source>)> {
-    let r = c.get_full(key, false).await?;
-    let v = match r.value {
-        Some(b) if r.hit => Some(shoal_client::proto::from_value::<String>(&b)?),
-        _ => None,
+use shoal_tests::read_string as value;
+
+/// `value` with the tag `catalog`, through `c`.
+async fn set_tagged(c: &Client, key: &str, value: &str) -> Result<()> {
+    let opts = SetOptions {
+        tags: vec!["catalog".into()],
+        ..Default::default()
     };
-    Ok((v, r.from))
+    c.set_with(key, shoal_client::proto::to_value(value)?, opts)
+        .await?;
+    Ok(())
+}
+
+/// Reads `key` through `c` until it answers `want`; fails if that takes
+/// longer than `delta` after `since` (the change was acknowledged then).
+async fn answers_within(
+    c: &Client,
+    key: &str,
+    want: Option<&str>,
+    since: Instant,
+    delta: Duration,
+) -> Result<()> {
+    loop {
+        let (v, _) = value(c, key).await?;
+        if v.as_deref() == want {
+            return Ok(());
+        }
+        if since.elapsed() > delta {
+            bail!(
+                "{key}: still {v:?} {:?} after the change (Δ {delta:?})",
+                since.elapsed()
+            );
+        }
+    }
 }
 
 /// Keys that land in every bucket (and so on every shard).
@@ -98,12 +125,7 @@ async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
 
     // Written through a, tagged; read twice through b: the second read is L1's.
     for k in &keys {
-        let opts = SetOptions {
-            tags: vec!["catalog".into()],
-            ..Default::default()
-        };
-        ca.set_with(k, shoal_client::proto::to_value(&format!("{k}=v1"))?, opts)
-            .await?;
+        set_tagged(&ca, k, &format!("{k}=v1")).await?;
     }
     for k in &keys {
         assert_eq!(value(&cb, k).await?.0.as_deref(), Some(&*format!("{k}=v1")));
@@ -123,18 +145,7 @@ async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
     }
     let written = Instant::now();
     for k in &keys {
-        loop {
-            let (v, _) = value(&cb, k).await?;
-            if v.as_deref() == Some(&*format!("{k}=v2")) {
-                break;
-            }
-            if written.elapsed() > delta {
-                bail!(
-                    "{k}: b still answers {v:?} {:?} after a's write",
-                    written.elapsed()
-                );
-            }
-        }
+        answers_within(&cb, k, Some(&format!("{k}=v2")), written, delta).await?;
     }
 
     // mget through b gathers every shard's keys, in order.
@@ -144,27 +155,14 @@ async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
 
     // Tagged again, then one tag invalidation through b reaches every bucket.
     for k in &keys {
-        let opts = SetOptions {
-            tags: vec!["catalog".into()],
-            ..Default::default()
-        };
-        ca.set_with(k, shoal_client::proto::to_value(&format!("{k}=v3"))?, opts)
-            .await?;
+        set_tagged(&ca, k, &format!("{k}=v3")).await?;
         assert_eq!(value(&ca, k).await?.0.as_deref(), Some(&*format!("{k}=v3")));
     }
     let (_, n) = cb.invalidate_tags(["catalog"]).await?;
     assert_eq!(n, keys.len() as u64, "every tagged key in every bucket");
     let invalidated = Instant::now();
     for k in &keys {
-        loop {
-            let (v, _) = value(&ca, k).await?;
-            if v.is_none() {
-                break;
-            }
-            if invalidated.elapsed() > delta {
-                bail!("{k}: a still answers {v:?} after the tag invalidation");
-            }
-        }
+        answers_within(&ca, k, None, invalidated, delta).await?;
     }
 
     // A session revoked through a is refused by b.
@@ -210,5 +208,73 @@ async fn a_change_no_replica_of_its_shard_confirmed_is_not_acknowledged() -> Res
         invalidated.is_err(),
         "invalidate acknowledged without a replica"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_failover_flushes_only_that_shards_buckets() -> Result<()> {
+    let mut cluster = ClusterSet::start().await?;
+    wait_synced(&cluster).await?;
+    let dir = tempfile::tempdir()?;
+    let a = daemon(&cluster, dir.path(), "a").await?;
+    let b = daemon(&cluster, dir.path(), "b").await?;
+    let (ca, cb) = (a.client().await?, b.client().await?);
+    let keys = keys_in_every_bucket();
+    for k in &keys {
+        ca.set(k, &format!("{k}=v1"), None).await?;
+        value(&cb, k).await?;
+        assert_eq!(value(&cb, k).await?.1, Some(Source::L1), "{k} cached in b");
+    }
+
+    // The shard of the first key's bucket fails over: its replica (which
+    // confirmed every write) is promoted, another server with another run id.
+    let slot_of =
+        |k: &str| shoal_tests::cluster::bucket_slot(shoald::store::KeyNames::bucket_of(k, BUCKETS));
+    let primary = cluster.primary_of_slot(slot_of(&keys[0])).await?;
+    let mut on_shard = Vec::new();
+    let mut elsewhere = Vec::new();
+    for k in &keys {
+        if cluster.primary_of_slot(slot_of(k)).await? == primary {
+            on_shard.push(k.clone());
+        } else {
+            elsewhere.push(k.clone());
+        }
+    }
+    assert!(!elsewhere.is_empty(), "8 buckets spread over 3 shards");
+    let flushed_before = b.stat("l1_flushes_redis_identity");
+    cluster.kill_primary(primary, WAIT).await?;
+
+    // b notices the new server of those buckets (a flush of them) and is
+    // caught up on every bucket again.
+    let deadline = Instant::now() + WAIT;
+    while b.stat("l1_flushes_redis_identity") == flushed_before {
+        if Instant::now() > deadline {
+            bail!("b never flushed the failed-over shard's buckets");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.wait_ready(WAIT).await?;
+
+    // The other shards' keys were kept: still answered from L1. The failed
+    // over shard's keys were flushed: read again from L2, with the value every
+    // replica confirmed.
+    for k in &elsewhere {
+        let (v, from) = value(&cb, k).await?;
+        assert_eq!(v.as_deref(), Some(&*format!("{k}=v1")));
+        assert_eq!(from, Some(Source::L1), "{k} (another shard) kept in L1");
+    }
+    for k in &on_shard {
+        let (v, from) = value(&cb, k).await?;
+        assert_eq!(
+            v.as_deref(),
+            Some(&*format!("{k}=v1")),
+            "{k} survived the failover"
+        );
+        assert_eq!(
+            from,
+            Some(Source::L2),
+            "{k} (failed-over shard) flushed from L1"
+        );
+    }
     Ok(())
 }

@@ -66,14 +66,7 @@ async fn wait_flushed_and_ready(d: &Daemon, n: u64) -> Result<()> {
     d.wait_ready(WAIT).await
 }
 
-async fn value(c: &Client, key: &str) -> Result<(Option<String>, Option<Source>)> {
-    let r = c.get_full(key, false).await?;
-    let v = match r.value {
-        Some(b) if r.hit => Some(shoal_client::proto::from_value::<String>(&b)?),
-        _ => None,
-    };
-    Ok((v, r.from))
-}
+use shoal_tests::read_string as value;
 
 /// Reads `key` through `c` until it shows `want` (the change must arrive).
 async fn until_value(c: &Client, key: &str, want: &str) -> Result<()> {
@@ -286,11 +279,22 @@ async fn shoald_refuses_two_topologies_with_exit_64() -> Result<()> {
 
     std::fs::write(
         &file,
-        "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n",
+        "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n[redis.sentinel]\n\
+         master = \"mymaster\"\nurls = [\"redis://127.0.0.1:26379\"]\n",
     )?;
     let (code, _, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("not supported"), "{err}");
+    assert!(err.contains("exactly one"), "{err}");
+
+    // A cluster configuration alone is fine, and prints without its password.
+    std::fs::write(
+        &file,
+        "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\npassword = \"cluster-secret\"\n",
+    )?;
+    let (code, out, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("buckets = 16"), "{out}");
+    assert!(!out.contains("cluster-secret"), "{out}");
 
     // A sentinel configuration alone is fine, and prints without secrets.
     std::fs::write(

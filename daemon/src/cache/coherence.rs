@@ -34,10 +34,14 @@ use crate::store::{Replay, Store, StoreError};
 
 /// A message on the invalidation channel (JSON, written by the Lua scripts).
 #[derive(Debug, Deserialize)]
-struct Message {
-    id: String,
+pub(super) struct Message {
+    pub(super) id: String,
+    /// The log entry before this one ("0-0": none). Used on Redis Cluster
+    /// (`sharded.rs`); absent from messages of older scripts.
     #[serde(default)]
-    keys: Vec<String>,
+    pub(super) prev: Option<String>,
+    #[serde(default)]
+    pub(super) keys: Vec<String>,
 }
 
 /// Shared view of the subscriber's progress, for `/readyz` and `stats`.
@@ -125,18 +129,18 @@ enum Ended {
 
 /// A heartbeat as published by `lua/heartbeat.lua`.
 #[derive(Debug, Deserialize)]
-struct Beat {
-    t: String,
+pub(super) struct Beat {
+    pub(super) t: String,
     #[serde(default)]
-    epoch: String,
+    pub(super) epoch: String,
     #[serde(default)]
-    last: String,
+    pub(super) last: String,
     /// Run id of the server that ran the beat.
     #[serde(default)]
-    run: String,
+    pub(super) run: String,
     /// Its role (`master`, `slave`).
     #[serde(default)]
-    role: String,
+    pub(super) role: String,
 }
 
 impl Subscriber {

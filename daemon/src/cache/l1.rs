@@ -16,6 +16,12 @@
 //!   daemon applied. A fill read at log position P is kept only if no change of its
 //!   stripe later than P has been applied. Striping may refuse a good fill; it never
 //!   admits a bad one. Wall clocks are never compared.
+//!
+//! Trust is kept per group of keys: one group on a standalone Redis or under
+//! Sentinel, one per bucket on Redis Cluster (each bucket has its own log,
+//! channel and delivery proofs). A bucket whose shard fails over stops
+//! serving, and is flushed, alone: every entry records the flush counts of L1
+//! and of its group, and a hit compares both.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,13 +63,25 @@ impl Expiry<Arc<str>, Entry> for EntryExpiry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
 
-pub struct L1 {
-    cache: Cache<Arc<str>, Entry>,
+/// The trust of one group of keys (see the module documentation).
+#[derive(Debug, Default)]
+struct Group {
     ready: AtomicBool,
-    /// Origin of the proof clock (microseconds since this instant).
-    origin: Instant,
     /// Send time of the newest delivery proof, µs since `origin` (0: none).
     proof_us: AtomicU64,
+    /// Flushes of this group alone.
+    flushes: AtomicU64,
+}
+
+pub struct L1 {
+    cache: Cache<Arc<str>, Entry>,
+    /// One group, or one per cluster bucket.
+    groups: Box<[Group]>,
+    /// Cluster buckets (keys are grouped by `CLUSTER KEYSLOT` mod buckets); 0:
+    /// one group.
+    buckets: u16,
+    /// Origin of the proof clock (microseconds since this instant).
+    origin: Instant,
     /// Δ in µs.
     max_staleness_us: u64,
     generation: AtomicU64,
@@ -83,7 +101,7 @@ pub struct L1 {
 impl std::fmt::Debug for L1 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("L1")
-            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .field("ready", &self.is_ready())
             .field("entries", &self.cache.entry_count())
             .finish_non_exhaustive()
     }
@@ -113,9 +131,9 @@ impl L1 {
             .build();
         L1 {
             cache,
-            ready: AtomicBool::new(false),
+            groups: Box::new([Group::default()]),
+            buckets: 0,
             origin: Instant::now(),
-            proof_us: AtomicU64::new(0),
             max_staleness_us: u64::try_from(max_staleness.as_micros()).unwrap_or(u64::MAX),
             generation: AtomicU64::new(1),
             flushes: AtomicU64::new(0),
@@ -134,26 +152,67 @@ impl L1 {
         self
     }
 
+    /// Keeps trust per cluster bucket (`buckets` > 0; 0: one group).
+    pub fn with_buckets(mut self, buckets: u16) -> L1 {
+        self.buckets = buckets;
+        self.groups = (0..buckets.max(1)).map(|_| Group::default()).collect();
+        self
+    }
+
     fn stripe(&self, key: &str) -> &AtomicU64 {
         &self.marks[(self.hasher.hash_one(key) as usize) & (STRIPES - 1)]
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    /// The group of `key`: its bucket on a cluster, 0 otherwise.
+    pub fn group_of(&self, key: &str) -> usize {
+        if self.buckets == 0 {
+            return 0;
+        }
+        usize::from(crate::store::KeyNames::bucket_of(key, self.buckets))
     }
 
-    /// L1 is trusted again (subscriber connected and caught up).
+    fn group(&self, g: usize) -> Option<&Group> {
+        self.groups.get(g)
+    }
+
+    /// Every group is trusted (the subscriber is caught up everywhere).
+    pub fn is_ready(&self) -> bool {
+        self.groups.iter().all(|g| g.ready.load(Ordering::SeqCst))
+    }
+
+    /// L1 is trusted again (subscriber connected and caught up), every group.
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::SeqCst);
-        if let Some(shm) = &self.shm {
-            shm.set_ready();
+        for g in 0..self.groups.len() {
+            self.set_ready_group(g);
         }
+    }
+
+    /// Group `g` is trusted again. Reads issued before are void (they may have
+    /// started while it was not).
+    pub fn set_ready_group(&self, g: usize) {
+        let Some(group) = self.group(g) else { return };
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        group.ready.store(true, Ordering::SeqCst);
+        self.mirror_trust();
     }
 
     /// L1 can no longer be trusted: reads bypass it, in-flight fills are void.
     pub fn set_unready(&self) {
-        self.ready.store(false, Ordering::SeqCst);
-        self.proof_us.store(0, Ordering::SeqCst);
+        for group in self.groups.iter() {
+            group.ready.store(false, Ordering::SeqCst);
+            group.proof_us.store(0, Ordering::SeqCst);
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(shm) = &self.shm {
+            shm.set_unready();
+        }
+    }
+
+    /// Group `g` can no longer be trusted (its shard's subscription was lost).
+    pub fn set_unready_group(&self, g: usize) {
+        let Some(group) = self.group(g) else { return };
+        group.ready.store(false, Ordering::SeqCst);
+        group.proof_us.store(0, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(shm) = &self.shm {
             shm.set_unready();
@@ -167,29 +226,72 @@ impl L1 {
             .saturating_add(1)
     }
 
-    /// Records a delivery proof: every change that completed before `sent` has
-    /// been applied to this L1.
+    /// Records a delivery proof for every group: every change that completed
+    /// before `sent` has been applied to this L1.
     pub fn prove_delivery(&self, sent: Instant) {
-        self.proof_us
-            .fetch_max(self.micros_at(sent), Ordering::SeqCst);
-        if let Some(shm) = &self.shm {
-            shm.prove(sent);
+        for group in self.groups.iter() {
+            group
+                .proof_us
+                .fetch_max(self.micros_at(sent), Ordering::SeqCst);
         }
+        self.mirror_trust();
     }
 
-    /// How old the newest delivery proof is (`None`: there is none).
+    /// Records a delivery proof for group `g`.
+    pub fn prove_delivery_group(&self, g: usize, sent: Instant) {
+        let Some(group) = self.group(g) else { return };
+        group
+            .proof_us
+            .fetch_max(self.micros_at(sent), Ordering::SeqCst);
+        self.mirror_trust();
+    }
+
+    /// The shared-memory segment has one trust for all keys: ready when every
+    /// group is, and trusted as long as the oldest group's proof allows.
+    fn mirror_trust(&self) {
+        let Some(shm) = &self.shm else { return };
+        let mut oldest = u64::MAX;
+        for group in self.groups.iter() {
+            let p = group.proof_us.load(Ordering::SeqCst);
+            if p == 0 || !group.ready.load(Ordering::SeqCst) {
+                return;
+            }
+            oldest = oldest.min(p);
+        }
+        shm.set_ready();
+        shm.prove(self.origin + Duration::from_micros(oldest.saturating_sub(1)));
+    }
+
+    /// How old the oldest group's newest delivery proof is (`None`: a group
+    /// has none).
     pub fn proof_age(&self) -> Option<Duration> {
-        let p = self.proof_us.load(Ordering::SeqCst);
-        (p != 0).then(|| Duration::from_micros(self.micros_at(Instant::now()).saturating_sub(p)))
+        let now = self.micros_at(Instant::now());
+        let mut oldest: Option<u64> = None;
+        for group in self.groups.iter() {
+            let p = group.proof_us.load(Ordering::SeqCst);
+            if p == 0 {
+                return None;
+            }
+            oldest = Some(oldest.map_or(p, |o| o.min(p)));
+        }
+        oldest.map(|p| Duration::from_micros(now.saturating_sub(p)))
     }
 
-    /// Ready, and the newest delivery proof is younger than Δ: a hit served now
-    /// is never older than Δ.
+    /// Every group ready, with a delivery proof younger than Δ.
     pub fn is_trusted(&self) -> bool {
-        if !self.is_ready() {
+        (0..self.groups.len()).all(|g| self.is_trusted_group(g))
+    }
+
+    /// Group `g` ready, and its newest delivery proof younger than Δ: a hit
+    /// served now is never older than Δ.
+    pub fn is_trusted_group(&self, g: usize) -> bool {
+        let Some(group) = self.group(g) else {
+            return false;
+        };
+        if !group.ready.load(Ordering::SeqCst) {
             return false;
         }
-        let p = self.proof_us.load(Ordering::SeqCst);
+        let p = group.proof_us.load(Ordering::SeqCst);
         p != 0 && self.micros_at(Instant::now()).saturating_sub(p) <= self.max_staleness_us
     }
 
@@ -198,43 +300,56 @@ impl L1 {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Taken before an L2 read whose result may fill L1. `None` while not ready.
+    /// L1's and group `g`'s flushes so far (each only grows, so the sum
+    /// changes whenever either does).
+    fn flushes_of(&self, g: usize) -> u64 {
+        let own = self
+            .group(g)
+            .map_or(0, |x| x.flushes.load(Ordering::SeqCst));
+        self.flushes.load(Ordering::SeqCst).wrapping_add(own)
+    }
+
+    /// Taken before an L2 read whose result may fill L1: the generation, which
+    /// every loss or regain of trust and every flush changes.
     pub fn ticket(&self) -> Option<Ticket> {
-        let g = self.generation.load(Ordering::SeqCst);
-        self.is_ready().then_some(Ticket(g))
+        Some(Ticket(self.generation.load(Ordering::SeqCst)))
     }
 
-    fn ticket_valid(&self, t: Ticket) -> bool {
-        self.is_ready() && self.generation.load(Ordering::SeqCst) == t.0
+    fn ticket_valid(&self, t: Ticket, g: usize) -> bool {
+        self.group(g)
+            .is_some_and(|x| x.ready.load(Ordering::SeqCst))
+            && self.generation.load(Ordering::SeqCst) == t.0
     }
 
-    /// An L1 hit, if L1 is trusted and holds the key.
+    /// An L1 hit, if the key's group is trusted and L1 holds the key.
     pub async fn get(&self, key: &str) -> Option<Entry> {
         // Taken before the entry is read: a publish checks it did not change.
         let generation = self.generation();
-        if !self.is_trusted() {
+        let g = self.group_of(key);
+        if !self.is_trusted_group(g) {
             self.stats.bypassed_reads.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        self.lookup(key, generation).await
+        self.lookup(key, g, generation).await
     }
 
     /// As [`L1::get`], counting nothing (the caller counts a hit; a miss is
     /// looked up again, and counted, by the normal path).
     pub async fn peek(&self, key: &str) -> Option<Entry> {
         let generation = self.generation();
-        if !self.is_trusted() {
+        let g = self.group_of(key);
+        if !self.is_trusted_group(g) {
             return None;
         }
-        self.lookup(key, generation).await
+        self.lookup(key, g, generation).await
     }
 
     /// `generation`: taken before the trust check, for the shared-memory publish.
-    async fn lookup(&self, key: &str, generation: u64) -> Option<Entry> {
+    async fn lookup(&self, key: &str, g: usize, generation: u64) -> Option<Entry> {
         let e = self.cache.get(key).await?;
         // A change of this key removed it from moka (exactly); a flush is checked
         // here rather than trusted to `invalidate_all`.
-        if self.flushes.load(Ordering::SeqCst) != e.flushes {
+        if self.flushes_of(g) != e.flushes {
             return None;
         }
         // moka expires lazily on its own clock; never serve past our deadline.
@@ -246,7 +361,7 @@ impl L1 {
             let stripe = self.stripe(key);
             shm.publish(key, &e, || {
                 self.generation() == generation
-                    && self.is_trusted()
+                    && self.is_trusted_group(g)
                     && stripe.load(Ordering::SeqCst) <= e.pos.pack_down()
             });
         }
@@ -276,9 +391,11 @@ impl L1 {
             return false;
         }
         let stripe = self.stripe(key);
-        let flushes = self.flushes.load(Ordering::SeqCst);
-        let admissible =
-            |l1: &L1| l1.ticket_valid(ticket) && stripe.load(Ordering::SeqCst) <= pos.pack_down();
+        let g = self.group_of(key);
+        let flushes = self.flushes_of(g);
+        let admissible = |l1: &L1| {
+            l1.ticket_valid(ticket, g) && stripe.load(Ordering::SeqCst) <= pos.pack_down()
+        };
         if !admissible(self) {
             self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -337,6 +454,29 @@ impl L1 {
         }
         self.stats.record_flush(reason);
         tracing::warn!(reason = reason.as_str(), "L1 flushed");
+    }
+
+    /// Empties group `g` alone (its shard lost or replaced data) and voids
+    /// every fill in flight: its entries are never served again (their flush
+    /// count is old) and leave moka by expiry or eviction. The change marks
+    /// stay (they may refuse a good fill, never admit a bad one); the
+    /// shared-memory segment is flushed whole.
+    pub fn flush_group(&self, g: usize, reason: FlushReason) {
+        let Some(group) = self.group(g) else { return };
+        if self.groups.len() == 1 {
+            return self.flush(reason);
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        group.flushes.fetch_add(1, Ordering::SeqCst);
+        if let Some(shm) = &self.shm {
+            shm.flush();
+        }
+        self.stats.record_flush(reason);
+        tracing::warn!(
+            reason = reason.as_str(),
+            bucket = g,
+            "L1 flushed for one bucket"
+        );
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -416,8 +556,17 @@ mod tests {
         assert!(l1.fill("a", Bytes::from_static(b"v"), None, id(1), t).await);
         l1.set_unready();
         assert!(l1.get("a").await.is_none(), "bypassed while unready");
-        assert!(l1.ticket().is_none());
+        let while_unready = l1.ticket();
+        assert!(
+            !l1.fill("c", Bytes::from_static(b"v"), None, id(1), while_unready)
+                .await
+        );
         l1.set_ready();
+        assert!(
+            !l1.fill("c", Bytes::from_static(b"v"), None, id(1), while_unready)
+                .await,
+            "a read issued while unready never fills"
+        );
         l1.prove_delivery(Instant::now());
         assert!(!l1.fill("b", Bytes::from_static(b"v"), None, id(1), t).await);
         assert!(
@@ -469,5 +618,58 @@ mod tests {
             old.get("k").await.is_none(),
             "loss of trust drops the proof"
         );
+    }
+
+    #[tokio::test]
+    async fn a_bucket_loses_trust_and_is_flushed_alone() {
+        let l1 = L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Arc::new(Stats::default()),
+        )
+        .with_buckets(8);
+        l1.set_ready();
+        l1.prove_delivery(Instant::now());
+        let key_of = |g: usize| {
+            (0..)
+                .map(|i| format!("k{i}"))
+                .find(|k| l1.group_of(k) == g)
+                .unwrap()
+        };
+        let (a, b) = (key_of(1), key_of(5));
+        let t = l1.ticket();
+        assert!(l1.fill(&a, Bytes::from_static(b"a"), None, id(1), t).await);
+        assert!(l1.fill(&b, Bytes::from_static(b"b"), None, id(1), t).await);
+
+        // Bucket 1's shard is lost: only its keys go to L2.
+        l1.set_unready_group(1);
+        assert!(l1.get(&a).await.is_none());
+        assert!(l1.get(&b).await.is_some());
+        assert!(!l1.is_ready() && !l1.is_trusted());
+        l1.set_ready_group(1);
+        assert!(l1.get(&a).await.is_none(), "ready again, but no proof yet");
+        l1.prove_delivery_group(1, Instant::now());
+        assert!(
+            l1.get(&a).await.is_some(),
+            "a gap without a flush keeps entries"
+        );
+
+        // Bucket 5's shard was replaced: its keys are flushed, bucket 1's stay,
+        // and a read issued before the flush does not fill.
+        let before = l1.ticket();
+        l1.flush_group(5, FlushReason::RedisIdentity);
+        assert!(l1.get(&b).await.is_none());
+        assert!(l1.get(&a).await.is_some());
+        assert!(
+            !l1.fill(&b, Bytes::from_static(b"old"), None, id(1), before)
+                .await
+        );
+        let after = l1.ticket();
+        assert!(
+            l1.fill(&b, Bytes::from_static(b"new"), None, id(2), after)
+                .await
+        );
+        assert_eq!(l1.get(&b).await.unwrap().value, Bytes::from_static(b"new"));
     }
 }

@@ -149,6 +149,30 @@ impl Cache {
         self.l1.set_ready();
     }
 
+    /// Group `g` (a cluster bucket) can no longer be trusted: its keys bypass
+    /// L1 and every flight in progress is forgotten.
+    pub fn set_unready_group(&self, g: usize) {
+        self.l1.set_unready_group(g);
+        self.forget_flights();
+    }
+
+    /// Group `g` is caught up as of `proof`.
+    pub fn set_ready_group(&self, g: usize, proof: Instant) {
+        self.l1.prove_delivery_group(g, proof);
+        self.l1.set_ready_group(g);
+    }
+
+    /// A heartbeat of group `g` sent at `sent` came back.
+    pub fn prove_delivery_group(&self, g: usize, sent: Instant) {
+        self.l1.prove_delivery_group(g, sent);
+    }
+
+    /// Empties group `g` alone and forgets every flight in progress.
+    pub fn flush_group(&self, g: usize, reason: FlushReason) {
+        self.l1.flush_group(g, reason);
+        self.forget_flights();
+    }
+
     /// Empties L1 and forgets every flight in progress.
     pub fn flush(&self, reason: FlushReason) {
         self.l1.flush(reason);

@@ -24,54 +24,26 @@
 //!   flushed and the position restarts at the beat's last id, everything
 //!   before it being covered by the flush.
 //!
-//! Only then does the beat count as a delivery proof for its bucket. L1 is
-//! trusted as a whole: it serves while every bucket has a proof younger than
-//! Δ (the oldest bucket's proof is the one L1 is given), so a shard whose
-//! messages stop arriving stops L1 within Δ, and a lost node connection
-//! (a `Disconnection` push) stops it at once. A flush empties all of L1, not
-//! only the bucket's keys: L1's hit path checks one flush count, and a
-//! per-bucket one would cost every hit a slot hash (a shard's failover is rare;
-//! its cost is one refill).
+//! Only then does the beat count as a delivery proof for its bucket. L1 keeps
+//! trust per bucket (see `l1.rs`): a bucket's keys are served while its proof
+//! is younger than Δ, so a shard whose messages stop arriving stops serving
+//! its buckets within Δ while the others go on; a flush empties only the
+//! bucket's keys. A lost node connection (a `Disconnection` push, which does
+//! not say which node) untrusts every bucket at once; the next beats prove
+//! them again. The daemon reports ready (caught up) while every bucket is.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::{PushKind, Value};
-use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::coherence::Subscriber;
+use crate::cache::coherence::{Beat, Message, Subscriber};
 use crate::cache::l1::FlushReason;
 use crate::store::streamid::StreamId;
 use crate::store::{KeyNames, Replay};
-
-/// A heartbeat as published by `lua/heartbeat.lua`.
-#[derive(Debug, Deserialize)]
-struct Beat {
-    t: String,
-    #[serde(default)]
-    epoch: String,
-    #[serde(default)]
-    last: String,
-    #[serde(default)]
-    run: String,
-    #[serde(default)]
-    role: String,
-}
-
-/// A message on an invalidation channel (JSON, written by the Lua scripts).
-#[derive(Debug, Deserialize)]
-struct Message {
-    id: String,
-    /// The log entry before this one ("0-0": none); absent from messages of
-    /// older scripts, which then always count as a gap.
-    #[serde(default)]
-    prev: Option<String>,
-    #[serde(default)]
-    keys: Vec<String>,
-}
 
 /// What this daemon knows of one bucket.
 #[derive(Debug, Default)]
@@ -84,7 +56,8 @@ struct Bucket {
     gap: bool,
     /// Largest id heard on the channel since the last beat.
     max_seen: StreamId,
-    /// Send time of the newest beat that proved delivery.
+    /// Send time of the newest beat that proved delivery (`None`: the bucket
+    /// is not trusted).
     proof: Option<Instant>,
     /// When a re-subscription was last asked for.
     resubscribed: Option<Instant>,
@@ -150,12 +123,19 @@ pub(super) async fn run(sub: Subscriber, cancel: CancellationToken) {
 }
 
 impl Sharded<'_> {
-    /// L1 untrusted until every bucket proves delivery again.
+    /// Every bucket untrusted until it proves delivery again.
     fn untrust(&mut self) {
         for b in &mut self.buckets {
             b.proof = None;
         }
         self.sub.cache.set_unready();
+        self.sub.state.set_caught_up(false);
+    }
+
+    /// Bucket `b` untrusted until it proves delivery again.
+    fn untrust_bucket(&mut self, b: usize) {
+        self.buckets[b].proof = None;
+        self.sub.cache.set_unready_group(b);
         self.sub.state.set_caught_up(false);
     }
 
@@ -246,13 +226,21 @@ impl Sharded<'_> {
     fn resubscribe_silent(&mut self, conn: &redis::cluster_async::ClusterConnection) {
         let stale = self.sub.max_staleness * 2;
         let mut again = Vec::new();
+        let mut lost = Vec::new();
         for (b, bucket) in self.buckets.iter_mut().enumerate() {
             let silent = bucket.proof.is_none_or(|p| p.elapsed() > stale);
+            if bucket.proof.is_some() && silent {
+                // Proved nothing for 2Δ: presumed lost (its hits stopped at Δ).
+                lost.push(b);
+            }
             let asked_lately = bucket.resubscribed.is_some_and(|t| t.elapsed() < stale);
             if silent && !asked_lately {
                 bucket.resubscribed = Some(Instant::now());
                 again.push(b);
             }
+        }
+        for b in lost {
+            self.untrust_bucket(b);
         }
         if again.is_empty() {
             return;
@@ -331,9 +319,11 @@ impl Sharded<'_> {
             tracing::warn!(
                 bucket = b,
                 bytes = payload.len(),
-                "unreadable invalidation message; flushing L1"
+                "unreadable invalidation message; flushing the bucket"
             );
-            self.sub.cache.flush(FlushReason::BadMessage);
+            self.sub
+                .cache
+                .flush_group(usize::from(b), FlushReason::BadMessage);
             return;
         };
         for k in &keys {
@@ -403,9 +393,9 @@ impl Sharded<'_> {
             Some(k) if k != identity => {
                 tracing::warn!(
                     bucket = b,
-                    "redis identity of a bucket changed (shard restart or failover, or its slot moved); flushing L1"
+                    "redis identity of a bucket changed (shard restart or failover, or its slot moved); flushing the bucket"
                 );
-                self.sub.cache.flush(FlushReason::RedisIdentity);
+                self.sub.cache.flush_group(i, FlushReason::RedisIdentity);
                 restart(&mut self.buckets[i], identity);
             }
             Some(_) => {
@@ -413,8 +403,8 @@ impl Sharded<'_> {
                 if bucket.applied > last || bucket.max_seen > last {
                     // Heard before the beat, so logged before it: an id beyond
                     // the log's end at the beat is nobody's change.
-                    tracing::warn!(bucket = b, applied = %bucket.applied, seen = %bucket.max_seen, %last, "an id beyond the bucket's log was heard; flushing L1");
-                    self.sub.cache.flush(FlushReason::BadMessage);
+                    tracing::warn!(bucket = b, applied = %bucket.applied, seen = %bucket.max_seen, %last, "an id beyond the bucket's log was heard; flushing the bucket");
+                    self.sub.cache.flush_group(i, FlushReason::BadMessage);
                     restart(&mut self.buckets[i], identity);
                 } else if (bucket.gap || bucket.applied < last) && !self.replay(b, last).await {
                     return;
@@ -424,8 +414,23 @@ impl Sharded<'_> {
         self.sub.state.set_applied(self.buckets[i].applied);
         let sent = self.origin + Duration::from_micros(sent_us);
         let proof = &mut self.buckets[i].proof;
-        *proof = Some(proof.map_or(sent, |p| p.max(sent)));
-        self.prove();
+        match *proof {
+            Some(p) => {
+                *proof = Some(p.max(sent));
+                self.sub.cache.prove_delivery_group(i, sent.into_std());
+            }
+            None => {
+                *proof = Some(sent);
+                self.sub.cache.set_ready_group(i, sent.into_std());
+            }
+        }
+        if !self.sub.state.caught_up() && self.buckets.iter().all(|b| b.proof.is_some()) {
+            self.sub.state.set_caught_up(true);
+            tracing::info!(
+                buckets = self.buckets.len(),
+                "cluster invalidation subscriber caught up on every bucket; L1 serving"
+            );
+        }
     }
 
     /// Messages of bucket `b` were missed (a gap, or its position is behind
@@ -448,8 +453,8 @@ impl Sharded<'_> {
                 }
                 Ok(Replay::Entries(batch)) if batch.is_empty() => {
                     // The log ends before `last`: entries were removed.
-                    tracing::warn!(bucket = b, %after, %last, "bucket log lost entries; flushing L1");
-                    self.sub.cache.flush(FlushReason::LogTrimmed);
+                    tracing::warn!(bucket = b, %after, %last, "bucket log lost entries; flushing the bucket");
+                    self.sub.cache.flush_group(i, FlushReason::LogTrimmed);
                     self.buckets[i].applied = last;
                     self.buckets[i].gap = false;
                     return true;
@@ -468,54 +473,34 @@ impl Sharded<'_> {
                                     .log_entries_replayed
                                     .fetch_add(1, Ordering::Relaxed);
                             }
-                            None => self.sub.cache.flush(FlushReason::BadMessage),
+                            None => self.sub.cache.flush_group(i, FlushReason::BadMessage),
                         }
                         self.buckets[i].applied = id;
                     }
                     if self.buckets[i].applied == after {
                         // Only entries beyond `last`: `last` itself was removed.
-                        tracing::warn!(bucket = b, %after, %last, "bucket log lost entries; flushing L1");
-                        self.sub.cache.flush(FlushReason::LogTrimmed);
+                        tracing::warn!(bucket = b, %after, %last, "bucket log lost entries; flushing the bucket");
+                        self.sub.cache.flush_group(i, FlushReason::LogTrimmed);
                         self.buckets[i].applied = last;
                         self.buckets[i].gap = false;
                         return true;
                     }
                 }
                 Ok(Replay::Trimmed | Replay::Empty) => {
-                    tracing::warn!(bucket = b, %after, "bucket log trimmed past our position; flushing L1");
-                    self.sub.cache.flush(FlushReason::LogTrimmed);
+                    tracing::warn!(bucket = b, %after, "bucket log trimmed past our position; flushing the bucket");
+                    self.sub.cache.flush_group(i, FlushReason::LogTrimmed);
                     self.buckets[i].applied = last;
                     self.buckets[i].gap = false;
                     return true;
                 }
                 Ok(Replay::Beyond(end)) => {
-                    tracing::warn!(bucket = b, %after, %end, "applied position lies beyond the bucket's log; flushing L1");
-                    self.sub.cache.flush(FlushReason::BadMessage);
+                    tracing::warn!(bucket = b, %after, %end, "applied position lies beyond the bucket's log; flushing the bucket");
+                    self.sub.cache.flush_group(i, FlushReason::BadMessage);
                     self.buckets[i].applied = last;
                     self.buckets[i].gap = false;
                     return true;
                 }
             }
-        }
-    }
-
-    /// Every bucket proven: L1 may serve until the oldest proof is Δ old.
-    fn prove(&self) {
-        let mut oldest: Option<Instant> = None;
-        for b in &self.buckets {
-            let Some(p) = b.proof else { return };
-            oldest = Some(oldest.map_or(p, |o| o.min(p)));
-        }
-        let Some(oldest) = oldest else { return };
-        if self.sub.state.caught_up() {
-            self.sub.cache.prove_delivery(oldest.into_std());
-        } else {
-            self.sub.cache.set_ready(oldest.into_std());
-            self.sub.state.set_caught_up(true);
-            tracing::info!(
-                buckets = self.buckets.len(),
-                "cluster invalidation subscriber caught up on every bucket; L1 serving"
-            );
         }
     }
 }

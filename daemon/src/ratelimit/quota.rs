@@ -37,37 +37,20 @@ impl RateLimits {
             glob_escape(&format!("{}{}", p.state_prefix(), prefix.unwrap_or("")))
         );
         let mut found = std::collections::BTreeSet::new();
-        let mut cursor: u64 = 0;
-        let mut truncated = false;
-        for round in 0.. {
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .store
-                .cmd(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(QUOTA_SCAN_COUNT),
-                )
-                .await?;
-            for raw in batch {
+        // Every primary's keys on a cluster (see `Store::scan_match`).
+        let complete = self
+            .store
+            .scan_match(&pattern, QUOTA_SCAN_COUNT, QUOTA_MAX_SCANS, |raw| {
                 // Keys that are not UTF-8 or not this policy's state are not ours.
                 if let Ok(k) = String::from_utf8(raw) {
                     if let Some(user) = p.key_of(&k) {
                         found.insert(user.to_string());
                     }
                 }
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-            if found.len() > max_keys || round + 1 >= QUOTA_MAX_SCANS {
-                truncated = true;
-                break;
-            }
-        }
+                found.len() <= max_keys
+            })
+            .await?;
+        let mut truncated = !complete;
         if found.len() > max_keys {
             truncated = true;
         }

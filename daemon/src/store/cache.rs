@@ -91,10 +91,20 @@ impl Store {
     /// in order, each with the log position of its group.
     pub async fn cache_mget(&self, keys: &[&str]) -> Result<Vec<(L2Value, StreamId)>, StoreError> {
         let mut out: Vec<Option<(L2Value, StreamId)>> = vec![None; keys.len()];
-        for (group, idx) in self.by_group(keys.iter().copied()) {
-            let names = self.group_keys(group);
-            let batch: Vec<&str> = idx.iter().map(|&i| keys[i]).collect();
-            let (values, pos) = self.cache_mget_group(&names, &batch).await?;
+        // One script per group, all in flight at once (one round trip on a
+        // standalone Redis; on a cluster, the slowest shard's).
+        let reads = self
+            .by_group(keys.iter().copied())
+            .into_iter()
+            .map(|(group, idx)| {
+                let batch: Vec<&str> = idx.iter().map(|&i| keys[i]).collect();
+                async move {
+                    let names = self.group_keys(group);
+                    let (values, pos) = self.cache_mget_group(&names, &batch).await?;
+                    Ok::<_, StoreError>((idx, values, pos))
+                }
+            });
+        for (idx, values, pos) in futures::future::try_join_all(reads).await? {
             for (i, v) in idx.into_iter().zip(values) {
                 out[i] = Some((v, pos));
             }

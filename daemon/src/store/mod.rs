@@ -45,7 +45,7 @@ use crate::store::endpoint::Endpoint;
 
 pub use cache::{L2Get, L2Value, LeaseRequest, SetOutcome};
 pub use errors::{ErrorCounts, Latency, StoreError, ERROR_KINDS, LATENCY_BUCKETS_US, TROUBLE_HOLD};
-pub use keys::KeyNames;
+pub use keys::{keyslot, KeyNames};
 pub use log::Replay;
 
 use errors::classify;
@@ -476,5 +476,96 @@ impl redis::aio::ConnectionLike for WaitConn {
 
     fn get_db(&self) -> i64 {
         self.inner.get_db()
+    }
+}
+
+impl Store {
+    /// `SCAN … MATCH pattern` over the whole keyspace: the server's, or on a
+    /// cluster every primary's, each with its own cursor (redis-rs sends a
+    /// bare `SCAN` to any node, whose cursor means nothing to the next).
+    /// `visit` gets every key; returning `false` stops. Returns whether the
+    /// scan completed (every cursor back to 0 within `max_rounds` per node).
+    pub async fn scan_match(
+        &self,
+        pattern: &str,
+        count: u64,
+        max_rounds: usize,
+        mut visit: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<bool, StoreError> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+        let scan = |cursor: u64| {
+            let mut c = redis::cmd("SCAN");
+            c.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count);
+            c
+        };
+        let mut conn = self.conn().await?;
+        // (node, cursor) still to scan; `None`: the one server.
+        let mut pending: Vec<(Option<(String, u16)>, u64)> = Vec::new();
+        match &mut conn {
+            Conn::Cluster(c) => {
+                let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let v = self.call(c.route_command(scan(0), all)).await?;
+                let Value::Map(nodes) = v else {
+                    return Err(StoreError::Redis(
+                        "SCAN on every primary: unexpected reply".into(),
+                    ));
+                };
+                for (addr, reply) in nodes {
+                    let addr: String = redis::from_redis_value(addr)
+                        .map_err(|e| StoreError::Redis(e.to_string()))?;
+                    let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)
+                        .map_err(|e| StoreError::Redis(e.to_string()))?;
+                    for k in keys {
+                        if !visit(k) {
+                            return Ok(false);
+                        }
+                    }
+                    if next != 0 {
+                        let node = addr
+                            .rsplit_once(':')
+                            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)));
+                        let Some(node) = node else {
+                            return Err(StoreError::Redis(format!(
+                                "a node without a port: {addr}"
+                            )));
+                        };
+                        pending.push((Some(node), next));
+                    }
+                }
+            }
+            _ => pending.push((None, 0)),
+        }
+        for (node, mut cursor) in pending {
+            for round in 0.. {
+                if round >= max_rounds {
+                    return Ok(false);
+                }
+                let (next, keys): (u64, Vec<Vec<u8>>) = match (&mut conn, &node) {
+                    (Conn::Cluster(c), Some((host, port))) => {
+                        let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        });
+                        let v = self.call(c.route_command(scan(cursor), to)).await?;
+                        redis::from_redis_value(v).map_err(|e| StoreError::Redis(e.to_string()))?
+                    }
+                    _ => self.cmd(&scan(cursor)).await?,
+                };
+                for k in keys {
+                    if !visit(k) {
+                        return Ok(false);
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(true)
     }
 }
