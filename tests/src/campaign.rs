@@ -150,6 +150,10 @@ pub enum FaultKind {
     /// Cluster: a primary SIGKILLed and restarted with its AOF within the node
     /// timeout (it stays the primary).
     ShardRestart,
+    /// Cluster: a primary SIGKILLed and restarted empty (its `nodes.conf`
+    /// kept) within the node timeout: it stays the primary, its replica
+    /// resyncs from it, the shard's data is lost (and only that shard's).
+    ShardRestartEmpty,
 }
 
 impl FaultKind {
@@ -183,19 +187,21 @@ impl FaultKind {
                 FaultKind::ShardFailover,
                 FaultKind::ClusterFailover,
                 FaultKind::ShardRestart,
+                FaultKind::ShardRestartEmpty,
             ],
         }
     }
 
     /// The faults only a cluster meets.
-    pub const CLUSTER: [FaultKind; 4] = [
+    pub const CLUSTER: [FaultKind; 5] = [
         FaultKind::Reshard,
         FaultKind::ShardFailover,
         FaultKind::ClusterFailover,
         FaultKind::ShardRestart,
+        FaultKind::ShardRestartEmpty,
     ];
 
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::KillPubsub,
         FaultKind::KillNormal,
         FaultKind::RedisStop,
@@ -214,6 +220,7 @@ impl FaultKind {
         FaultKind::ShardFailover,
         FaultKind::ClusterFailover,
         FaultKind::ShardRestart,
+        FaultKind::ShardRestartEmpty,
     ];
 
     pub fn name(self) -> &'static str {
@@ -236,6 +243,7 @@ impl FaultKind {
             FaultKind::ShardFailover => "shard primary SIGKILL, replica promoted",
             FaultKind::ClusterFailover => "CLUSTER FAILOVER",
             FaultKind::ShardRestart => "shard primary restart, AOF kept",
+            FaultKind::ShardRestartEmpty => "shard primary restart, data lost",
         }
     }
 }
@@ -966,6 +974,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                     (2, FaultKind::ShardFailover),
                     (4, FaultKind::ShardRestart),
                     (6, FaultKind::ClusterFailover),
+                    (8, FaultKind::ShardRestartEmpty),
                 ],
                 _ => &[],
             };
@@ -998,7 +1007,10 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
             (Topology::Sentinel, FaultKind::Failover | FaultKind::KillPrimary)
             | (
                 Topology::Cluster,
-                FaultKind::ShardFailover | FaultKind::ClusterFailover | FaultKind::ShardRestart,
+                FaultKind::ShardFailover
+                | FaultKind::ClusterFailover
+                | FaultKind::ShardRestart
+                | FaultKind::ShardRestartEmpty,
             ) => config.converge_within * 6,
             (Topology::Sentinel | Topology::Cluster, _) | (_, FaultKind::DaemonKill) => {
                 config.converge_within * 3
@@ -1911,7 +1923,8 @@ async fn inject(
         FaultKind::Reshard
         | FaultKind::ShardFailover
         | FaultKind::ClusterFailover
-        | FaultKind::ShardRestart => bail!("{} needs a cluster", kind.name()),
+        | FaultKind::ShardRestart
+        | FaultKind::ShardRestartEmpty => bail!("{} needs a cluster", kind.name()),
         FaultKind::KillPrimary => {
             let Deployment::Sentinel(set) = dep else {
                 bail!("a primary kill needs Sentinel");
@@ -2125,6 +2138,47 @@ async fn inject_cluster(
                 } else {
                     "failed over meanwhile"
                 }
+            ))
+        }
+        FaultKind::ShardRestartEmpty => {
+            let i = healthy_primary(set, rng).await?;
+            let port = set.nodes[i].port();
+            let view = set.view().await?;
+            let shard = view
+                .iter()
+                .find(|v| v.port == port)
+                .context("the primary in CLUSTER NODES")?;
+            // Every key (workload and probes) whose bucket lives on the shard.
+            let lost: Vec<u32> = (0..sh.keys.len() as u32)
+                .filter(|k| {
+                    shard.serves(crate::cluster::bucket_slot(crate::cluster::bucket_of(
+                        &sh.keys[*k as usize],
+                        buckets,
+                    )))
+                })
+                .collect();
+            let ms = rng.random_range(50..500);
+            let inv = sh.history.now();
+            let primary = set
+                .restart_primary_empty(i, Duration::from_millis(ms))
+                .await?;
+            if primary {
+                sh.history.write(Write {
+                    kind: WriteKind::DataLoss,
+                    target: Target::Keys(lost.clone()),
+                    version: None,
+                    inv,
+                    comp: Some(sh.history.now()),
+                });
+            }
+            Ok(format!(
+                "node {i}, down {ms} ms, {}: {} keys lost",
+                if primary {
+                    "still the primary"
+                } else {
+                    "failed over meanwhile"
+                },
+                if primary { lost.len() } else { 0 }
             ))
         }
         other => bail!("{} is not a cluster fault", other.name()),
