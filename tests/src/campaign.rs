@@ -138,8 +138,9 @@ pub enum FaultKind {
     /// The primary SIGKILLed; the sentinels promote the replica; the old
     /// primary restarted empty (the sentinels make it a replica).
     KillPrimary,
-    /// Cluster: the slot of a bucket holding workload keys moved to another
-    /// primary (`MIGRATE` in batches, `ASK` then `MOVED`) while the workload runs.
+    /// Cluster: the slot of a bucket holding workload keys (or the sessions'
+    /// slot) moved to another primary (`MIGRATE` in batches, `ASK` then
+    /// `MOVED`) while the workload runs.
     Reshard,
     /// Cluster: a primary SIGKILLed, its replica promoted; the old primary
     /// restarted with its data directory (it rejoins as a replica).
@@ -2092,10 +2093,21 @@ async fn inject_cluster(
         }
         FaultKind::Reshard => {
             set.wait_ok(Duration::from_secs(60)).await?;
-            // The bucket of a workload key (the hot ones most of the time).
-            let key = rng.random_range(0..sh.workload_keys().min(10));
-            let bucket = crate::cluster::bucket_of(&sh.keys[key], buckets);
-            let slot = crate::cluster::bucket_slot(bucket);
+            // The bucket of a workload key (the hot ones most of the time),
+            // or a third of the time the sessions' slot (`PREFIX{s}:`).
+            let (what, slot) = if rng.random_bool(1.0 / 3.0) {
+                (
+                    "sessions".to_string(),
+                    crate::cluster::key_slot(format!("{PREFIX}{{s}}:").as_bytes()),
+                )
+            } else {
+                let key = rng.random_range(0..sh.workload_keys().min(10));
+                let bucket = crate::cluster::bucket_of(&sh.keys[key], buckets);
+                (
+                    format!("bucket {bucket}"),
+                    crate::cluster::bucket_slot(bucket),
+                )
+            };
             let from = set.primary_of_slot(slot).await?;
             let others: Vec<usize> = set
                 .primaries()
@@ -2109,7 +2121,7 @@ async fn inject_cluster(
                 .migrate_slot_paced(slot, to, Duration::from_millis(pause))
                 .await?;
             Ok(format!(
-                "bucket {bucket} (slot {slot}, {moved} Redis keys) node {from} -> {to}, {pause} ms between batches"
+                "{what} (slot {slot}, {moved} Redis keys) node {from} -> {to}, {pause} ms between batches"
             ))
         }
         FaultKind::ShardFailover => {
