@@ -5,7 +5,7 @@
 //! sentinels) with failovers among the faults; `--cluster` against a Redis
 //! Cluster (three primaries, three replicas; `SHOAL_CAMPAIGN_BUCKETS` sets
 //! `redis.cluster.buckets`, default 8) with resharding, shard failovers and
-//! shard restarts among them.
+//! shard restarts (with the AOF, and losing the shard's data) among them.
 //! Prints the report table and every failure; exits non-zero on any failure.
 #![forbid(unsafe_code)]
 

@@ -138,8 +138,9 @@ pub enum FaultKind {
     /// The primary SIGKILLed; the sentinels promote the replica; the old
     /// primary restarted empty (the sentinels make it a replica).
     KillPrimary,
-    /// Cluster: the slot of a bucket holding workload keys moved to another
-    /// primary (`MIGRATE` in batches, `ASK` then `MOVED`) while the workload runs.
+    /// Cluster: the slot of a bucket holding workload keys (or the sessions'
+    /// slot) moved to another primary (`MIGRATE` in batches, `ASK` then
+    /// `MOVED`) while the workload runs.
     Reshard,
     /// Cluster: a primary SIGKILLed, its replica promoted; the old primary
     /// restarted with its data directory (it rejoins as a replica).
@@ -150,6 +151,10 @@ pub enum FaultKind {
     /// Cluster: a primary SIGKILLed and restarted with its AOF within the node
     /// timeout (it stays the primary).
     ShardRestart,
+    /// Cluster: a primary SIGKILLed and restarted empty (its `nodes.conf`
+    /// kept) within the node timeout: it stays the primary, its replica
+    /// resyncs from it, the shard's data is lost (and only that shard's).
+    ShardRestartEmpty,
 }
 
 impl FaultKind {
@@ -183,19 +188,21 @@ impl FaultKind {
                 FaultKind::ShardFailover,
                 FaultKind::ClusterFailover,
                 FaultKind::ShardRestart,
+                FaultKind::ShardRestartEmpty,
             ],
         }
     }
 
     /// The faults only a cluster meets.
-    pub const CLUSTER: [FaultKind; 4] = [
+    pub const CLUSTER: [FaultKind; 5] = [
         FaultKind::Reshard,
         FaultKind::ShardFailover,
         FaultKind::ClusterFailover,
         FaultKind::ShardRestart,
+        FaultKind::ShardRestartEmpty,
     ];
 
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::KillPubsub,
         FaultKind::KillNormal,
         FaultKind::RedisStop,
@@ -214,6 +221,7 @@ impl FaultKind {
         FaultKind::ShardFailover,
         FaultKind::ClusterFailover,
         FaultKind::ShardRestart,
+        FaultKind::ShardRestartEmpty,
     ];
 
     pub fn name(self) -> &'static str {
@@ -236,6 +244,7 @@ impl FaultKind {
             FaultKind::ShardFailover => "shard primary SIGKILL, replica promoted",
             FaultKind::ClusterFailover => "CLUSTER FAILOVER",
             FaultKind::ShardRestart => "shard primary restart, AOF kept",
+            FaultKind::ShardRestartEmpty => "shard primary restart, data lost",
         }
     }
 }
@@ -966,6 +975,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                     (2, FaultKind::ShardFailover),
                     (4, FaultKind::ShardRestart),
                     (6, FaultKind::ClusterFailover),
+                    (8, FaultKind::ShardRestartEmpty),
                 ],
                 _ => &[],
             };
@@ -998,7 +1008,10 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
             (Topology::Sentinel, FaultKind::Failover | FaultKind::KillPrimary)
             | (
                 Topology::Cluster,
-                FaultKind::ShardFailover | FaultKind::ClusterFailover | FaultKind::ShardRestart,
+                FaultKind::ShardFailover
+                | FaultKind::ClusterFailover
+                | FaultKind::ShardRestart
+                | FaultKind::ShardRestartEmpty,
             ) => config.converge_within * 6,
             (Topology::Sentinel | Topology::Cluster, _) | (_, FaultKind::DaemonKill) => {
                 config.converge_within * 3
@@ -1911,7 +1924,8 @@ async fn inject(
         FaultKind::Reshard
         | FaultKind::ShardFailover
         | FaultKind::ClusterFailover
-        | FaultKind::ShardRestart => bail!("{} needs a cluster", kind.name()),
+        | FaultKind::ShardRestart
+        | FaultKind::ShardRestartEmpty => bail!("{} needs a cluster", kind.name()),
         FaultKind::KillPrimary => {
             let Deployment::Sentinel(set) = dep else {
                 bail!("a primary kill needs Sentinel");
@@ -2079,10 +2093,21 @@ async fn inject_cluster(
         }
         FaultKind::Reshard => {
             set.wait_ok(Duration::from_secs(60)).await?;
-            // The bucket of a workload key (the hot ones most of the time).
-            let key = rng.random_range(0..sh.workload_keys().min(10));
-            let bucket = crate::cluster::bucket_of(&sh.keys[key], buckets);
-            let slot = crate::cluster::bucket_slot(bucket);
+            // The bucket of a workload key (the hot ones most of the time),
+            // or a third of the time the sessions' slot (`PREFIX{s}:`).
+            let (what, slot) = if rng.random_bool(1.0 / 3.0) {
+                (
+                    "sessions".to_string(),
+                    crate::cluster::key_slot(format!("{PREFIX}{{s}}:").as_bytes()),
+                )
+            } else {
+                let key = rng.random_range(0..sh.workload_keys().min(10));
+                let bucket = crate::cluster::bucket_of(&sh.keys[key], buckets);
+                (
+                    format!("bucket {bucket}"),
+                    crate::cluster::bucket_slot(bucket),
+                )
+            };
             let from = set.primary_of_slot(slot).await?;
             let others: Vec<usize> = set
                 .primaries()
@@ -2096,7 +2121,7 @@ async fn inject_cluster(
                 .migrate_slot_paced(slot, to, Duration::from_millis(pause))
                 .await?;
             Ok(format!(
-                "bucket {bucket} (slot {slot}, {moved} Redis keys) node {from} -> {to}, {pause} ms between batches"
+                "{what} (slot {slot}, {moved} Redis keys) node {from} -> {to}, {pause} ms between batches"
             ))
         }
         FaultKind::ShardFailover => {
@@ -2125,6 +2150,47 @@ async fn inject_cluster(
                 } else {
                     "failed over meanwhile"
                 }
+            ))
+        }
+        FaultKind::ShardRestartEmpty => {
+            let i = healthy_primary(set, rng).await?;
+            let port = set.nodes[i].port();
+            let view = set.view().await?;
+            let shard = view
+                .iter()
+                .find(|v| v.port == port)
+                .context("the primary in CLUSTER NODES")?;
+            // Every key (workload and probes) whose bucket lives on the shard.
+            let lost: Vec<u32> = (0..sh.keys.len() as u32)
+                .filter(|k| {
+                    shard.serves(crate::cluster::bucket_slot(crate::cluster::bucket_of(
+                        &sh.keys[*k as usize],
+                        buckets,
+                    )))
+                })
+                .collect();
+            let ms = rng.random_range(50..500);
+            let inv = sh.history.now();
+            let primary = set
+                .restart_primary_empty(i, Duration::from_millis(ms))
+                .await?;
+            if primary {
+                sh.history.write(Write {
+                    kind: WriteKind::DataLoss,
+                    target: Target::Keys(lost.clone()),
+                    version: None,
+                    inv,
+                    comp: Some(sh.history.now()),
+                });
+            }
+            Ok(format!(
+                "node {i}, down {ms} ms, {}: {} keys lost",
+                if primary {
+                    "still the primary"
+                } else {
+                    "failed over meanwhile"
+                },
+                if primary { lost.len() } else { 0 }
             ))
         }
         other => bail!("{} is not a cluster fault", other.name()),

@@ -472,6 +472,35 @@ impl ClusterSet {
         self.wait_ok(Duration::from_secs(60)).await
     }
 
+    /// A shard restart that loses the shard's data: primary `i` SIGKILLed
+    /// and started again after `down` with every file of its data directory
+    /// gone but `nodes.conf` (its identity and slots), as a node without
+    /// persistence (or with a lost disk) comes back. Back within the node
+    /// timeout it is still the primary, empty, and its replica resyncs from
+    /// it: every key of its slots is gone. Returns whether it is a primary
+    /// again (`false`: failed over meanwhile, its replica kept the data).
+    pub async fn restart_primary_empty(&mut self, i: usize, down: Duration) -> Result<bool> {
+        self.nodes[i].stop();
+        tokio::time::sleep(down).await;
+        for entry in std::fs::read_dir(self.nodes[i].dir.path())? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n == "nodes.conf") {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        self.restart_node(i).await?;
+        Ok(Self::replication(&self.nodes[i])
+            .await
+            .get("role")
+            .map(String::as_str)
+            == Some("master"))
+    }
+
     /// A shard restart: primary `i` SIGKILLed and started again after `down`
     /// with its data directory. Back within the node timeout (2 s) it is still
     /// the primary (with what its AOF kept, nothing without persistence);

@@ -110,8 +110,10 @@ async fn campaign_on_sentinel() -> Result<()> {
 /// a resharding (the slot of a bucket holding workload keys migrated to
 /// another primary while the workload runs), a shard failover (a primary
 /// SIGKILLed, its replica promoted, the old primary back as a replica), an
-/// operator's `CLUSTER FAILOVER` and a shard restart (a primary SIGKILLed and
-/// back with its AOF). About 40 s in CI (`SHOAL_CAMPAIGN_MINUTES` runs it
+/// operator's `CLUSTER FAILOVER`, a shard restart (a primary SIGKILLed and
+/// back with its AOF) and one that loses the shard's data (back empty, its
+/// replica resyncing from it: a data loss of exactly the keys of its
+/// buckets). About 40 s in CI (`SHOAL_CAMPAIGN_MINUTES` runs it
 /// longer; the bench with `--cluster` too). Same oracle, same Δ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn campaign_on_cluster() -> Result<()> {

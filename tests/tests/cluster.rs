@@ -342,6 +342,61 @@ async fn a_primary_restarted_in_place_keeps_its_slots_and_aof_data() -> Result<(
     Ok(())
 }
 
+/// A shard restart that loses the data: the primary comes back within the
+/// node timeout with its identity (`nodes.conf`) but nothing else; it keeps
+/// its slots, its replica resyncs from it, and its keys are gone — only its.
+#[tokio::test]
+async fn a_primary_restarted_empty_loses_its_shard_and_only_it() -> Result<()> {
+    let mut cluster = ClusterSet::start().await?;
+    let mut c = cluster.conn().await?;
+    let lost = bucket_slot(1);
+    let i = cluster.primary_of_slot(lost).await?;
+    let mut kept_bucket = None;
+    for b in 0..64 {
+        if cluster.primary_of_slot(bucket_slot(b)).await? != i {
+            kept_bucket = Some(b);
+            break;
+        }
+    }
+    let kept_key = format!(
+        "{{b{}}}:kept",
+        kept_bucket.context("a bucket on another shard")?
+    );
+    let _: () = c.set("{b1}:gone", "v").await?;
+    let _: () = c.set(&kept_key, "v").await?;
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(&mut c)
+        .await?;
+    assert!(acked >= 1);
+    let primary_again = cluster
+        .restart_primary_empty(i, Duration::from_millis(200))
+        .await?;
+    assert!(
+        primary_again,
+        "back within the node timeout, it keeps its slots"
+    );
+    assert_eq!(cluster.primary_of_slot(lost).await?, i);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone: Option<String> = loop {
+        match c.get::<_, Option<String>>("{b1}:gone").await {
+            Ok(v) => break v,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(gone, None);
+    let replica = cluster.replica_of(i).await?;
+    let on_replica: i64 = redis::cmd("DBSIZE")
+        .query_async(&mut cluster.nodes[replica].conn().await?)
+        .await?;
+    assert_eq!(on_replica, 0, "the replica resynced from the empty primary");
+    let v: String = c.get(&kept_key).await?;
+    assert_eq!(v, "v");
+    Ok(())
+}
+
 // ---- Rate limits on a cluster ----
 
 /// A test epoch, a multiple of every window used here.
