@@ -1394,6 +1394,23 @@ async fn confirmed<C: redis::aio::ConnectionLike + Send>(sh: &Shared, conn: &mut
     )
 }
 
+/// `FLUSHALL` through `c`, recorded as a loss of every key; it counts as done
+/// once confirmed (see [`confirmed`]).
+async fn flush_all<C: redis::aio::ConnectionLike + Send>(sh: &Shared, c: &mut C) -> Result<String> {
+    let inv = sh.history.now();
+    let r = cmd::<(), _>(c, &redis::cmd("FLUSHALL")).await;
+    let done = r.is_ok() && confirmed(sh, c).await;
+    sh.history.write(Write {
+        kind: WriteKind::DataLoss,
+        target: Target::All,
+        version: None,
+        inv,
+        comp: done.then(|| sh.history.now()),
+    });
+    r?;
+    Ok(String::new())
+}
+
 /// `lua/cache_set.lua` as the README tells an outside writer to call it.
 /// Returns the version when the write surely completed.
 async fn ext_set<C: redis::aio::ConnectionLike + Send>(
@@ -1766,20 +1783,8 @@ async fn inject(
             Ok(format!("down {ms} ms"))
         }
         FaultKind::FlushAll => {
-            let mut c = admin_conn(dep).await?;
-            let inv = sh.history.now();
-            let r = cmd::<(), _>(&mut c, &redis::cmd("FLUSHALL")).await;
             // Under Sentinel the flush counts once a replica has it too.
-            let done = r.is_ok() && confirmed(sh, &mut c).await;
-            sh.history.write(Write {
-                kind: WriteKind::DataLoss,
-                target: Target::All,
-                version: None,
-                inv,
-                comp: done.then(|| sh.history.now()),
-            });
-            r?;
-            Ok(String::new())
+            flush_all(sh, &mut admin_conn(dep).await?).await
         }
         FaultKind::TrimDuringReplay => {
             let mut c = admin_conn(dep).await?;
@@ -1995,20 +2000,8 @@ async fn inject_cluster(
             Ok(format!("node {i}, {ms} ms"))
         }
         FaultKind::FlushAll => {
-            let mut c = target.conn().await?;
-            let inv = sh.history.now();
             // Routed to every primary by the cluster connection.
-            let r = cmd::<(), _>(&mut c, &redis::cmd("FLUSHALL")).await;
-            let done = r.is_ok() && confirmed(sh, &mut c).await;
-            sh.history.write(Write {
-                kind: WriteKind::DataLoss,
-                target: Target::All,
-                version: None,
-                inv,
-                comp: done.then(|| sh.history.now()),
-            });
-            r?;
-            Ok(String::new())
+            flush_all(sh, &mut target.conn().await?).await
         }
         FaultKind::TrimDuringReplay => {
             let n = kill_clients_everywhere(set, "pubsub").await?;

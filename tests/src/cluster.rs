@@ -416,12 +416,7 @@ impl ClusterSet {
         self.nodes[i].stop();
         let deadline = Instant::now() + within;
         loop {
-            let promoted = Self::replication(&self.nodes[replica])
-                .await
-                .get("role")
-                .map(String::as_str)
-                == Some("master");
-            let mut ok = promoted;
+            let mut ok = self.is_primary(replica).await;
             for (j, n) in self.nodes.iter().enumerate() {
                 if j != i && ok {
                     ok = Self::info(n).await.get("cluster_state").map(String::as_str) == Some("ok");
@@ -437,6 +432,15 @@ impl ClusterSet {
         }
     }
 
+    /// Whether node `i` answers `role:master`.
+    async fn is_primary(&self, i: usize) -> bool {
+        Self::replication(&self.nodes[i])
+            .await
+            .get("role")
+            .map(String::as_str)
+            == Some("master")
+    }
+
     /// `CLUSTER FAILOVER` on the replica of primary `i` (an operator's failover:
     /// the old primary is up, stops writes, hands over once the replica has
     /// caught up, and becomes its replica). Returns the promoted node once every
@@ -448,12 +452,7 @@ impl ClusterSet {
         ask::<()>(&self.nodes[replica], &cmd).await?;
         let deadline = Instant::now() + within;
         loop {
-            let promoted = Self::replication(&self.nodes[replica])
-                .await
-                .get("role")
-                .map(String::as_str)
-                == Some("master");
-            if promoted && self.healthy().await.is_ok() {
+            if self.is_primary(replica).await && self.healthy().await.is_ok() {
                 return Ok(replica);
             }
             if Instant::now() > deadline {
@@ -494,11 +493,7 @@ impl ClusterSet {
             }
         }
         self.restart_node(i).await?;
-        Ok(Self::replication(&self.nodes[i])
-            .await
-            .get("role")
-            .map(String::as_str)
-            == Some("master"))
+        Ok(self.is_primary(i).await)
     }
 
     /// A shard restart: primary `i` SIGKILLed and started again after `down`
@@ -510,10 +505,6 @@ impl ClusterSet {
         self.nodes[i].stop();
         tokio::time::sleep(down).await;
         self.restart_node(i).await?;
-        Ok(Self::replication(&self.nodes[i])
-            .await
-            .get("role")
-            .map(String::as_str)
-            == Some("master"))
+        Ok(self.is_primary(i).await)
     }
 }
