@@ -1394,6 +1394,20 @@ async fn confirmed<C: redis::aio::ConnectionLike + Send>(sh: &Shared, conn: &mut
     )
 }
 
+/// Sets the Pub/Sub output-buffer limit (`client-output-buffer-limit pubsub`).
+async fn pubsub_buffer<C: redis::aio::ConnectionLike + Send>(c: &mut C, limit: &str) -> Result<()> {
+    let mut set = redis::cmd("CONFIG");
+    set.arg("SET").arg("client-output-buffer-limit").arg(limit);
+    cmd::<(), _>(c, &set).await
+}
+
+/// 1,200 keys outside the workload, for a burst of large invalidation messages.
+fn burst_keys(rng: &mut impl Rng) -> Vec<String> {
+    (0..1200)
+        .map(|j| format!("burst-key-{:05}", rng.random_range(0..100_000) + j))
+        .collect()
+}
+
 /// `FLUSHALL` through `c`, recorded as a loss of every key; it counts as done
 /// once confirmed (see [`confirmed`]).
 async fn flush_all<C: redis::aio::ConnectionLike + Send>(sh: &Shared, c: &mut C) -> Result<String> {
@@ -1887,32 +1901,16 @@ async fn inject(
         FaultKind::OutputBuffer => {
             let mut c = admin_conn(dep).await?;
             let before = pubsub_ids(&mut c).await?;
-            cmd::<(), _>(
-                &mut c,
-                redis::cmd("CONFIG")
-                    .arg("SET")
-                    .arg("client-output-buffer-limit")
-                    .arg("pubsub 1kb 1kb 0"),
-            )
-            .await?;
+            pubsub_buffer(&mut c, "pubsub 1kb 1kb 0").await?;
             // A burst of large invalidation messages (keys outside the workload).
-            let burst: Vec<String> = (0..1200)
-                .map(|j| format!("burst-key-{:05}", rng.random_range(0..100_000) + j))
-                .collect();
+            let burst = burst_keys(rng);
             let names: Vec<&str> = burst.iter().map(String::as_str).collect();
             for _ in 0..3 {
                 let _ = invalidate_names(sh, &mut c, &names).await;
             }
             sleep(50).await;
             let after = pubsub_ids(&mut c).await?;
-            cmd::<(), _>(
-                &mut c,
-                redis::cmd("CONFIG")
-                    .arg("SET")
-                    .arg("client-output-buffer-limit")
-                    .arg("pubsub 32mb 8mb 60"),
-            )
-            .await?;
+            pubsub_buffer(&mut c, "pubsub 32mb 8mb 60").await?;
             let killed = before.iter().filter(|id| !after.contains(id)).count();
             Ok(format!("{killed} of {} subscribers dropped", before.len()))
         }
@@ -2034,18 +2032,9 @@ async fn inject_cluster(
             for node in set.nodes.iter() {
                 let mut c = node.conn().await?;
                 before += pubsub_ids(&mut c).await?.len();
-                cmd::<(), _>(
-                    &mut c,
-                    redis::cmd("CONFIG")
-                        .arg("SET")
-                        .arg("client-output-buffer-limit")
-                        .arg("pubsub 1kb 1kb 0"),
-                )
-                .await?;
+                pubsub_buffer(&mut c, "pubsub 1kb 1kb 0").await?;
             }
-            let burst: Vec<String> = (0..1200)
-                .map(|j| format!("burst-key-{:05}", rng.random_range(0..100_000) + j))
-                .collect();
+            let burst = burst_keys(rng);
             let names: Vec<&str> = burst.iter().map(String::as_str).collect();
             let mut c = target.conn().await?;
             for _ in 0..3 {
@@ -2056,14 +2045,7 @@ async fn inject_cluster(
             for node in set.nodes.iter() {
                 let mut c = node.conn().await?;
                 after += pubsub_ids(&mut c).await?.len();
-                cmd::<(), _>(
-                    &mut c,
-                    redis::cmd("CONFIG")
-                        .arg("SET")
-                        .arg("client-output-buffer-limit")
-                        .arg("pubsub 32mb 8mb 60"),
-                )
-                .await?;
+                pubsub_buffer(&mut c, "pubsub 32mb 8mb 60").await?;
             }
             Ok(format!(
                 "{before} subscribers before the burst, {after} after"

@@ -334,6 +334,75 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs a workspace binary with `args` (without the test's `SHOAL_*`
+/// variables): its exit code, stdout and stderr.
+pub async fn run_bin(name: &str, args: &[&str]) -> Result<(i32, String, String)> {
+    let mut cmd = tokio::process::Command::new(workspace_bin(name)?);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHOAL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().await?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+/// A rate-limit policy for tests: `limit` per `window_ms`, closed when Redis
+/// is unavailable, counted on one node (no per-daemon share).
+pub fn policy(
+    algorithm: shoald::config::Algorithm,
+    limit: u64,
+    window_ms: u64,
+) -> shoald::config::PolicyConfig {
+    shoald::config::PolicyConfig {
+        algorithm,
+        limit,
+        window: Duration::from_millis(window_ms),
+        burst: None,
+        on_unavailable: shoald::config::FailMode::Closed,
+        expected_nodes: 1,
+        overrides: Default::default(),
+        max_reserve_ahead: None,
+        headers: None,
+        block: None,
+    }
+}
+
+/// `callers` tasks spread over `clients`, each making `per_caller` rate-limit
+/// checks of `key` under `policy`; how many were allowed.
+pub async fn hammer(
+    clients: &[shoal_client::Client],
+    policy: &str,
+    key: &str,
+    callers: usize,
+    per_caller: usize,
+) -> Result<u64> {
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let c = clients[i % clients.len()].clone();
+        let (policy, key) = (policy.to_string(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0u64;
+            for _ in 0..per_caller {
+                if c.check(&policy, &key).await?.allowed {
+                    allowed += 1;
+                }
+            }
+            Ok::<_, shoal_client::Error>(allowed)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
+}
+
 /// `key` read through `c` as a string, with where the daemon found it
 /// (`None` on a miss).
 pub async fn read_string(

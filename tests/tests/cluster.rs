@@ -3,31 +3,13 @@
 //! load, a primary failed over and back as a replica, a shard restarted in
 //! place — and `shoalctl doctor` on a healthy and on a broken cluster.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use redis::AsyncCommands;
 use shoal_tests::cluster::{bucket_slot, key_slot, ClusterSet};
-use shoal_tests::shoald::config::{Algorithm, FailMode, PolicyConfig};
-use shoal_tests::Daemon;
-
-/// Runs a workspace binary with `args` (without the test's `SHOAL_*` variables).
-async fn run_bin(name: &str, args: &[&str]) -> Result<(i32, String, String)> {
-    let mut cmd = tokio::process::Command::new(shoal_tests::workspace_bin(name)?);
-    cmd.args(args).stdin(std::process::Stdio::null());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHOAL_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd.output().await?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout)?,
-        String::from_utf8(out.stderr)?,
-    ))
-}
+use shoal_tests::shoald::config::{Algorithm, PolicyConfig};
+use shoal_tests::{hammer, Daemon};
 
 /// Writes a `[redis.cluster]` config naming three of the seeds; returns its path.
 fn cluster_config(cluster: &ClusterSet, dir: &std::path::Path) -> Result<String> {
@@ -44,7 +26,8 @@ fn cluster_config(cluster: &ClusterSet, dir: &std::path::Path) -> Result<String>
 }
 
 async fn doctor(path: &str) -> Result<(i32, serde_json::Value)> {
-    let (code, out, err) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
+    let (code, out, err) =
+        shoal_tests::run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
     let report: serde_json::Value = serde_json::from_str(&out).with_context(|| err.clone())?;
     Ok((code, report))
 }
@@ -402,20 +385,7 @@ async fn a_primary_restarted_empty_loses_its_shard_and_only_it() -> Result<()> {
 /// A test epoch, a multiple of every window used here.
 const T0: u64 = 1_800_000_000_000;
 
-fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
-    PolicyConfig {
-        algorithm,
-        limit,
-        window: Duration::from_millis(window_ms),
-        burst: None,
-        on_unavailable: FailMode::Closed,
-        expected_nodes: 1,
-        overrides: BTreeMap::new(),
-        max_reserve_ahead: None,
-        headers: None,
-        block: None,
-    }
-}
+use shoal_tests::policy as pol;
 
 /// `n` in-process daemons on the cluster (`[redis.cluster]`), with `policies`.
 async fn cluster_fleet(
@@ -446,36 +416,6 @@ async fn cluster_fleet(
         daemons.push(d);
     }
     Ok((daemons, clients))
-}
-
-/// `callers` tasks spread over `clients`, each making `per_caller` checks of
-/// `key`; how many were allowed.
-async fn hammer(
-    clients: &[shoal_client::Client],
-    policy: &str,
-    key: &str,
-    callers: usize,
-    per_caller: usize,
-) -> Result<u64> {
-    let mut tasks = Vec::new();
-    for i in 0..callers {
-        let c = clients[i % clients.len()].clone();
-        let (policy, key) = (policy.to_string(), key.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut allowed = 0u64;
-            for _ in 0..per_caller {
-                if c.check(&policy, &key).await?.allowed {
-                    allowed += 1;
-                }
-            }
-            Ok::<_, shoal_client::Error>(allowed)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total)
 }
 
 /// For policy `name`, one key whose state (`{name:key}`) lives on each primary.

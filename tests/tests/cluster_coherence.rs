@@ -22,32 +22,6 @@ use shoal_tests::{test_config, Daemon};
 const WAIT: Duration = Duration::from_secs(30);
 const BUCKETS: u16 = 8;
 
-/// Waits until every replica has finished its first sync: a change must be
-/// confirmed by a replica (`wait_replicas = 1`) before it is acknowledged.
-async fn wait_synced(cluster: &ClusterSet) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut synced = 0;
-        for n in &cluster.nodes {
-            let mut c = n.conn().await?;
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut c)
-                .await?;
-            if info.contains("role:slave") && info.contains("master_link_status:up") {
-                synced += 1;
-            }
-        }
-        if synced == 3 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {synced} of 3 replicas in sync after {WAIT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A daemon on the cluster, ready.
 async fn daemon(cluster: &ClusterSet, dir: &std::path::Path, node: &str) -> Result<Daemon> {
     let mut c = test_config(&cluster.nodes[0], dir, node);
@@ -97,6 +71,33 @@ async fn answers_within(
     }
 }
 
+/// A cluster (every replica in sync: `ClusterSet::start` waits for it) and two
+/// daemons on it, with a client each.
+struct Fleet {
+    cluster: ClusterSet,
+    a: Daemon,
+    b: Daemon,
+    ca: Client,
+    cb: Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn fleet() -> Result<Fleet> {
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let a = daemon(&cluster, dir.path(), "a").await?;
+    let b = daemon(&cluster, dir.path(), "b").await?;
+    let (ca, cb) = (a.client().await?, b.client().await?);
+    Ok(Fleet {
+        cluster,
+        a,
+        b,
+        ca,
+        cb,
+        _dir: dir,
+    })
+}
+
 /// Keys that land in every bucket (and so on every shard).
 fn keys_in_every_bucket() -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
@@ -115,23 +116,19 @@ fn keys_in_every_bucket() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
-    let cluster = ClusterSet::start().await?;
-    wait_synced(&cluster).await?;
-    let dir = tempfile::tempdir()?;
-    let a = daemon(&cluster, dir.path(), "a").await?;
-    let b = daemon(&cluster, dir.path(), "b").await?;
-    let (ca, cb) = (a.client().await?, b.client().await?);
+    let f = fleet().await?;
+    let (a, ca, cb) = (&f.a, &f.ca, &f.cb);
     let keys = keys_in_every_bucket();
 
     // Written through a, tagged; read twice through b: the second read is L1's.
     for k in &keys {
-        set_tagged(&ca, k, &format!("{k}=v1")).await?;
+        set_tagged(ca, k, &format!("{k}=v1")).await?;
     }
     for k in &keys {
-        assert_eq!(value(&cb, k).await?.0.as_deref(), Some(&*format!("{k}=v1")));
+        assert_eq!(value(cb, k).await?.0.as_deref(), Some(&*format!("{k}=v1")));
     }
     for k in &keys {
-        let (v, from) = value(&cb, k).await?;
+        let (v, from) = value(cb, k).await?;
         assert_eq!(v.as_deref(), Some(&*format!("{k}=v1")));
         assert_eq!(from, Some(Source::L1), "{k} second read");
     }
@@ -145,7 +142,7 @@ async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
     }
     let written = Instant::now();
     for k in &keys {
-        answers_within(&cb, k, Some(&format!("{k}=v2")), written, delta).await?;
+        answers_within(cb, k, Some(&format!("{k}=v2")), written, delta).await?;
     }
 
     // mget through b gathers every shard's keys, in order.
@@ -155,14 +152,14 @@ async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
 
     // Tagged again, then one tag invalidation through b reaches every bucket.
     for k in &keys {
-        set_tagged(&ca, k, &format!("{k}=v3")).await?;
-        assert_eq!(value(&ca, k).await?.0.as_deref(), Some(&*format!("{k}=v3")));
+        set_tagged(ca, k, &format!("{k}=v3")).await?;
+        assert_eq!(value(ca, k).await?.0.as_deref(), Some(&*format!("{k}=v3")));
     }
     let (_, n) = cb.invalidate_tags(["catalog"]).await?;
     assert_eq!(n, keys.len() as u64, "every tagged key in every bucket");
     let invalidated = Instant::now();
     for k in &keys {
-        answers_within(&ca, k, None, invalidated, delta).await?;
+        answers_within(ca, k, None, invalidated, delta).await?;
     }
 
     // A session revoked through a is refused by b.
@@ -182,11 +179,8 @@ async fn a_fleet_on_a_cluster_never_reads_an_invalidated_value() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_no_replica_of_its_shard_confirmed_is_not_acknowledged() -> Result<()> {
-    let cluster = ClusterSet::start().await?;
-    wait_synced(&cluster).await?;
-    let dir = tempfile::tempdir()?;
-    let a = daemon(&cluster, dir.path(), "a").await?;
-    let ca = a.client().await?;
+    let f = fleet().await?;
+    let (cluster, ca) = (&f.cluster, &f.ca);
     let key = "account:7";
     ca.set(key, "v1", None).await?;
 
@@ -213,17 +207,14 @@ async fn a_change_no_replica_of_its_shard_confirmed_is_not_acknowledged() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_failover_flushes_only_that_shards_buckets() -> Result<()> {
-    let mut cluster = ClusterSet::start().await?;
-    wait_synced(&cluster).await?;
-    let dir = tempfile::tempdir()?;
-    let a = daemon(&cluster, dir.path(), "a").await?;
-    let b = daemon(&cluster, dir.path(), "b").await?;
-    let (ca, cb) = (a.client().await?, b.client().await?);
+    let mut f = fleet().await?;
+    let (b, ca, cb) = (&f.b, &f.ca, &f.cb);
+    let cluster = &mut f.cluster;
     let keys = keys_in_every_bucket();
     for k in &keys {
         ca.set(k, &format!("{k}=v1"), None).await?;
-        value(&cb, k).await?;
-        assert_eq!(value(&cb, k).await?.1, Some(Source::L1), "{k} cached in b");
+        value(cb, k).await?;
+        assert_eq!(value(cb, k).await?.1, Some(Source::L1), "{k} cached in b");
     }
 
     // The shard of the first key's bucket fails over: its replica (which
@@ -259,12 +250,12 @@ async fn a_shard_failover_flushes_only_that_shards_buckets() -> Result<()> {
     // over shard's keys were flushed: read again from L2, with the value every
     // replica confirmed.
     for k in &elsewhere {
-        let (v, from) = value(&cb, k).await?;
+        let (v, from) = value(cb, k).await?;
         assert_eq!(v.as_deref(), Some(&*format!("{k}=v1")));
         assert_eq!(from, Some(Source::L1), "{k} (another shard) kept in L1");
     }
     for k in &on_shard {
-        let (v, from) = value(&cb, k).await?;
+        let (v, from) = value(cb, k).await?;
         assert_eq!(
             v.as_deref(),
             Some(&*format!("{k}=v1")),

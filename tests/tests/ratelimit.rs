@@ -18,25 +18,12 @@ use shoal_client::ratelimit::{Acquired, RateLimitLayer};
 use shoal_client::{Client, Decision};
 use shoal_tests::raw::{err_code, field, req, RawConn};
 use shoal_tests::shoald::config::{Algorithm, FailMode, PolicyConfig, PolicyOverride};
-use shoal_tests::{test_config, Daemon, RedisServer};
+use shoal_tests::{hammer, test_config, Daemon, RedisServer};
 
 /// A test epoch, a multiple of every window used here.
 const T0: u64 = 1_800_000_000_000;
 
-fn pol(algorithm: Algorithm, limit: u64, window_ms: u64) -> PolicyConfig {
-    PolicyConfig {
-        algorithm,
-        limit,
-        window: Duration::from_millis(window_ms),
-        burst: None,
-        on_unavailable: FailMode::Closed,
-        expected_nodes: 1,
-        overrides: BTreeMap::new(),
-        max_reserve_ahead: None,
-        headers: None,
-        block: None,
-    }
-}
+use shoal_tests::policy as pol;
 
 fn with_burst(mut p: PolicyConfig, burst: u64) -> PolicyConfig {
     p.burst = Some(burst);
@@ -108,36 +95,6 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-/// N callers spread over the fleet, each making `per_caller` checks of one key;
-/// returns how many were allowed.
-async fn hammer(
-    f: &Fleet,
-    policy: &str,
-    key: &str,
-    callers: usize,
-    per_caller: usize,
-) -> Result<u64> {
-    let mut tasks = Vec::new();
-    for i in 0..callers {
-        let c = f.c(i).clone();
-        let (policy, key) = (policy.to_string(), key.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut allowed = 0u64;
-            for _ in 0..per_caller {
-                if c.check(&policy, &key).await?.allowed {
-                    allowed += 1;
-                }
-            }
-            Ok::<_, shoal_client::Error>(allowed)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_under_concurrency_across_three_daemons() -> Result<()> {
     let redis = RedisServer::start().await?;
@@ -155,7 +112,7 @@ async fn exact_under_concurrency_across_three_daemons() -> Result<()> {
 
     f.set_now(Some(T0 + 1_234));
     for name in ["fw", "sl", "sc", "tb", "gcra"] {
-        let allowed = hammer(&f, name, "hot", 24, 10).await?;
+        let allowed = hammer(&f.clients, name, "hot", 24, 10).await?;
         assert_eq!(allowed, 50, "{name}: 240 attempts from 3 daemons");
         let p = f.c(0).peek(name, "hot").await?;
         assert!(!p.allowed && p.remaining == 0, "{name}: {p:?}");
@@ -166,7 +123,7 @@ async fn exact_under_concurrency_across_three_daemons() -> Result<()> {
 
     f.set_now(None);
     for name in ["sl_real", "tb_real"] {
-        let allowed = hammer(&f, name, "hot", 24, 10).await?;
+        let allowed = hammer(&f.clients, name, "hot", 24, 10).await?;
         assert_eq!(allowed, 50, "{name} on Redis TIME");
     }
     Ok(())
@@ -302,7 +259,7 @@ async fn sliding_counter_weights_the_previous_window_within_its_bound() -> Resul
 
     // 2.5 s into the next window, 75 % of the previous 100 still counts: 25 pass.
     f.set_now(Some(T0 + 12_500));
-    let allowed = hammer(&f, "sc", "k", 6, 5).await?;
+    let allowed = hammer(&f.clients, "sc", "k", 6, 5).await?;
     assert_eq!(allowed, 25, "estimate 100 * 0.75 + n <= 100");
     let d = f.c(0).check("sc", "k").await?;
     assert!(!d.allowed);
@@ -387,8 +344,8 @@ async fn overrides_from_config_and_at_runtime() -> Result<()> {
     f.set_now(Some(T0));
 
     // Config override: a tenant on a bigger plan.
-    assert_eq!(hammer(&f, "tiered", "basic", 2, 5).await?, 2);
-    assert_eq!(hammer(&f, "tiered", "gold", 2, 5).await?, 5);
+    assert_eq!(hammer(&f.clients, "tiered", "basic", 2, 5).await?, 2);
+    assert_eq!(hammer(&f.clients, "tiered", "gold", 2, 5).await?, 5);
     assert_eq!(f.c(0).peek("tiered", "gold").await?.limit, 5);
 
     // d1 now holds a cached denial of "basic" until the window ends.
@@ -468,7 +425,7 @@ async fn peek_consumes_nothing_and_reset_forgets() -> Result<()> {
             let p = f.c(0).peek(name, "k").await?;
             assert!(p.allowed && p.remaining == 3, "{name}: {p:?}");
         }
-        assert_eq!(hammer(&f, name, "k", 2, 3).await?, 3, "{name}");
+        assert_eq!(hammer(&f.clients, name, "k", 2, 3).await?, 3, "{name}");
         let p = f.c(1).peek(name, "k").await?;
         assert!(!p.allowed && p.remaining == 0 && p.retry_after > Duration::ZERO);
         // Both daemons have cached the denial; the one that resets drops it.

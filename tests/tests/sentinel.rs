@@ -68,6 +68,24 @@ async fn wait_flushed_and_ready(d: &Daemon, n: u64) -> Result<()> {
 
 use shoal_tests::read_string as value;
 
+/// Waits until `c` refuses `token` (a revocation made through another
+/// daemon reached it).
+async fn until_refused(c: &Client, token: &str) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while c.session_get::<String>(token).await?.is_some() {
+        if Instant::now() > deadline {
+            bail!("still accepts a revoked session after {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A node's replication role (`master`, `slave`).
+async fn role(node: &shoal_tests::RedisServer) -> Option<String> {
+    replication(node).await.get("role").cloned()
+}
+
 /// Reads `key` through `c` until it shows `want` (the change must arrive).
 async fn until_value(c: &Client, key: &str, want: &str) -> Result<()> {
     let deadline = Instant::now() + WAIT;
@@ -172,23 +190,11 @@ async fn sentinel_failover_moves_every_connection_and_flushes() -> Result<()> {
         .await?;
     assert!(raw.is_some(), "the write went to the new primary");
     until_ok("revoke after failover", || ca.session_revoke(&s.token)).await?;
-    let deadline = Instant::now() + WAIT;
-    while cb.session_get::<String>(&s.token).await?.is_some() {
-        if Instant::now() > deadline {
-            bail!("b still accepts a session revoked on a after the failover");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_refused(&cb, &s.token).await?;
 
     // The old primary serves as a replica now; every daemon is caught up.
     set.wait_stable(WAIT).await?;
-    assert_eq!(
-        replication(&set.nodes[old])
-            .await
-            .get("role")
-            .map(String::as_str),
-        Some("slave")
-    );
+    assert_eq!(role(&set.nodes[old]).await.as_deref(), Some("slave"));
     a.stop().await?;
     b.stop().await
 }
@@ -225,39 +231,10 @@ async fn a_killed_primary_is_failed_over_and_followed() -> Result<()> {
         ca.session_revoke(&s.token)
     })
     .await?;
-    let deadline = Instant::now() + WAIT;
-    while cb.session_get::<String>(&s.token).await?.is_some() {
-        if Instant::now() > deadline {
-            bail!("b still accepts a revoked session");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        replication(&set.nodes[killed])
-            .await
-            .get("role")
-            .map(String::as_str),
-        Some("slave")
-    );
+    until_refused(&cb, &s.token).await?;
+    assert_eq!(role(&set.nodes[killed]).await.as_deref(), Some("slave"));
     a.stop().await?;
     b.stop().await
-}
-
-/// Runs a workspace binary with `args` (without the test's `SHOAL_*` variables).
-async fn run_bin(name: &str, args: &[&str]) -> Result<(i32, String, String)> {
-    let mut cmd = tokio::process::Command::new(shoal_tests::workspace_bin(name)?);
-    cmd.args(args).stdin(std::process::Stdio::null());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHOAL_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd.output().await?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout)?,
-        String::from_utf8(out.stderr)?,
-    ))
 }
 
 #[tokio::test]
@@ -270,7 +247,8 @@ async fn shoald_refuses_two_topologies_with_exit_64() -> Result<()> {
          urls = [\"redis://127.0.0.1:26379\"]\n",
     )?;
     let path = file.to_str().context("utf-8 path")?;
-    let (code, _, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    let (code, _, err) =
+        shoal_tests::run_bin("shoald", &["--config", path, "--print-config"]).await?;
     assert_eq!(code, 64, "{err}");
     assert!(
         err.contains("exactly one of redis.url, [redis.sentinel] and [redis.cluster]"),
@@ -282,7 +260,8 @@ async fn shoald_refuses_two_topologies_with_exit_64() -> Result<()> {
         "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\n[redis.sentinel]\n\
          master = \"mymaster\"\nurls = [\"redis://127.0.0.1:26379\"]\n",
     )?;
-    let (code, _, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    let (code, _, err) =
+        shoal_tests::run_bin("shoald", &["--config", path, "--print-config"]).await?;
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("exactly one"), "{err}");
 
@@ -291,7 +270,8 @@ async fn shoald_refuses_two_topologies_with_exit_64() -> Result<()> {
         &file,
         "[redis.cluster]\nurls = [\"redis://127.0.0.1:7000\"]\npassword = \"cluster-secret\"\n",
     )?;
-    let (code, out, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    let (code, out, err) =
+        shoal_tests::run_bin("shoald", &["--config", path, "--print-config"]).await?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("buckets = 16"), "{out}");
     assert!(!out.contains("cluster-secret"), "{out}");
@@ -302,7 +282,8 @@ async fn shoald_refuses_two_topologies_with_exit_64() -> Result<()> {
         "[redis.sentinel]\nmaster = \"mymaster\"\nurls = [\"redis://:sentinel-secret@127.0.0.1:26379\"]\n\
          password = \"node-secret\"\n",
     )?;
-    let (code, out, err) = run_bin("shoald", &["--config", path, "--print-config"]).await?;
+    let (code, out, err) =
+        shoal_tests::run_bin("shoald", &["--config", path, "--print-config"]).await?;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("[redis.sentinel]") && out.contains("mymaster"),
@@ -319,7 +300,8 @@ async fn doctor_follows_the_sentinels_to_the_primary() -> Result<()> {
     let file = dir.path().join("shoal.toml");
     std::fs::write(&file, set.toml_section())?;
     let path = file.to_str().context("utf-8 path")?;
-    let (_, out, err) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
+    let (_, out, err) =
+        shoal_tests::run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
     let report: serde_json::Value = serde_json::from_str(&out).with_context(|| err.clone())?;
     let primary = set.primary().await?;
     assert_eq!(report["topology"], "sentinel", "{report:#}");
@@ -345,7 +327,8 @@ async fn doctor_follows_the_sentinels_to_the_primary() -> Result<()> {
 
     // More replicas asked for than there are: every change would be refused.
     std::fs::write(&file, format!("{}wait_replicas = 2\n", set.toml_section()))?;
-    let (code, out, _) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
+    let (code, out, _) =
+        shoal_tests::run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
     let report: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(
@@ -357,7 +340,8 @@ async fn doctor_follows_the_sentinels_to_the_primary() -> Result<()> {
     // A standalone configuration pointing at the replica is told so.
     let replica = &set.nodes[1 - set.primary_index().await?];
     std::fs::write(&file, format!("[redis]\nurl = \"{}\"\n", replica.url()))?;
-    let (code, out, _) = run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
+    let (code, out, _) =
+        shoal_tests::run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
     let report: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["topology"], "standalone");

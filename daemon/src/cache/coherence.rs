@@ -109,6 +109,25 @@ impl CoherenceState {
     }
 }
 
+/// Waits before a subscriber reconnects: `backoff`, doubled each time up to
+/// 2 s, and back to 20 ms after a connection that lasted over 5 s (`started`).
+/// `false`: cancelled meanwhile.
+pub(super) async fn retry_after(
+    started: Instant,
+    backoff: &mut Duration,
+    cancel: &CancellationToken,
+) -> bool {
+    if started.elapsed() > Duration::from_secs(5) {
+        *backoff = Duration::from_millis(20);
+    }
+    tokio::select! {
+        _ = cancel.cancelled() => return false,
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    true
+}
+
 #[derive(Debug)]
 pub struct Subscriber {
     pub store: Store,
@@ -166,14 +185,9 @@ impl Subscriber {
                     tracing::warn!(redis = %self.store.address(), reason = %why, "invalidation subscriber lost; L1 bypassed until recovered");
                 }
             }
-            if started.elapsed() > Duration::from_secs(5) {
-                backoff = Duration::from_millis(20);
+            if !retry_after(started, &mut backoff, &cancel).await {
+                return;
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -40,7 +40,7 @@ use redis::{PushKind, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::coherence::{Beat, Message, Subscriber};
+use crate::cache::coherence::{retry_after, Beat, Message, Subscriber};
 use crate::cache::l1::FlushReason;
 use crate::store::streamid::StreamId;
 use crate::store::{KeyNames, Replay};
@@ -111,14 +111,9 @@ pub async fn run(sub: Subscriber, cancel: CancellationToken) {
         sub.stats
             .subscriber_reconnects
             .fetch_add(1, Ordering::Relaxed);
-        if started.elapsed() > Duration::from_secs(5) {
-            backoff = Duration::from_millis(20);
+        if !retry_after(started, &mut backoff, &cancel).await {
+            return;
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

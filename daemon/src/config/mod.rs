@@ -496,7 +496,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+    /// `text` as a configuration file (shared with the other config tests).
+    pub(crate) fn load_toml(text: &str) -> Result<Config, ConfigError> {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
         Config::load(Some(f.path()))

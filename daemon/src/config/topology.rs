@@ -227,14 +227,8 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::load::{known_paths, schema};
+    use super::super::tests::load_toml;
     use super::*;
-    use std::io::Write;
-
-    fn load_toml(text: &str) -> Result<Config, ConfigError> {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        Config::load(Some(f.path()))
-    }
 
     #[test]
     fn exactly_one_redis_topology() {
