@@ -65,25 +65,68 @@ impl RedisServer {
     }
 
     /// Starts with extra `--name value` arguments (e.g. `maxmemory-policy`).
+    ///
+    /// A free port can be taken by another process between our probe and the
+    /// server's bind (several suites start servers at once): a server that exits
+    /// before it answers is retried on a new port. A cluster node also gets a
+    /// free bus port of its own (`--cluster-port`), since the default, port +
+    /// 10000, was never probed and may be in use or above 65535.
     pub async fn start_with(extra: &[&str]) -> Result<RedisServer> {
-        let dir = tempfile::tempdir()?;
-        let mut r = RedisServer {
-            port: free_port()?,
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            auth: None,
-        };
-        r.spawn().await?;
-        Ok(r)
+        Self::start_on_free_ports(extra, None).await
+    }
+
+    /// `acl`: the user and the ACL file's text, for servers that require
+    /// authentication.
+    async fn start_on_free_ports(
+        extra: &[&str],
+        acl: Option<(String, String)>,
+    ) -> Result<RedisServer> {
+        let mut last = None;
+        for _ in 0..5 {
+            let dir = tempfile::tempdir()?;
+            let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            if extra.iter().any(|a| a == "--cluster-enabled") {
+                extra.extend(["--cluster-port".to_string(), free_port()?.to_string()]);
+            }
+            let mut auth = None;
+            if let Some((userinfo, text)) = &acl {
+                let file = dir.path().join("users.acl");
+                std::fs::write(&file, text)?;
+                extra.extend(["--aclfile".to_string(), file.display().to_string()]);
+                auth = Some(userinfo.clone());
+            }
+            let mut r = RedisServer {
+                port: free_port()?,
+                dir,
+                child: None,
+                extra,
+                auth,
+            };
+            match r.spawn().await {
+                Ok(()) => return Ok(r),
+                Err(e) if r.exited() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// Whether the server process has exited (it could not bind, or crashed).
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     async fn spawn(&mut self) -> Result<()> {
+        let log = self.dir.path().join("redis.log");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -101,8 +144,16 @@ impl RedisServer {
                     return Ok(());
                 }
             }
-            if Instant::now() > deadline {
-                bail!("redis-server on port {} did not come up", self.port);
+            let exited = self.exited();
+            if exited || Instant::now() > deadline {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                let what = if exited { "exited" } else { "did not come up" };
+                bail!(
+                    "redis-server on port {} {what}; its log ends:\n{}",
+                    self.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -115,21 +166,8 @@ impl RedisServer {
     /// Starts a server whose clients must authenticate as ACL user `user`
     /// (the default user is disabled).
     pub async fn start_with_acl_user(user: &str, password: &str) -> Result<RedisServer> {
-        let dir = tempfile::tempdir()?;
-        let acl = dir.path().join("users.acl");
-        std::fs::write(
-            &acl,
-            format!("user default off\nuser {user} on >{password} ~* &* +@all\n"),
-        )?;
-        let mut r = RedisServer {
-            port: free_port()?,
-            extra: vec!["--aclfile".into(), acl.display().to_string()],
-            dir,
-            child: None,
-            auth: Some(format!("{user}:{password}@")),
-        };
-        r.spawn().await?;
-        Ok(r)
+        let text = format!("user default off\nuser {user} on >{password} ~* &* +@all\n");
+        Self::start_on_free_ports(&[], Some((format!("{user}:{password}@"), text))).await
     }
 
     pub fn url(&self) -> String {

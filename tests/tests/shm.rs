@@ -137,6 +137,11 @@ async fn a_change_through_another_daemon_is_never_read_from_shm_once_applied() -
     for v in 0..10u32 {
         let old = Bytes::from(format!("old{v}"));
         cb.set_raw("row", old.clone(), None).await?;
+        // The set reaches `a` asynchronously: until it is applied, `a` may still
+        // serve the previous round's value, within the bound. The next log id
+        // (of another key) is after the set's.
+        let set = cb.invalidate(["marker"]).await?;
+        a.wait_applied(&set, Duration::from_secs(5)).await?;
         assert_eq!(read_until_shm(&ca, "row").await?, Some(old.clone()));
         let seq = if v % 2 == 0 {
             cb.invalidate(["row"]).await?
