@@ -117,6 +117,17 @@ impl ClusterSet {
     /// arguments (e.g. `--appendonly yes`, so that a restarted primary keeps
     /// its data).
     pub async fn start_with(extra: &[&str]) -> Result<ClusterSet> {
+        Self::start_nodes(extra, None).await
+    }
+
+    /// As [`ClusterSet::start`], every node requiring `password`
+    /// (`requirepass`, and `masterauth` for its replication); the nodes' URLs
+    /// carry it.
+    pub async fn start_with_password(password: &str) -> Result<ClusterSet> {
+        Self::start_nodes(&[], Some(password)).await
+    }
+
+    async fn start_nodes(extra: &[&str], password: Option<&str>) -> Result<ClusterSet> {
         let mut nodes = Vec::with_capacity(6);
         for _ in 0..6 {
             let mut args = vec![
@@ -128,7 +139,10 @@ impl ClusterSet {
                 "2000",
             ];
             args.extend_from_slice(extra);
-            nodes.push(RedisServer::start_with(&args).await?);
+            nodes.push(match password {
+                Some(p) => RedisServer::start_with_password(&args, p).await?,
+                None => RedisServer::start_with(&args).await?,
+            });
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -139,6 +153,7 @@ impl ClusterSet {
             .arg("create")
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(password.map_or(Vec::new(), |p| vec!["-a", p, "--no-auth-warning"]))
             .stdin(std::process::Stdio::null())
             .output()
             .await

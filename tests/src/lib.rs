@@ -75,11 +75,21 @@ impl RedisServer {
         Self::start_on_free_ports(extra, None).await
     }
 
-    /// `acl`: the user and the ACL file's text, for servers that require
-    /// authentication.
+    /// As [`RedisServer::start_with`], requiring `password` of every client
+    /// (`requirepass`) and giving it to its primary (`masterauth`), as a
+    /// password-protected cluster or replica set runs.
+    pub async fn start_with_password(extra: &[&str], password: &str) -> Result<RedisServer> {
+        let mut args = extra.to_vec();
+        args.extend(["--requirepass", password, "--masterauth", password]);
+        let auth = (format!(":{password}@"), None);
+        Self::start_on_free_ports(&args, Some(auth)).await
+    }
+
+    /// `auth`: the URL's `user:password@` and, for ACL users, the ACL file's
+    /// text.
     async fn start_on_free_ports(
         extra: &[&str],
-        acl: Option<(String, String)>,
+        auth: Option<(String, Option<String>)>,
     ) -> Result<RedisServer> {
         let mut last = None;
         for _ in 0..5 {
@@ -88,19 +98,17 @@ impl RedisServer {
             if extra.iter().any(|a| a == "--cluster-enabled") {
                 extra.extend(["--cluster-port".to_string(), free_port()?.to_string()]);
             }
-            let mut auth = None;
-            if let Some((userinfo, text)) = &acl {
+            if let Some((_, Some(text))) = &auth {
                 let file = dir.path().join("users.acl");
                 std::fs::write(&file, text)?;
                 extra.extend(["--aclfile".to_string(), file.display().to_string()]);
-                auth = Some(userinfo.clone());
             }
             let mut r = RedisServer {
                 port: free_port()?,
                 dir,
                 child: None,
                 extra,
-                auth,
+                auth: auth.as_ref().map(|(userinfo, _)| userinfo.clone()),
             };
             match r.spawn().await {
                 Ok(()) => return Ok(r),
@@ -167,7 +175,7 @@ impl RedisServer {
     /// (the default user is disabled).
     pub async fn start_with_acl_user(user: &str, password: &str) -> Result<RedisServer> {
         let text = format!("user default off\nuser {user} on >{password} ~* &* +@all\n");
-        Self::start_on_free_ports(&[], Some((format!("{user}:{password}@"), text))).await
+        Self::start_on_free_ports(&[], Some((format!("{user}:{password}@"), Some(text)))).await
     }
 
     pub fn url(&self) -> String {

@@ -28,7 +28,22 @@ pub struct SentinelProcess {
 }
 
 impl SentinelProcess {
-    fn start(primary_port: u16) -> Result<SentinelProcess> {
+    /// Starts a sentinel on a free port and waits until it answers. A port
+    /// taken between the probe and the bind makes the process exit: it is
+    /// retried on another port.
+    async fn start(primary_port: u16) -> Result<SentinelProcess> {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut s = Self::spawn(primary_port)?;
+            match s.wait_answers().await {
+                Ok(()) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no sentinel started")))
+    }
+
+    fn spawn(primary_port: u16) -> Result<SentinelProcess> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let conf = dir.path().join("sentinel.conf");
@@ -55,6 +70,30 @@ impl SentinelProcess {
             _dir: dir,
             child: Some(child),
         })
+    }
+
+    /// Waits until the sentinel answers `PING`; fails at once if it exited.
+    async fn wait_answers(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.conn().await {
+                let ping = redis::cmd("PING").query_async::<String>(&mut c).await;
+                if ping.is_ok() {
+                    return Ok(());
+                }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                bail!("the sentinel on port {} exited", self.port);
+            }
+            if Instant::now() > deadline {
+                bail!("the sentinel on port {} did not come up", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -145,7 +184,7 @@ impl SentinelSet {
         set.wait_replicated(Duration::from_secs(20)).await?;
         for _ in 0..3 {
             set.sentinels
-                .push(SentinelProcess::start(set.nodes[0].port())?);
+                .push(SentinelProcess::start(set.nodes[0].port()).await?);
         }
         set.wait_stable(Duration::from_secs(30)).await?;
         Ok(set)

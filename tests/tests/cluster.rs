@@ -93,6 +93,120 @@ async fn doctor_finds_a_healthy_cluster_ok() -> Result<()> {
     Ok(())
 }
 
+/// On a cluster the sessions live in one slot (`shoal:{s}:`): doctor's node
+/// checks run on the primary that holds it, so a cluster without persistence
+/// that keeps sessions is a problem (a restart logs every user out), as it is
+/// on a standalone Redis, whichever seed the configuration names first.
+#[tokio::test]
+async fn doctor_finds_the_sessions_on_their_shard_and_asks_for_persistence() -> Result<()> {
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let (_daemons, clients) = cluster_fleet(&cluster, dir.path(), &[], 1).await?;
+    clients[0]
+        .session_create("alice", &"profile", Default::default())
+        .await?;
+    let owner = cluster.primary_of_slot(key_slot(b"shoal:{s}:")).await?;
+    let path = cluster_config(&cluster, dir.path())?;
+    let (code, report) = doctor(&path).await?;
+    assert_eq!(
+        report["facts"]["sessions on"],
+        format!("127.0.0.1:{}", cluster.nodes[owner].port()),
+        "{report:#}"
+    );
+    assert_eq!(report["facts"]["sessions_seen"], "1", "{report:#}");
+    let persistence = findings(&report, "persistence");
+    assert!(
+        persistence.iter().any(|f| f["severity"] == "problem"),
+        "sessions without persistence: {report:#}"
+    );
+    assert_eq!(code, 1, "a problem fails doctor: {report:#}");
+    Ok(())
+}
+
+/// A password-protected cluster (`requirepass` on every node): with
+/// `[redis.cluster] password`, doctor reaches every primary, and a fleet
+/// caches, invalidates (the change confirmed by `WAIT` on its shard's replica)
+/// and keeps sessions. Without the password the daemon does not become ready
+/// and says why.
+#[tokio::test]
+async fn a_password_protected_cluster_serves_a_fleet_and_doctor() -> Result<()> {
+    const PASSWORD: &str = "s3cret pass";
+    let cluster = ClusterSet::start_with_password(PASSWORD).await?;
+    let urls: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("redis://127.0.0.1:{}", n.port()))
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("shoal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[redis.cluster]\nurls = [{}]\npassword = {PASSWORD:?}\n",
+            urls.iter()
+                .map(|u| format!("{u:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )?;
+    let (_, report) = doctor(path.to_str().context("utf-8 path")?).await?;
+    assert_eq!(report["facts"]["cluster_state"], "ok", "{report:#}");
+    let primaries = report["facts"]["cluster primaries"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(primaries.split(", ").count(), 3, "{report:#}");
+    for check in ["connect", "cluster", "commands"] {
+        assert!(
+            findings(&report, check)
+                .iter()
+                .all(|f| f["severity"] == "ok"),
+            "{check}: {report:#}"
+        );
+    }
+
+    let config = |node: &str, password: &str| {
+        let mut c = shoal_tests::shoald::Config::default();
+        c.node.id = node.into();
+        c.socket.path = dir.path().join(format!("{node}.sock"));
+        c.admin.listen = String::new();
+        c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+            urls: urls.clone(),
+            password: shoal_tests::shoald::config::Secret(password.into()),
+            ..Default::default()
+        });
+        c
+    };
+    let a = Daemon::start_ready(config("a", PASSWORD)).await?;
+    let b = Daemon::start_ready(config("b", PASSWORD)).await?;
+    let (ca, cb) = (a.client().await?, b.client().await?);
+    ca.set_raw("row", bytes::Bytes::from_static(b"v1"), None)
+        .await?;
+    assert_eq!(cb.get_raw("row").await?.as_deref(), Some(&b"v1"[..]));
+    let seq = ca.invalidate(["row"]).await?;
+    b.wait_applied(&seq, Duration::from_secs(5)).await?;
+    assert_eq!(cb.get_raw("row").await?, None, "invalidated on b");
+    let created = ca
+        .session_create("alice", &"profile", Default::default())
+        .await?;
+    let seen: Option<shoal_client::Session<String>> = cb.session_get(&created.token).await?;
+    assert_eq!(seen.map(|s| s.data).as_deref(), Some("profile"));
+
+    // The wrong password: a change is refused with a message that says so.
+    let wrong = Daemon::start(config("c", "wrong")).await?;
+    let err = wrong
+        .client()
+        .await?
+        .set_raw("row", bytes::Bytes::from_static(b"v2"), None)
+        .await
+        .expect_err("a change without the cluster's password");
+    let text = err.to_string();
+    assert!(
+        text.contains("WRONGPASS") || text.to_lowercase().contains("auth"),
+        "says the password is wrong: {text}"
+    );
+    Ok(())
+}
+
 /// A cluster losing nodes: a primary whose replica is gone is a problem with
 /// `wait_replicas = 1` (the default: changes on its buckets are refused); a
 /// shard with neither is one too (`cluster_state:fail`, its slots unserved),

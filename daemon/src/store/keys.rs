@@ -37,6 +37,14 @@ impl KeyNames {
             prefix: format!("{prefix}{{b{n}}}:"),
         }
     }
+    /// The names of the sessions on Redis Cluster (`PREFIX{s}:`): one slot, so
+    /// that a session, its user's index and the revocation stream meet in one
+    /// script.
+    pub fn cluster_sessions(prefix: &str) -> Self {
+        KeyNames {
+            prefix: format!("{prefix}{{s}}:"),
+        }
+    }
     /// The bucket that holds `key` among `buckets` (`CLUSTER KEYSLOT key` mod buckets).
     pub fn bucket_of(key: &str, buckets: u16) -> u16 {
         keyslot(key.as_bytes()) % buckets.max(1)

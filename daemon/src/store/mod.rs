@@ -207,7 +207,7 @@ impl Store {
         if self.buckets == 0 {
             return self.keys.clone();
         }
-        KeyNames::new(&format!("{}{{s}}:", self.keys.prefix))
+        KeyNames::cluster_sessions(&self.keys.prefix)
     }
 
     pub fn timeout(&self) -> Duration {

@@ -116,7 +116,14 @@ pub async fn run(config: &Config) -> Report {
     };
     check_commands(&mut f, &mut conn, cluster_commands).await;
     check_eviction(&mut f, &info);
-    check_persistence(&mut f, &mut conn, &info, &config.redis.prefix, &mut facts).await;
+    // Where the sessions live (on a cluster, the one slot of `PREFIX{s}:`,
+    // whose primary `conn` is).
+    let sessions = if topology == Topology::Cluster {
+        crate::store::KeyNames::cluster_sessions(&config.redis.prefix)
+    } else {
+        crate::store::KeyNames::new(&config.redis.prefix)
+    };
+    check_persistence(&mut f, &mut conn, &info, sessions.prefix(), &mut facts).await;
     check_pubsub_buffer(&mut f, &mut conn).await;
     check_latency(&mut f, &mut conn, config.redis.timeout).await;
     if topology != Topology::Cluster
@@ -416,7 +423,8 @@ pub(super) async fn check_persistence(
     }
 }
 
-/// Session keys under `prefix` (`{prefix}s:*`, see `session::keys`), counted by
+/// Session keys under `prefix` (`{prefix}s:*`, see `session::keys`; `prefix`
+/// is `PREFIX` standalone, `PREFIX{s}:` on a cluster), counted by
 /// a bounded SCAN: enough to tell "none" from "some" on any dataset size.
 pub(super) async fn count_sessions(conn: &mut Conn, prefix: &str) -> Option<u64> {
     let pattern = format!("{prefix}s:*");

@@ -423,12 +423,20 @@ pub(super) async fn check_cluster(
             Some("raise redis.cluster.buckets (the same on every daemon and outside writer), or reshard"),
         );
     }
-    // Every primary runs Redis 7+ (sharded Pub/Sub); the first that answers
-    // gets the node-level checks.
+    // Every primary runs Redis 7+ (sharded Pub/Sub). The node-level checks
+    // (eviction, persistence with the sessions it keeps) run on the primary
+    // holding the sessions' slot, `PREFIX{s}:`, or else the first that answers.
+    let sessions = crate::store::KeyNames::cluster_sessions(prefix);
+    let sessions_slot = crate::store::KeyNames::bucket_of(sessions.prefix(), 16384);
+    let mut ordered = primaries.clone();
+    ordered.sort_by_key(|p| !p.serves(sessions_slot));
+    if let Some(p) = ordered.first().filter(|p| p.serves(sessions_slot)) {
+        facts.insert("sessions on".into(), format!("{}:{}", p.host, p.port));
+    }
     let mut chosen = None;
     let mut old = Vec::new();
     let mut versions = Vec::new();
-    for p in &primaries {
+    for p in &ordered {
         let node = node_info(&seed, &p.host, p.port);
         let address = format!("{}:{}", p.host, p.port);
         let ask = async {
