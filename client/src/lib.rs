@@ -89,6 +89,7 @@
 mod client;
 mod conn;
 mod error;
+pub mod keyslot;
 mod load;
 pub mod lock;
 pub mod proto;

@@ -34,7 +34,9 @@ impl Ctx {
     pub fn new(config: Config) -> Result<Ctx, store::StoreError> {
         let stats = Arc::new(ops::stats::Stats::default());
         let store = store::Store::new(&config)?;
-        let shm = match cache::shm::Shm::new(&config.cache) {
+        // The segment's trust groups are L1's: one, or one per cluster bucket.
+        let groups = usize::from(store.buckets().max(1));
+        let shm = match cache::shm::Shm::new(&config.cache, groups) {
             Ok(s) => s.map(Arc::new),
             Err(e) => {
                 // Clients fall back to the socket; nothing else depends on it.

@@ -269,3 +269,81 @@ async fn a_shard_failover_flushes_only_that_shards_buckets() -> Result<()> {
     }
     Ok(())
 }
+
+/// Shared memory keeps trust per bucket too: a stalled shard (its primary
+/// SIGSTOPped, so its buckets' heartbeats stop coming back) makes same-host
+/// readers refuse its buckets' keys within Δ, while every other bucket's keys
+/// are still read from the segment, without the socket. The stall is shorter
+/// than the cluster's node timeout: no failover, the shard comes back as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shard_stops_shared_memory_reads_of_its_buckets_only() -> Result<()> {
+    use shoal_client::shm::Lookup;
+    let f = fleet().await?;
+    let (b, ca, cb) = (&f.b, &f.ca, &f.cb);
+    let keys = keys_in_every_bucket();
+    let view = shoal_client::shm::attach(&b.socket, "shm-test").await?;
+    for k in &keys {
+        ca.set(k, &format!("{k}=v1"), None).await?;
+        value(cb, k).await?;
+        // An L1 hit through the socket publishes the entry.
+        assert_eq!(value(cb, k).await?.1, Some(Source::L1), "{k} cached in b");
+        assert!(
+            matches!(view.get(k.as_bytes()), Lookup::Hit { .. }),
+            "{k} in shared memory"
+        );
+    }
+    let slot_of =
+        |k: &str| shoal_tests::cluster::bucket_slot(shoald::store::KeyNames::bucket_of(k, BUCKETS));
+    let primary = f.cluster.primary_of_slot(slot_of(&keys[0])).await?;
+    let mut elsewhere = Vec::new();
+    for k in &keys {
+        if f.cluster.primary_of_slot(slot_of(k)).await? != primary {
+            elsewhere.push(k.clone());
+        }
+    }
+    assert!(!elsewhere.is_empty(), "8 buckets spread over 3 shards");
+
+    let delta = b.ctx.config.cache.max_staleness;
+    let node = &f.cluster.nodes[primary];
+    node.signal(nix::sys::signal::Signal::SIGSTOP)?;
+    let stopped = Instant::now();
+    // Readers of the stalled shard's keys stop within Δ of its last proof.
+    let refused = loop {
+        match view.get(keys[0].as_bytes()) {
+            Lookup::Untrusted => break Ok(stopped.elapsed()),
+            Lookup::Miss => {
+                break Err(anyhow::anyhow!(
+                    "{} vanished instead of being refused",
+                    keys[0]
+                ))
+            }
+            Lookup::Hit { .. } if stopped.elapsed() > delta * 2 => {
+                break Err(anyhow::anyhow!(
+                    "{} still served {:?} into the stall",
+                    keys[0],
+                    stopped.elapsed()
+                ))
+            }
+            Lookup::Hit { .. } => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    };
+    // The other shards' keys, read while the stall lasts.
+    let others: Vec<(String, Lookup)> = elsewhere
+        .iter()
+        .map(|k| (k.clone(), view.get(k.as_bytes())))
+        .collect();
+    node.signal(nix::sys::signal::Signal::SIGCONT)?;
+    let refused = refused?;
+    for (k, r) in &others {
+        assert!(
+            matches!(r, Lookup::Hit { .. }),
+            "{k} (another shard) read from shared memory during the stall, refused {refused:?} in: {r:?}"
+        );
+    }
+    // Back: every bucket trusted again, its keys served.
+    b.wait_ready(WAIT).await?;
+    for k in &keys {
+        assert_eq!(value(cb, k).await?.0.as_deref(), Some(&*format!("{k}=v1")));
+    }
+    Ok(())
+}

@@ -10,17 +10,22 @@
 //! to receive its descriptor lives in the submodule `raw`, each block with its
 //! safety argument; everything here is safe code.
 //!
-//! Layout (every field a little-endian `u64` word; see `H_*` and `S_*`):
+//! Layout (every field a little-endian `u64` word; see `H_*`, `T_*` and `S_*`):
 //! - a header of [`HEADER_WORDS`] words: magic, version, slot geometry, the hash
-//!   seed, the **generation** (bumped by the daemon on every flush and loss of
-//!   trust; a slot written in another generation is dead), the **ready** word
-//!   (0 while the daemon's L1 is not trusted), and **trusted until** (CLOCK_MONOTONIC
-//!   ns: the daemon's newest delivery proof plus Δ; a reader refuses every hit at
-//!   or after it, exactly as the daemon's own hit path does);
+//!   seed and the number of **trust groups**;
+//! - one trust record of [`TRUST_WORDS`] words per group: the **generation**
+//!   (bumped by the daemon on every flush and loss of trust of the group; a slot
+//!   written in another generation is dead), the **ready** word (0 while the
+//!   daemon does not trust the group), and **trusted until** (CLOCK_MONOTONIC
+//!   ns: the group's newest delivery proof plus Δ; a reader refuses every hit at
+//!   or after it, exactly as the daemon's own hit path does). A key's group is
+//!   its cluster bucket (`CLUSTER KEYSLOT` mod groups, [`Layout::group_of`]), so
+//!   a shard in trouble stops only its own buckets' readers; a standalone or
+//!   Sentinel daemon has one group;
 //! - `slot_count` slots of `slot_words` words: a sequence word (odd while being
-//!   written), the generation it was written in, the entry's expiry (monotonic
-//!   ns), the L2 expiry (for `ttl_ms`), the key's hash, the key and value lengths,
-//!   then key and value bytes packed into words.
+//!   written), the generation it was written in (its group's), the entry's
+//!   expiry (monotonic ns), the L2 expiry (for `ttl_ms`), the key's hash, the key
+//!   and value lengths, then key and value bytes packed into words.
 //!
 //! A key lives in one of two slots (its hash's slot and the next). A reader that
 //! finds no valid copy, or doubts one (odd or moved sequence, other generation,
@@ -61,8 +66,8 @@ impl Word for AtomicU64 {
 
 /// `"SHOALSHM"` as a little-endian word.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALSHM");
-/// Layout version; a reader refuses any other.
-pub const VERSION: u64 = 1;
+/// Layout version; a reader refuses any other (1 had one trust for all keys).
+pub const VERSION: u64 = 2;
 /// Header size in words (one 4 KiB page).
 pub const HEADER_WORDS: usize = 512;
 
@@ -72,9 +77,15 @@ pub const H_VERSION: usize = 1;
 pub const H_SLOT_WORDS: usize = 2;
 pub const H_SLOT_COUNT: usize = 3;
 pub const H_SEED: usize = 4;
-pub const H_GENERATION: usize = 5;
-pub const H_READY: usize = 6;
-pub const H_TRUSTED_UNTIL: usize = 7;
+pub const H_GROUPS: usize = 5;
+
+/// Words of one group's trust record, and their indexes.
+pub const TRUST_WORDS: usize = 4;
+pub const T_GENERATION: usize = 0;
+pub const T_READY: usize = 1;
+pub const T_TRUSTED_UNTIL: usize = 2;
+/// Most trust groups a segment may have (one per cluster slot).
+pub const MAX_GROUPS: usize = 16384;
 
 /// Slot word indexes.
 pub const S_SEQ: usize = 0;
@@ -90,30 +101,61 @@ pub const SLOT_HEAD: usize = 6;
 pub const MIN_SLOT_BYTES: u64 = 128;
 pub const MAX_SLOT_BYTES: u64 = 1 << 20;
 
-/// Slot geometry of a segment.
+/// Geometry of a segment: its slots and its trust groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub slot_words: usize,
     pub slot_count: usize,
+    /// Trust groups (1..=[`MAX_GROUPS`]).
+    pub groups: usize,
 }
 
 impl Layout {
     /// The layout of a segment of about `total_bytes` with slots of `slot_bytes`
-    /// (rounded down to whole words). `None` if not even one slot fits.
-    pub fn for_bytes(total_bytes: u64, slot_bytes: u64) -> Option<Layout> {
+    /// (rounded down to whole words) and `groups` trust groups (at least one).
+    /// `None` if not even one slot fits.
+    pub fn for_bytes(total_bytes: u64, slot_bytes: u64, groups: usize) -> Option<Layout> {
         let slot_words =
             usize::try_from(slot_bytes.clamp(MIN_SLOT_BYTES, MAX_SLOT_BYTES) / 8).ok()?;
+        let groups = groups.max(1);
+        if groups > MAX_GROUPS {
+            return None;
+        }
         let words = usize::try_from(total_bytes / 8).ok()?;
-        let slot_count = words.checked_sub(HEADER_WORDS)? / slot_words;
+        let slot_count = words.checked_sub(HEADER_WORDS + groups * TRUST_WORDS)? / slot_words;
         (slot_count > 0).then_some(Layout {
             slot_words,
             slot_count,
+            groups,
         })
+    }
+
+    /// Where the slots start: after the header and the trust records.
+    fn slots_start(&self) -> usize {
+        HEADER_WORDS + self.groups * TRUST_WORDS
     }
 
     /// Total words of the segment.
     pub fn words(&self) -> usize {
-        HEADER_WORDS + self.slot_words * self.slot_count
+        self.slots_start() + self.slot_words * self.slot_count
+    }
+
+    /// The trust group of `key`: its cluster bucket (`CLUSTER KEYSLOT` mod
+    /// groups), as the daemon groups its L1; 0 with one group.
+    pub fn group_of(&self, key: &[u8]) -> usize {
+        if self.groups <= 1 {
+            return 0;
+        }
+        usize::from(crate::keyslot::keyslot(key)) % self.groups
+    }
+
+    /// The trust record of group `g` within the segment's words.
+    fn trust<'a>(&self, words: &'a [AtomicU64], g: usize) -> Option<&'a [AtomicU64]> {
+        if g >= self.groups {
+            return None;
+        }
+        let start = HEADER_WORDS + g * TRUST_WORDS;
+        words.get(start..start + TRUST_WORDS)
     }
 
     /// Key plus value bytes one slot holds.
@@ -123,7 +165,9 @@ impl Layout {
 
     /// The words of slot `i` within the segment's words.
     fn slot<'a>(&self, words: &'a [AtomicU64], i: usize) -> Option<&'a [AtomicU64]> {
-        let start = HEADER_WORDS.checked_add(i.checked_mul(self.slot_words)?)?;
+        let start = self
+            .slots_start()
+            .checked_add(i.checked_mul(self.slot_words)?)?;
         words.get(start..start.checked_add(self.slot_words)?)
     }
 
@@ -301,7 +345,7 @@ pub fn read_slot<W: Word>(
     }
 }
 
-/// The header fields a reader checks on every lookup.
+/// A group's trust record, as a reader checks it on every lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trust {
     pub ready: bool,
@@ -309,11 +353,11 @@ pub struct Trust {
     pub trusted_until_ns: u64,
 }
 
-fn read_trust(header: &[AtomicU64]) -> Trust {
+fn read_trust(record: &[AtomicU64]) -> Trust {
     Trust {
-        generation: header[H_GENERATION].load(Ordering::Acquire),
-        ready: header[H_READY].load(Ordering::Acquire) == 1,
-        trusted_until_ns: header[H_TRUSTED_UNTIL].load(Ordering::Acquire),
+        generation: record[T_GENERATION].load(Ordering::Acquire),
+        ready: record[T_READY].load(Ordering::Acquire) == 1,
+        trusted_until_ns: record[T_TRUSTED_UNTIL].load(Ordering::Acquire),
     }
 }
 
@@ -327,17 +371,17 @@ pub enum Lookup {
     },
     /// The segment has no valid copy: ask the socket.
     Miss,
-    /// The segment is not trusted now (not ready, proof too old, a flush under
-    /// way): ask the socket.
+    /// The key's group is not trusted now (not ready, proof too old, a flush
+    /// under way): ask the socket.
     Untrusted,
 }
 
-/// Looks `key` up in a segment's words (header first) at `now_ns`.
+/// Looks `key` up in a segment's words (its group's trust first) at `now_ns`.
 pub fn lookup(words: &[AtomicU64], layout: &Layout, seed: u64, key: &[u8], now_ns: u64) -> Lookup {
-    let Some(header) = words.get(..HEADER_WORDS) else {
+    let Some(record) = layout.trust(words, layout.group_of(key)) else {
         return Lookup::Untrusted;
     };
-    let t = read_trust(header);
+    let t = read_trust(record);
     if !t.ready || now_ns >= t.trusted_until_ns {
         return Lookup::Untrusted;
     }
@@ -357,7 +401,7 @@ pub fn lookup(words: &[AtomicU64], layout: &Layout, seed: u64, key: &[u8], now_n
             } => {
                 // A flush or loss of trust while we read: the copy may predate it.
                 // (The deadline moving forward meanwhile is no reason to doubt.)
-                let after = read_trust(header);
+                let after = read_trust(record);
                 if after.generation != t.generation || !after.ready {
                     return Lookup::Untrusted;
                 }
@@ -443,13 +487,14 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// A new segment of about `total_bytes` with `slot_bytes` slots: a sealed
-    /// memfd (it can never shrink or grow, and no one else can write it), mapped
-    /// here read-write. Starts not ready.
-    pub fn create(total_bytes: u64, slot_bytes: u64) -> Result<Segment, ShmError> {
-        let layout = Layout::for_bytes(total_bytes, slot_bytes).ok_or_else(|| {
+    /// A new segment of about `total_bytes` with `slot_bytes` slots and
+    /// `groups` trust groups: a sealed memfd (it can never shrink or grow, and
+    /// no one else can write it), mapped here read-write. Every group starts
+    /// not ready.
+    pub fn create(total_bytes: u64, slot_bytes: u64, groups: usize) -> Result<Segment, ShmError> {
+        let layout = Layout::for_bytes(total_bytes, slot_bytes, groups).ok_or_else(|| {
             ShmError::Invalid(format!(
-                "{total_bytes} bytes cannot hold a header and one slot of {slot_bytes} bytes"
+                "{total_bytes} bytes cannot hold a header, {groups} trust record(s) and one slot of {slot_bytes} bytes"
             ))
         })?;
         let map = raw::Mapping::create(layout.words() * 8)?;
@@ -458,7 +503,12 @@ impl Segment {
         w[H_SLOT_WORDS].store(layout.slot_words as u64, Ordering::Relaxed);
         w[H_SLOT_COUNT].store(layout.slot_count as u64, Ordering::Relaxed);
         w[H_SEED].store(seed, Ordering::Relaxed);
-        w[H_GENERATION].store(1, Ordering::Relaxed);
+        w[H_GROUPS].store(layout.groups as u64, Ordering::Relaxed);
+        for g in 0..layout.groups {
+            if let Some(t) = layout.trust(w, g) {
+                t[T_GENERATION].store(1, Ordering::Relaxed);
+            }
+        }
         w[H_VERSION].store(VERSION, Ordering::Relaxed);
         w[H_MAGIC].store(MAGIC, Ordering::Release);
         Ok(Segment { map, layout, seed })
@@ -482,35 +532,51 @@ impl Segment {
         hash_key(self.seed, key)
     }
 
-    fn header(&self) -> &[AtomicU64] {
-        &self.map.words()[..HEADER_WORDS]
+    /// The trust record of group `g` (`None` out of range).
+    fn trust(&self, g: usize) -> Option<&[AtomicU64]> {
+        self.layout.trust(self.map.words(), g)
     }
 
-    pub fn generation(&self) -> u64 {
-        self.header()[H_GENERATION].load(Ordering::Acquire)
+    /// The trust group of `key` (see [`Layout::group_of`]).
+    pub fn group_of(&self, key: &[u8]) -> usize {
+        self.layout.group_of(key)
     }
 
-    /// Kills every slot at once (flush, loss of trust). Returns the new generation.
-    pub fn bump_generation(&mut self) -> u64 {
-        self.header()[H_GENERATION].fetch_add(1, Ordering::AcqRel) + 1
+    /// Group `g`'s generation (0 out of range: matches no slot written here).
+    pub fn generation(&self, g: usize) -> u64 {
+        self.trust(g)
+            .map_or(0, |t| t[T_GENERATION].load(Ordering::Acquire))
     }
 
-    /// Readers may serve (true) or must not (false).
-    pub fn set_ready(&mut self, ready: bool) {
-        self.header()[H_READY].store(u64::from(ready), Ordering::Release);
+    /// Kills every slot of group `g` at once (flush, loss of trust).
+    pub fn bump_generation(&mut self, g: usize) {
+        if let Some(t) = self.trust(g) {
+            t[T_GENERATION].fetch_add(1, Ordering::AcqRel);
+        }
     }
 
-    /// Readers serve until `until_ns` (CLOCK_MONOTONIC); only ever moves forward,
-    /// except through [`Segment::clear_trust`].
-    pub fn advance_trust(&mut self, until_ns: u64) {
-        self.header()[H_TRUSTED_UNTIL].fetch_max(until_ns, Ordering::AcqRel);
+    /// Readers may serve group `g` (true) or must not (false).
+    pub fn set_ready(&mut self, g: usize, ready: bool) {
+        if let Some(t) = self.trust(g) {
+            t[T_READY].store(u64::from(ready), Ordering::Release);
+        }
     }
 
-    /// Not ready, no deadline, a new generation.
-    pub fn clear_trust(&mut self) {
-        self.set_ready(false);
-        self.header()[H_TRUSTED_UNTIL].store(0, Ordering::Release);
-        self.bump_generation();
+    /// Readers serve group `g` until `until_ns` (CLOCK_MONOTONIC); only ever
+    /// moves forward, except through [`Segment::clear_trust`].
+    pub fn advance_trust(&mut self, g: usize, until_ns: u64) {
+        if let Some(t) = self.trust(g) {
+            t[T_TRUSTED_UNTIL].fetch_max(until_ns, Ordering::AcqRel);
+        }
+    }
+
+    /// Group `g`: not ready, no deadline, a new generation.
+    pub fn clear_trust(&mut self, g: usize) {
+        self.set_ready(g, false);
+        if let Some(t) = self.trust(g) {
+            t[T_TRUSTED_UNTIL].store(0, Ordering::Release);
+        }
+        self.bump_generation(g);
     }
 
     /// Writes slot `i`; false if it does not fit or `i` is out of range.
@@ -550,17 +616,22 @@ impl View {
         let w = map.words();
         let field = |i: usize| w.get(i).map_or(0, |x| x.load(Ordering::Acquire));
         if field(H_MAGIC) != MAGIC || field(H_VERSION) != VERSION {
-            return Err(ShmError::Invalid("not a shoal segment of version 1".into()));
+            return Err(ShmError::Invalid(format!(
+                "not a shoal segment of version {VERSION}"
+            )));
         }
         let slot_words = usize::try_from(field(H_SLOT_WORDS)).unwrap_or(0);
         let slot_count = usize::try_from(field(H_SLOT_COUNT)).unwrap_or(0);
+        let groups = usize::try_from(field(H_GROUPS)).unwrap_or(0);
         let fits = slot_words
             .checked_mul(slot_count)
             .and_then(|n| n.checked_add(HEADER_WORDS))
+            .and_then(|n| n.checked_add(groups.checked_mul(TRUST_WORDS)?))
             .is_some_and(|n| n <= w.len());
-        if slot_words <= SLOT_HEAD || slot_count == 0 || !fits {
+        if slot_words <= SLOT_HEAD || slot_count == 0 || groups == 0 || groups > MAX_GROUPS || !fits
+        {
             return Err(ShmError::Invalid(format!(
-                "slot geometry {slot_count} x {slot_words} words does not fit {} words",
+                "geometry of {groups} trust group(s) and {slot_count} x {slot_words}-word slots does not fit {} words",
                 w.len()
             )));
         }
@@ -570,6 +641,7 @@ impl View {
             layout: Layout {
                 slot_words,
                 slot_count,
+                groups,
             },
             seed,
         })

@@ -17,16 +17,23 @@ const NOW: u64 = 1_000;
 const LATER: u64 = 1_000_000_000;
 
 fn seg(total: u64, slot: u64) -> Segment {
-    let mut s = Segment::create(total, slot).unwrap();
-    s.set_ready(true);
-    s.advance_trust(LATER);
+    seg_groups(total, slot, 1)
+}
+
+/// A segment with `groups` trust groups, every one ready until `LATER`.
+fn seg_groups(total: u64, slot: u64, groups: usize) -> Segment {
+    let mut s = Segment::create(total, slot, groups).unwrap();
+    for g in 0..groups {
+        s.set_ready(g, true);
+        s.advance_trust(g, LATER);
+    }
     s
 }
 
 fn put(s: &mut Segment, key: &str, value: &[u8], expires_ns: u64) -> bool {
     let h = s.hash(key.as_bytes());
     let i = s.layout().probe(h)[0];
-    let generation = s.generation();
+    let generation = s.generation(s.group_of(key.as_bytes()));
     s.write(
         i,
         &Record {
@@ -76,14 +83,14 @@ fn entries_expire_and_trust_has_a_deadline() {
         Lookup::Untrusted,
         "at the deadline: refused"
     );
-    s.advance_trust(2 * LATER);
+    s.advance_trust(0, 2 * LATER);
     assert!(hit(view.get_at(b"k", 4_000)).is_some());
-    s.advance_trust(10); // never moves back
+    s.advance_trust(0, 10); // never moves back
     assert!(hit(view.get_at(b"k", 4_000)).is_some());
-    s.clear_trust();
+    s.clear_trust(0);
     assert_eq!(view.get_at(b"k", 4_000), Lookup::Untrusted, "loss of trust");
-    s.set_ready(true);
-    s.advance_trust(LATER);
+    s.set_ready(0, true);
+    s.advance_trust(0, LATER);
     assert_eq!(
         view.get_at(b"k", 4_000),
         Lookup::Miss,
@@ -101,8 +108,60 @@ fn a_flush_kills_every_slot_and_a_retire_one() {
     s.retire(i);
     assert_eq!(view.get_at(b"a", NOW), Lookup::Miss);
     assert!(hit(view.get_at(b"b", NOW)).is_some());
-    s.bump_generation();
+    s.bump_generation(0);
     assert_eq!(view.get_at(b"b", NOW), Lookup::Miss);
+}
+
+/// Keys of different cluster buckets have their own trust: one group's loss of
+/// trust, deadline or flush leaves the other group's keys served.
+#[test]
+fn each_group_has_its_own_trust_and_generation() {
+    let mut s = seg_groups(1 << 20, 256, 8);
+    // Two keys of different groups (CLUSTER KEYSLOT mod 8).
+    let a = "user:1";
+    let b = (2..)
+        .map(|i| format!("user:{i}"))
+        .find(|k| s.group_of(k.as_bytes()) != s.group_of(a.as_bytes()))
+        .unwrap();
+    let (ga, gb) = (s.group_of(a.as_bytes()), s.group_of(b.as_bytes()));
+    assert_eq!(ga, usize::from(crate::keyslot::keyslot(a.as_bytes())) % 8);
+    assert!(put(&mut s, a, b"A", LATER));
+    assert!(put(&mut s, &b, b"B", 4 * LATER));
+    let view = View::from_fd(s.share().unwrap()).unwrap();
+    assert_eq!(view.layout().groups, 8);
+    assert!(hit(view.get_at(a.as_bytes(), NOW)).is_some());
+
+    s.clear_trust(ga);
+    assert_eq!(view.get_at(a.as_bytes(), NOW), Lookup::Untrusted);
+    assert_eq!(
+        hit(view.get_at(b.as_bytes(), NOW)).as_deref(),
+        Some(&b"B"[..])
+    );
+
+    s.advance_trust(gb, 3 * LATER);
+    assert_eq!(
+        hit(view.get_at(b.as_bytes(), 2 * LATER)).as_deref(),
+        Some(&b"B"[..]),
+        "its own deadline"
+    );
+    s.bump_generation(gb);
+    assert_eq!(
+        view.get_at(b.as_bytes(), NOW),
+        Lookup::Miss,
+        "flushed alone"
+    );
+    s.set_ready(ga, true);
+    s.advance_trust(ga, LATER);
+    assert_eq!(
+        view.get_at(a.as_bytes(), NOW),
+        Lookup::Miss,
+        "a's old copy is dead"
+    );
+    assert!(put(&mut s, a, b"A2", LATER));
+    assert_eq!(
+        hit(view.get_at(a.as_bytes(), NOW)).as_deref(),
+        Some(&b"A2"[..])
+    );
 }
 
 #[test]
@@ -186,16 +245,26 @@ fn sealed_memfd(bytes: &[u8]) -> OwnedFd {
     fd
 }
 
+/// A header with one trust group, and its trust record (trusted for ever).
 fn header(slot_words: u64, slot_count: u64) -> Vec<u8> {
-    let mut h = vec![0u8; HEADER_WORDS * 8];
+    header_groups(slot_words, slot_count, 1, 1)
+}
+
+/// A header claiming `groups` trust groups, followed by `records` records.
+fn header_groups(slot_words: u64, slot_count: u64, groups: u64, records: usize) -> Vec<u8> {
+    let mut h = vec![0u8; (HEADER_WORDS + records * TRUST_WORDS) * 8];
     let mut set = |i: usize, v: u64| h[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
     set(H_MAGIC, MAGIC);
     set(H_VERSION, VERSION);
     set(H_SLOT_WORDS, slot_words);
     set(H_SLOT_COUNT, slot_count);
-    set(H_GENERATION, 1);
-    set(H_READY, 1);
-    set(H_TRUSTED_UNTIL, u64::MAX);
+    set(H_GROUPS, groups);
+    for g in 0..records {
+        let t = HEADER_WORDS + g * TRUST_WORDS;
+        set(t + T_GENERATION, 1);
+        set(t + T_READY, 1);
+        set(t + T_TRUSTED_UNTIL, u64::MAX);
+    }
     h
 }
 
@@ -218,6 +287,18 @@ fn truncated_unsealed_and_foreign_segments_are_refused() {
         View::from_fd(sealed_memfd(&header(2, 1))).is_err(),
         "slot smaller than its head"
     );
+    // Trust groups: none, too many, or more records than the file holds.
+    for (groups, records) in [(0, 0), (MAX_GROUPS as u64 + 1, 1), (3, 2)] {
+        let mut bytes = header_groups(32, 1, groups, records);
+        bytes.extend(vec![0u8; 32 * 8]);
+        assert!(
+            View::from_fd(sealed_memfd(&bytes)).is_err(),
+            "{groups} groups, {records} records"
+        );
+    }
+    let mut bytes = header_groups(32, 1, 3, 3);
+    bytes.extend(vec![0u8; 32 * 8]);
+    assert!(View::from_fd(sealed_memfd(&bytes)).is_ok(), "3 groups");
     // Not a shoal segment.
     let mut foreign = header(32, 1);
     foreign[0] ^= 1;
@@ -250,7 +331,7 @@ fn garbage_slots_never_crash_a_reader() {
         let h = hash_key(view_seed, b"key");
         for s in 0..slot_count as usize {
             if rng.random_bool(0.5) {
-                let base = (HEADER_WORDS + s * slot_words as usize) * 8;
+                let base = (HEADER_WORDS + TRUST_WORDS + s * slot_words as usize) * 8;
                 let mut set = |w: usize, v: u64| {
                     bytes[base + w * 8..base + w * 8 + 8].copy_from_slice(&v.to_le_bytes())
                 };

@@ -193,7 +193,7 @@ impl L1 {
         let Some(group) = self.group(g) else { return };
         self.generation.fetch_add(1, Ordering::SeqCst);
         group.ready.store(true, Ordering::SeqCst);
-        self.mirror_trust();
+        self.mirror_trust(g);
     }
 
     /// L1 can no longer be trusted: reads bypass it, in-flight fills are void.
@@ -204,7 +204,7 @@ impl L1 {
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(shm) = &self.shm {
-            shm.set_unready();
+            shm.set_unready(None);
         }
     }
 
@@ -215,7 +215,7 @@ impl L1 {
         group.proof_us.store(0, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(shm) = &self.shm {
-            shm.set_unready();
+            shm.set_unready(Some(g));
         }
     }
 
@@ -234,7 +234,9 @@ impl L1 {
                 .proof_us
                 .fetch_max(self.micros_at(sent), Ordering::SeqCst);
         }
-        self.mirror_trust();
+        for g in 0..self.groups.len() {
+            self.mirror_trust(g);
+        }
     }
 
     /// Records a delivery proof for group `g`.
@@ -243,23 +245,26 @@ impl L1 {
         group
             .proof_us
             .fetch_max(self.micros_at(sent), Ordering::SeqCst);
-        self.mirror_trust();
+        self.mirror_trust(g);
     }
 
-    /// The shared-memory segment has one trust for all keys: ready when every
-    /// group is, and trusted as long as the oldest group's proof allows.
-    fn mirror_trust(&self) {
-        let Some(shm) = &self.shm else { return };
-        let mut oldest = u64::MAX;
-        for group in self.groups.iter() {
-            let p = group.proof_us.load(Ordering::SeqCst);
-            if p == 0 || !group.ready.load(Ordering::SeqCst) {
-                return;
-            }
-            oldest = oldest.min(p);
+    /// The shared-memory segment keeps trust per group, as L1 does: group `g`
+    /// is served there while it is ready here, until its newest proof + Δ.
+    fn mirror_trust(&self, g: usize) {
+        let (Some(shm), Some(group)) = (&self.shm, self.group(g)) else {
+            return;
+        };
+        let trusted =
+            || group.ready.load(Ordering::SeqCst) && group.proof_us.load(Ordering::SeqCst) != 0;
+        let p = group.proof_us.load(Ordering::SeqCst);
+        if p == 0 || !trusted() {
+            return;
         }
-        shm.set_ready();
-        shm.prove(self.origin + Duration::from_micros(oldest.saturating_sub(1)));
+        shm.prove(
+            g,
+            self.origin + Duration::from_micros(p.saturating_sub(1)),
+            trusted,
+        );
     }
 
     /// How old the oldest group's newest delivery proof is (`None`: a group
@@ -450,7 +455,7 @@ impl L1 {
             m.store(0, Ordering::SeqCst);
         }
         if let Some(shm) = &self.shm {
-            shm.flush();
+            shm.flush(None);
         }
         self.stats.record_flush(reason);
         tracing::warn!(reason = reason.as_str(), "L1 flushed");
@@ -459,8 +464,8 @@ impl L1 {
     /// Empties group `g` alone (its shard lost or replaced data) and voids
     /// every fill in flight: its entries are never served again (their flush
     /// count is old) and leave moka by expiry or eviction. The change marks
-    /// stay (they may refuse a good fill, never admit a bad one); the
-    /// shared-memory segment is flushed whole.
+    /// stay (they may refuse a good fill, never admit a bad one). The
+    /// shared-memory segment flushes the same group.
     pub fn flush_group(&self, g: usize, reason: FlushReason) {
         let Some(group) = self.group(g) else { return };
         if self.groups.len() == 1 {
@@ -469,7 +474,7 @@ impl L1 {
         self.generation.fetch_add(1, Ordering::SeqCst);
         group.flushes.fetch_add(1, Ordering::SeqCst);
         if let Some(shm) = &self.shm {
-            shm.flush();
+            shm.flush(Some(g));
         }
         self.stats.record_flush(reason);
         tracing::warn!(

@@ -13,11 +13,13 @@
 //!   holds an older copy) before returning, so before the subscriber advances
 //!   `applied` and before an invalidating request is answered. The coherence
 //!   rules therefore cover shared-memory readers unchanged.
-//! - **trust**: the header mirrors L1's trust. A flush or loss of trust bumps the
-//!   header generation (every slot dies at once) and, for a loss, clears the
-//!   ready word and the deadline; each delivery proof moves "trusted until" to
-//!   proof + Δ on CLOCK_MONOTONIC, so readers stop within Δ of the last proof,
-//!   as the daemon's own hit path does.
+//! - **trust**: the segment mirrors L1's trust, group by group (one group, or
+//!   one per cluster bucket: the segment's groups are L1's). A flush or loss
+//!   of trust of a group bumps its generation (every slot of it dies at once)
+//!   and, for a loss, clears its ready word and deadline; each delivery proof
+//!   moves its "trusted until" to proof + Δ on CLOCK_MONOTONIC, so readers stop
+//!   within Δ of the group's last proof, as the daemon's own hit path does,
+//!   and a shard in trouble stops only its buckets' readers.
 //!
 //! Which slots hold which key is kept here too (`meta`), so a retire or a
 //! republish never has to read the shared memory back.
@@ -40,6 +42,8 @@ use crate::store::streamid::StreamId;
 struct Meta {
     key: Arc<str>,
     pos: StreamId,
+    /// The key's trust group, and its generation when the slot was written.
+    group: usize,
     generation: u64,
     expires_ns: u64,
 }
@@ -64,13 +68,17 @@ pub struct Shm {
 }
 
 impl Shm {
-    /// The segment `config` asks for; `None` when `cache.shm_bytes` is 0.
-    pub fn new(config: &crate::config::CacheConfig) -> Result<Option<Shm>, ShmError> {
+    /// The segment `config` asks for, with `groups` trust groups (L1's: one,
+    /// or one per cluster bucket); `None` when `cache.shm_bytes` is 0.
+    pub fn new(
+        config: &crate::config::CacheConfig,
+        groups: usize,
+    ) -> Result<Option<Shm>, ShmError> {
         let bytes = config.shm_bytes.as_u64();
         if bytes == 0 {
             return Ok(None);
         }
-        let seg = Segment::create(bytes, config.shm_slot_bytes.as_u64())?;
+        let seg = Segment::create(bytes, config.shm_slot_bytes.as_u64(), groups)?;
         let slots = seg.layout().slot_count;
         Ok(Some(Shm {
             inner: Mutex::new(Inner {
@@ -95,7 +103,9 @@ impl Shm {
             Ok(g) => g,
             Err(p) => {
                 let mut g = p.into_inner();
-                g.seg.clear_trust();
+                for group in 0..g.seg.layout().groups {
+                    g.seg.clear_trust(group);
+                }
                 self.attached.store(false, Ordering::SeqCst);
                 g
             }
@@ -127,16 +137,22 @@ impl Shm {
         if key.len() + e.value.len() > seg.layout().capacity() {
             return;
         }
-        let generation = seg.generation();
+        let group = seg.group_of(key.as_bytes());
+        let generation = seg.generation(group);
         let h = seg.hash(key.as_bytes());
         let probe = seg.layout().probe(h);
-        fn live(m: &Option<Meta>, generation: u64) -> Option<&Meta> {
-            m.as_ref().filter(|m| m.generation == generation)
-        }
+        // A slot's copy is alive while its group's generation is the one it
+        // was written in (the two slots may hold keys of different groups).
+        let seg_ref = &*seg;
+        let live = |m: &Option<Meta>| -> Option<Meta> {
+            m.as_ref()
+                .filter(|m| m.generation == seg_ref.generation(m.group))
+                .cloned()
+        };
         // Already there (the same copy): nothing to do.
         if probe
             .iter()
-            .any(|&i| live(&meta[i], generation).is_some_and(|m| *m.key == *key && m.pos == e.pos))
+            .any(|&i| live(&meta[i]).is_some_and(|m| *m.key == *key && m.pos == e.pos))
         {
             return;
         }
@@ -147,15 +163,10 @@ impl Shm {
         let slot = probe
             .iter()
             .copied()
-            .find(|&i| live(&meta[i], generation).is_some_and(|m| *m.key == *key))
-            .or_else(|| {
-                probe
-                    .iter()
-                    .copied()
-                    .find(|&i| live(&meta[i], generation).is_none())
-            })
+            .find(|&i| live(&meta[i]).is_some_and(|m| *m.key == *key))
+            .or_else(|| probe.iter().copied().find(|&i| live(&meta[i]).is_none()))
             .unwrap_or_else(|| {
-                let exp = |i: usize| live(&meta[i], generation).map_or(0, |m| m.expires_ns);
+                let exp = |i: usize| live(&meta[i]).map_or(0, |m| m.expires_ns);
                 if exp(probe[0]) <= exp(probe[1]) {
                     probe[0]
                 } else {
@@ -178,6 +189,7 @@ impl Shm {
             meta[slot] = Some(Meta {
                 key: Arc::from(key),
                 pos: e.pos,
+                group,
                 generation,
                 expires_ns,
             });
@@ -207,34 +219,66 @@ impl Shm {
         }
     }
 
-    /// L1 was flushed: every slot dies.
-    pub(crate) fn flush(&self) {
+    /// The groups `which` names: one, or all of them.
+    fn groups(seg: &Segment, which: Option<usize>) -> std::ops::Range<usize> {
+        let n = seg.layout().groups;
+        match which {
+            Some(g) if g < n => g..g + 1,
+            Some(_) => 0..0,
+            None => 0..n,
+        }
+    }
+
+    /// L1 was flushed, whole (`None`) or for group `g`: its slots die.
+    pub(crate) fn flush(&self, which: Option<usize>) {
         let mut g = self.lock();
-        g.seg.bump_generation();
-        g.meta.iter_mut().for_each(|m| *m = None);
+        let Inner { seg, meta } = &mut *g;
+        for group in Self::groups(seg, which) {
+            seg.bump_generation(group);
+        }
+        for m in meta.iter_mut() {
+            if m.as_ref()
+                .is_some_and(|m| which.is_none_or(|w| w == m.group))
+            {
+                *m = None;
+            }
+        }
     }
 
-    /// L1 is no longer trusted: readers stop at once, every slot dies.
-    pub(crate) fn set_unready(&self) {
+    /// L1 (`None`) or group `g` is no longer trusted: its readers stop at
+    /// once, its slots die.
+    pub(crate) fn set_unready(&self, which: Option<usize>) {
         let mut g = self.lock();
-        g.seg.clear_trust();
-        g.meta.iter_mut().for_each(|m| *m = None);
+        let Inner { seg, meta } = &mut *g;
+        for group in Self::groups(seg, which) {
+            seg.clear_trust(group);
+        }
+        for m in meta.iter_mut() {
+            if m.as_ref()
+                .is_some_and(|m| which.is_none_or(|w| w == m.group))
+            {
+                *m = None;
+            }
+        }
     }
 
-    /// L1 is trusted again (after a delivery proof was recorded).
-    pub(crate) fn set_ready(&self) {
-        self.lock().seg.set_ready(true);
-    }
-
-    /// A delivery proof sent at `sent`: readers may serve until `sent + Δ`.
-    pub(crate) fn prove(&self, sent: Instant) {
+    /// Group `g` is trusted until `sent + Δ` (its newest delivery proof was
+    /// sent at `sent`), if `ready` (L1 trusts the group) still holds under the
+    /// writer lock: a loss of trust marks L1 first and clears the group here
+    /// after, so it is never undone by a proof that raced it.
+    pub(crate) fn prove(&self, g: usize, sent: Instant, ready: impl Fn() -> bool) {
         let until = self.clock.at(sent).saturating_add(self.max_staleness_ns);
-        self.lock().seg.advance_trust(until);
+        let mut inner = self.lock();
+        if !ready() {
+            return;
+        }
+        inner.seg.set_ready(g, true);
+        inner.seg.advance_trust(g, until);
     }
 
     /// The daemon stops: readers stop at once.
     pub fn close(&self) {
-        self.set_unready();
+        self.set_unready(None);
     }
 }
 
@@ -290,7 +334,7 @@ mod tests {
             max_staleness: delta,
             ..Default::default()
         };
-        let shm = Arc::new(Shm::new(&config).unwrap().unwrap());
+        let shm = Arc::new(Shm::new(&config, 1).unwrap().unwrap());
         let l1 = L1::new(
             1 << 20,
             Duration::from_secs(60),
@@ -377,10 +421,63 @@ mod tests {
         assert!(hit(view.get_at(b"k", now + delta_ns)).is_some());
     }
 
+    /// On a cluster the segment's trust groups are L1's buckets: a bucket's
+    /// loss of trust, its proofs stopping, or its flush stop the readers of
+    /// its keys only.
+    #[tokio::test]
+    async fn each_bucket_is_trusted_and_flushed_alone_in_shared_memory() {
+        let config = crate::config::CacheConfig {
+            shm_bytes: bytesize::ByteSize::mib(1),
+            ..Default::default()
+        };
+        let shm = Arc::new(Shm::new(&config, 8).unwrap().unwrap());
+        let l1 = L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Arc::new(Stats::default()),
+        )
+        .with_buckets(8)
+        .with_shm(Some(shm.clone()));
+        let view = View::from_fd(shm.share().unwrap().0).unwrap();
+        l1.set_ready();
+        l1.prove_delivery(Instant::now());
+        let key_of = |g: usize| {
+            (0..)
+                .map(|i| format!("k{i}"))
+                .find(|k| l1.group_of(k) == g)
+                .unwrap()
+        };
+        let (a, b) = (key_of(1), key_of(5));
+        for k in [&a, &b] {
+            assert_eq!(view.layout().group_of(k.as_bytes()), l1.group_of(k));
+            let t = l1.ticket();
+            assert!(l1.fill(k, Bytes::from_static(b"v"), None, id(1), t).await);
+            l1.get(k).await;
+            assert!(hit(view.get(k.as_bytes())).is_some(), "{k} published");
+        }
+
+        l1.set_unready_group(1);
+        assert_eq!(view.get(a.as_bytes()), Lookup::Untrusted);
+        assert!(hit(view.get(b.as_bytes())).is_some(), "another bucket");
+        l1.set_ready_group(1);
+        assert_eq!(view.get(a.as_bytes()), Lookup::Untrusted, "no proof yet");
+        l1.prove_delivery_group(1, Instant::now());
+        assert_eq!(view.get(a.as_bytes()), Lookup::Miss, "its old copy is dead");
+        l1.get(&a).await;
+        assert!(hit(view.get(a.as_bytes())).is_some(), "published again");
+
+        l1.flush_group(5, FlushReason::RedisIdentity);
+        assert_eq!(view.get(b.as_bytes()), Lookup::Miss, "flushed");
+        assert!(hit(view.get(a.as_bytes())).is_some(), "another bucket kept");
+        l1.flush(FlushReason::BadMessage);
+        assert_eq!(view.get(a.as_bytes()), Lookup::Miss, "a whole flush");
+    }
+
     #[tokio::test]
     async fn nothing_is_published_before_a_client_attaches() {
         let config = crate::config::CacheConfig::default();
-        let shm = Arc::new(Shm::new(&config).unwrap().unwrap());
+        let shm = Arc::new(Shm::new(&config, 1).unwrap().unwrap());
         let l1 = L1::new(
             1 << 20,
             Duration::from_secs(60),

@@ -8,16 +8,8 @@
 //! sets, the bucket's log, channel and epoch share one slot and every script
 //! touches one slot.
 
-/// Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag (the first
-/// `{...}` with something inside) or of the whole key, mod 16384.
-pub fn keyslot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        let close = rest.iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| &rest[..close])
-    });
-    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
-}
+/// Redis Cluster's slot of a key (shared with the shared-memory reader).
+pub use shoal_client::keyslot::keyslot;
 
 /// Names of every key, channel and stream shoal uses under `redis.prefix`.
 #[derive(Debug, Clone)]
