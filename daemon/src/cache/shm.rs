@@ -231,27 +231,26 @@ impl Shm {
 
     /// L1 was flushed, whole (`None`) or for group `g`: its slots die.
     pub(crate) fn flush(&self, which: Option<usize>) {
-        let mut g = self.lock();
-        let Inner { seg, meta } = &mut *g;
-        for group in Self::groups(seg, which) {
-            seg.bump_generation(group);
-        }
-        for m in meta.iter_mut() {
-            if m.as_ref()
-                .is_some_and(|m| which.is_none_or(|w| w == m.group))
-            {
-                *m = None;
-            }
-        }
+        self.end_groups(which, false);
     }
 
     /// L1 (`None`) or group `g` is no longer trusted: its readers stop at
     /// once, its slots die.
     pub(crate) fn set_unready(&self, which: Option<usize>) {
+        self.end_groups(which, true);
+    }
+
+    /// Every slot of `which` dies (a new generation); with `untrust`, its
+    /// readers also stop until the next proof (ready word and deadline cleared).
+    fn end_groups(&self, which: Option<usize>, untrust: bool) {
         let mut g = self.lock();
         let Inner { seg, meta } = &mut *g;
         for group in Self::groups(seg, which) {
-            seg.clear_trust(group);
+            if untrust {
+                seg.clear_trust(group);
+            } else {
+                seg.bump_generation(group);
+            }
         }
         for m in meta.iter_mut() {
             if m.as_ref()
