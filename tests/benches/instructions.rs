@@ -129,6 +129,34 @@ async fn client(kind: &str, ops: u64, target: &str) -> Result<()> {
                 c.get_raw("hot").await?;
             }
         }
+        "lookup-1" | "lookup-16" => {
+            // The segment's lookup alone (no socket, no client): with one trust
+            // group, as standalone, and with 16, as on a cluster with 16
+            // buckets, where the key's group is its CLUSTER KEYSLOT mod 16.
+            use shoal_client::shm::{mono_now_ns, Lookup, Record, Segment};
+            let groups = if kind == "lookup-16" { 16 } else { 1 };
+            let mut seg = Segment::create(1 << 20, 256, groups)?;
+            for g in 0..groups {
+                seg.set_ready(g, true);
+                seg.advance_trust(g, u64::MAX);
+            }
+            let key = b"hot";
+            let hash = seg.hash(key);
+            let rec = Record {
+                generation: seg.generation(seg.group_of(key)),
+                expires_ns: u64::MAX,
+                l2_expires_ns: 0,
+                hash,
+                key,
+                value: &[b'x'; 100],
+            };
+            anyhow::ensure!(seg.write(seg.layout().probe(hash)[0], &rec), "written");
+            let now = mono_now_ns().context("CLOCK_MONOTONIC")?;
+            anyhow::ensure!(matches!(seg.lookup(key, now), Lookup::Hit { .. }), "a hit");
+            for _ in 0..ops {
+                std::hint::black_box(seg.lookup(std::hint::black_box(key), now));
+            }
+        }
         other => bail!("unknown client kind {other}"),
     }
     Ok(())
@@ -368,6 +396,8 @@ async fn bench() -> Result<()> {
     // Prime the shared-memory slot (an L1 hit through the socket publishes it).
     c.get_raw("hot").await?;
     let client_shm = client_cost(d, "shoal-shm", &daemon.socket.display().to_string()).await?;
+    let lookup_1 = client_cost(d, "lookup-1", "").await?;
+    let lookup_16 = client_cost(d, "lookup-16", "").await?;
     drop(c);
     daemon.signal(nix::sys::signal::Signal::SIGTERM)?;
     daemon.wait_exit(Duration::from_secs(30)).await?;
@@ -385,6 +415,16 @@ async fn bench() -> Result<()> {
     rows.push((
         "shoal L1 hit, shared memory (client only; no server work)",
         client_shm,
+        0.0,
+    ));
+    rows.push((
+        "shared-memory lookup alone, 1 trust group (standalone)",
+        lookup_1,
+        0.0,
+    ));
+    rows.push((
+        "shared-memory lookup alone, 16 trust groups (cluster buckets)",
+        lookup_16,
         0.0,
     ));
     for (name, what, l2) in [

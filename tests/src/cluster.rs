@@ -448,7 +448,7 @@ impl ClusterSet {
     }
 
     /// Whether node `i` answers `role:master`.
-    async fn is_primary(&self, i: usize) -> bool {
+    pub async fn is_primary(&self, i: usize) -> bool {
         Self::replication(&self.nodes[i])
             .await
             .get("role")

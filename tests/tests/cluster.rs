@@ -943,6 +943,68 @@ async fn a_daemon_keeps_serving_through_resharding_and_failovers() -> Result<()>
     Ok(())
 }
 
+/// A primary that hangs (SIGSTOP: its connections stay open, nothing answers)
+/// past the cluster's node timeout is failed over by its replica; the daemon
+/// routes around it: every cache and session operation succeeds again while
+/// the hung node is still stopped, within the node timeout plus seconds, and
+/// again after it resumes (as a replica). `wait_replicas = 0`, since the
+/// promoted shard has no live replica to confirm changes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_failed_over_and_routed_around() -> Result<()> {
+    const BUCKETS: u16 = 8;
+    let cluster = ClusterSet::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = shoal_tests::shoald::Config::default();
+    c.node.id = "d0".into();
+    c.socket.path = dir.path().join("d0.sock");
+    c.admin.listen = String::new();
+    c.redis.timeout = Duration::from_secs(1);
+    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+        urls: cluster.urls(),
+        buckets: BUCKETS,
+        wait_replicas: 0,
+        ..Default::default()
+    });
+    let daemon = Daemon::start_ready(c).await?;
+    let client = daemon.client().await?;
+    let keys: Vec<String> = (0..24).map(|i| format!("key{i}")).collect();
+    let mut round = 0;
+    settle(&client, &keys, &mut round, Duration::from_secs(10)).await?;
+
+    let slot = bucket_slot(shoal_tests::cluster::bucket_of("key0", BUCKETS));
+    let hung = cluster.primary_of_slot(slot).await?;
+    let replica = cluster.replica_of(hung).await?;
+    cluster.nodes[hung].signal(nix::sys::signal::Signal::SIGSTOP)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.is_primary(replica).await {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {replica} was never promoted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = Instant::now();
+    let during = settle(&client, &keys, &mut round, Duration::from_secs(20)).await;
+    let took = promoted.elapsed();
+    // L1 too: every bucket proven again (the promoted shard's through its
+    // new primary), while the old one still hangs.
+    let ready = daemon.wait_ready(Duration::from_secs(20)).await;
+    let trusted = promoted.elapsed();
+    cluster.nodes[hung].signal(nix::sys::signal::Signal::SIGCONT)?;
+    let during =
+        during.with_context(|| format!("while node {hung} hung, {took:?} after the promotion"))?;
+    ready.with_context(|| format!("L1 while node {hung} hung, {trusted:?} after the promotion"))?;
+    println!(
+        "clean {took:?}, L1 trusted {trusted:?} after the promotion ({} errors before)",
+        during.len()
+    );
+    cluster.wait_ok(Duration::from_secs(30)).await?;
+    settle(&client, &keys, &mut round, Duration::from_secs(20))
+        .await
+        .context("after the hung node resumed")?;
+    Ok(())
+}
+
 /// `quota.usage` (and the `/quotas` page) lists the keys of every shard: a
 /// bare `SCAN` through a cluster client visits one node, whose cursor means
 /// nothing to the next.

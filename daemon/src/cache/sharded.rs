@@ -31,6 +31,13 @@
 //! bucket's keys. A lost node connection (a `Disconnection` push, which does
 //! not say which node) untrusts every bucket at once; the next beats prove
 //! them again. The daemon reports ready (caught up) while every bucket is.
+//!
+//! A primary that hangs with its connections open keeps a connection's slot
+//! map pointing at it (redis-rs refreshes it on `MOVED` or a dropped
+//! connection, never on a timeout): once its replica has taken over, its
+//! buckets' re-subscriptions on that connection go unanswered. When one
+//! does, a fresh connection (a fresh slot map) is opened beside the first and
+//! the silent buckets are subscribed there; the other buckets keep theirs.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -138,7 +145,11 @@ impl Sharded<'_> {
     async fn session(&mut self) -> String {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let endpoint = self.sub.store.endpoint().clone();
-        let mut conn = match endpoint.cluster_pubsub(tx).await {
+        // Re-subscriptions that went unanswered (see the module documentation).
+        let (stuck_tx, mut stuck_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut fresh: Option<redis::cluster_async::ClusterConnection> = None;
+        let mut renewed: Option<Instant> = None;
+        let mut conn = match endpoint.cluster_pubsub(tx.clone()).await {
             Ok(c) => c,
             Err(e) => return format!("connect failed: {e}"),
         };
@@ -182,7 +193,29 @@ impl Sharded<'_> {
                 }
                 _ = beat.tick() => {
                     self.send_beats();
-                    self.resubscribe_silent(&conn);
+                    self.resubscribe_silent(fresh.as_ref().unwrap_or(&conn), &stuck_tx);
+                }
+                Some(()) = stuck_rx.recv() => {
+                    // At most one new connection per timeout: the cluster may
+                    // simply not have failed the node over yet.
+                    if renewed.is_some_and(|t| t.elapsed() < self.limit()) {
+                        continue;
+                    }
+                    renewed = Some(Instant::now());
+                    // (The connect has its own deadline; a hung seed may take
+                    // up to the connection timeout.)
+                    match endpoint.cluster_pubsub(tx.clone()).await {
+                        Ok(c) => {
+                            tracing::warn!("a bucket's re-subscription went unanswered: subscribing silent buckets on a fresh cluster connection");
+                            // Buckets the previous fresh connection carried go
+                            // silent with it and are subscribed again here.
+                            fresh = Some(c);
+                            for b in &mut self.buckets {
+                                b.resubscribed = None;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "no fresh cluster pubsub connection"),
+                    }
                 }
             }
         }
@@ -218,7 +251,12 @@ impl Sharded<'_> {
     /// Buckets without a proof for 2Δ are subscribed again (redis-rs
     /// re-subscribes after reconnects; this covers a subscription the server
     /// dropped, e.g. `SUNSUBSCRIBE` after a slot moved, at most every 2Δ).
-    fn resubscribe_silent(&mut self, conn: &redis::cluster_async::ClusterConnection) {
+    /// A re-subscription that goes unanswered is reported on `stuck`.
+    fn resubscribe_silent(
+        &mut self,
+        conn: &redis::cluster_async::ClusterConnection,
+        stuck: &tokio::sync::mpsc::UnboundedSender<()>,
+    ) {
         let stale = self.sub.max_staleness * 2;
         let mut again = Vec::new();
         let mut lost = Vec::new();
@@ -249,9 +287,14 @@ impl Sharded<'_> {
         let chans: Vec<Vec<String>> = again.iter().map(|&b| self.bucket_channels(b)).collect();
         let mut conn = conn.clone();
         let limit = self.limit();
+        let stuck = stuck.clone();
         tokio::spawn(async move {
             for c in chans {
-                let _ = tokio::time::timeout(limit, conn.ssubscribe(&c)).await;
+                // Unanswered: redis-rs's own response timeout, or ours.
+                let answered = tokio::time::timeout(limit, conn.ssubscribe(&c)).await;
+                if !matches!(answered, Ok(Ok(()))) {
+                    let _ = stuck.send(());
+                }
             }
         });
     }

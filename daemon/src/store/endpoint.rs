@@ -80,6 +80,8 @@ struct ClusterNodes {
     conn: tokio::sync::Mutex<Option<ClusterConnection>>,
     /// Connections for changes followed by `WAIT` (made on first use).
     writers: tokio::sync::Mutex<Option<Arc<[ClusterConnection]>>>,
+    /// When the shared connections were last given up after a timeout.
+    renewed: Mutex<Option<Instant>>,
 }
 
 /// The way to the primary. Shared by the store and the background tasks.
@@ -131,6 +133,7 @@ impl Endpoint {
             password: c.password.expose().to_string(),
             conn: tokio::sync::Mutex::new(None),
             writers: tokio::sync::Mutex::new(None),
+            renewed: Mutex::new(None),
         });
         let (current, sentinels) = match &config.redis.sentinel {
             None if cluster.is_some() => (None, None),
@@ -336,6 +339,35 @@ impl Endpoint {
             return Ok(Conn::Manager(p.conn.clone()));
         }
         self.resolve().await.map(|p| Conn::Manager(p.conn))
+    }
+
+    /// A call on the cluster went unanswered: gives up the shared cluster
+    /// connections (at most once per `redis.timeout`), so the next call makes
+    /// new ones with the slot map the cluster has now. redis-rs refreshes its
+    /// slot map on `MOVED` or a dropped connection, never on a timeout, so a
+    /// primary that hangs with its connections open (stopped, frozen, cut off
+    /// without a reset) would be asked for its slots forever, even after its
+    /// replica took them over. Calls already running keep their clone.
+    pub fn renew_cluster_after_timeout(&self) {
+        let Some(c) = &self.cluster else { return };
+        {
+            let mut last = c.renewed.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.timeout) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        // A lock held means a connection is being made right now: it is new.
+        if let Ok(mut conn) = c.conn.try_lock() {
+            *conn = None;
+        }
+        if let Ok(mut writers) = c.writers.try_lock() {
+            *writers = None;
+        }
+        tracing::warn!(
+            "a redis cluster call went unanswered: reconnecting with a fresh slot map \
+             (a primary may hang and have been failed over)"
+        );
     }
 
     /// A connection for a change followed by `WAIT` (one of [`WRITERS`];

@@ -295,6 +295,7 @@ impl Store {
             Err(_) => {}
         }
         // No answer within the deadline.
+        self.endpoint.renew_cluster_after_timeout();
         if self.circuit.on_timeout() {
             tracing::warn!(
                 timeout = ?self.timeout,
