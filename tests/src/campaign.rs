@@ -155,6 +155,10 @@ pub enum FaultKind {
     /// kept) within the node timeout: it stays the primary, its replica
     /// resyncs from it, the shard's data is lost (and only that shard's).
     ShardRestartEmpty,
+    /// Cluster: a primary hangs (SIGSTOP: its connections stay open, nothing
+    /// answers) past the node timeout, its replica is promoted, and it
+    /// resumes later (it learns it was demoted and becomes a replica).
+    ShardHang,
 }
 
 impl FaultKind {
@@ -189,20 +193,22 @@ impl FaultKind {
                 FaultKind::ClusterFailover,
                 FaultKind::ShardRestart,
                 FaultKind::ShardRestartEmpty,
+                FaultKind::ShardHang,
             ],
         }
     }
 
     /// The faults only a cluster meets.
-    pub const CLUSTER: [FaultKind; 5] = [
+    pub const CLUSTER: [FaultKind; 6] = [
         FaultKind::Reshard,
         FaultKind::ShardFailover,
         FaultKind::ClusterFailover,
         FaultKind::ShardRestart,
         FaultKind::ShardRestartEmpty,
+        FaultKind::ShardHang,
     ];
 
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::KillPubsub,
         FaultKind::KillNormal,
         FaultKind::RedisStop,
@@ -222,6 +228,7 @@ impl FaultKind {
         FaultKind::ClusterFailover,
         FaultKind::ShardRestart,
         FaultKind::ShardRestartEmpty,
+        FaultKind::ShardHang,
     ];
 
     pub fn name(self) -> &'static str {
@@ -245,6 +252,7 @@ impl FaultKind {
             FaultKind::ClusterFailover => "CLUSTER FAILOVER",
             FaultKind::ShardRestart => "shard primary restart, AOF kept",
             FaultKind::ShardRestartEmpty => "shard primary restart, data lost",
+            FaultKind::ShardHang => "shard primary hung past the node timeout",
         }
     }
 }
@@ -976,6 +984,7 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                     (4, FaultKind::ShardRestart),
                     (6, FaultKind::ClusterFailover),
                     (8, FaultKind::ShardRestartEmpty),
+                    (10, FaultKind::ShardHang),
                 ],
                 _ => &[],
             };
@@ -1011,7 +1020,8 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                 FaultKind::ShardFailover
                 | FaultKind::ClusterFailover
                 | FaultKind::ShardRestart
-                | FaultKind::ShardRestartEmpty,
+                | FaultKind::ShardRestartEmpty
+                | FaultKind::ShardHang,
             ) => config.converge_within * 6,
             (Topology::Sentinel | Topology::Cluster, _) | (_, FaultKind::DaemonKill) => {
                 config.converge_within * 3
@@ -1928,7 +1938,8 @@ async fn inject(
         | FaultKind::ShardFailover
         | FaultKind::ClusterFailover
         | FaultKind::ShardRestart
-        | FaultKind::ShardRestartEmpty => bail!("{} needs a cluster", kind.name()),
+        | FaultKind::ShardRestartEmpty
+        | FaultKind::ShardHang => bail!("{} needs a cluster", kind.name()),
         FaultKind::KillPrimary => {
             let Deployment::Sentinel(set) = dep else {
                 bail!("a primary kill needs Sentinel");
@@ -2166,6 +2177,25 @@ async fn inject_cluster(
                     "failed over meanwhile"
                 },
                 if primary { lost.len() } else { 0 }
+            ))
+        }
+        FaultKind::ShardHang => {
+            let i = healthy_primary(set, rng).await?;
+            let replica = set.replica_of(i).await?;
+            set.nodes[i].signal(nix::sys::signal::Signal::SIGSTOP)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !set.is_primary(replica).await {
+                if Instant::now() > deadline {
+                    set.nodes[i].signal(nix::sys::signal::Signal::SIGCONT)?;
+                    bail!("node {replica} was not promoted while node {i} hung");
+                }
+                sleep(100).await;
+            }
+            let ms = rng.random_range(0..2000);
+            sleep(ms).await;
+            set.nodes[i].signal(nix::sys::signal::Signal::SIGCONT)?;
+            Ok(format!(
+                "node {i} hung, node {replica} promoted, node {i} resumed {ms} ms later"
             ))
         }
         other => bail!("{} is not a cluster fault", other.name()),
