@@ -342,7 +342,8 @@ impl Endpoint {
     }
 
     /// A call on the cluster went unanswered: gives up the shared cluster
-    /// connections (at most once per `redis.timeout`), so the next call makes
+    /// connections (at most once per `redis.timeout`, and per second: an
+    /// overloaded cluster is not made busier by reconnects), so the next call makes
     /// new ones with the slot map the cluster has now. redis-rs refreshes its
     /// slot map on `MOVED` or a dropped connection, never on a timeout, so a
     /// primary that hangs with its connections open (stopped, frozen, cut off
@@ -352,7 +353,7 @@ impl Endpoint {
         let Some(c) = &self.cluster else { return };
         {
             let mut last = c.renewed.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < self.timeout) {
+            if last.is_some_and(|t| t.elapsed() < self.timeout.max(Duration::from_secs(1))) {
                 return;
             }
             *last = Some(Instant::now());
