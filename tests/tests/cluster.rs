@@ -25,6 +25,27 @@ fn cluster_config(cluster: &ClusterSet, dir: &std::path::Path) -> Result<String>
     Ok(file.to_str().context("utf-8 path")?.to_string())
 }
 
+/// A daemon's configuration on `cluster`: node `node`, its socket in `dir`,
+/// `buckets` buckets, `redis.timeout` 1 s, no admin listener.
+fn daemon_config(
+    cluster: &ClusterSet,
+    dir: &std::path::Path,
+    node: &str,
+    buckets: u16,
+) -> shoal_tests::shoald::Config {
+    let mut c = shoal_tests::shoald::Config::default();
+    c.node.id = node.into();
+    c.socket.path = dir.join(format!("{node}.sock"));
+    c.admin.listen = String::new();
+    c.redis.timeout = Duration::from_secs(1);
+    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
+        urls: cluster.urls(),
+        buckets,
+        ..Default::default()
+    });
+    c
+}
+
 async fn doctor(path: &str) -> Result<(i32, serde_json::Value)> {
     let (code, out, err) =
         shoal_tests::run_bin("shoalctl", &["--config", path, "doctor", "--json"]).await?;
@@ -165,15 +186,12 @@ async fn a_password_protected_cluster_serves_a_fleet_and_doctor() -> Result<()> 
     }
 
     let config = |node: &str, password: &str| {
-        let mut c = shoal_tests::shoald::Config::default();
-        c.node.id = node.into();
-        c.socket.path = dir.path().join(format!("{node}.sock"));
-        c.admin.listen = String::new();
-        c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
-            urls: urls.clone(),
-            password: shoal_tests::shoald::config::Secret(password.into()),
-            ..Default::default()
-        });
+        let mut c = daemon_config(&cluster, dir.path(), node, 16);
+        if let Some(cc) = c.redis.cluster.as_mut() {
+            // Seeds without the password: it comes from its own field.
+            cc.urls = urls.clone();
+            cc.password = shoal_tests::shoald::config::Secret(password.into());
+        }
         c
     };
     let a = Daemon::start_ready(config("a", PASSWORD)).await?;
@@ -511,16 +529,8 @@ async fn cluster_fleet(
     let mut daemons = Vec::new();
     let mut clients = Vec::new();
     for i in 0..n {
-        let mut c = shoal_tests::shoald::Config::default();
-        c.node.id = format!("d{i}");
-        c.socket.path = dir.join(format!("d{i}.sock"));
-        c.admin.listen = String::new();
+        let mut c = daemon_config(cluster, dir, &format!("d{i}"), 16);
         c.redis.timeout = Duration::from_millis(500);
-        c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
-            urls: cluster.urls(),
-            buckets: 16,
-            ..Default::default()
-        });
         for (name, p) in policies {
             c.ratelimit.policies.insert(name.to_string(), p.clone());
         }
@@ -838,17 +848,7 @@ async fn a_daemon_keeps_serving_through_resharding_and_failovers() -> Result<()>
     const BUCKETS: u16 = 8;
     let mut cluster = ClusterSet::start().await?;
     let dir = tempfile::tempdir()?;
-    let mut c = shoal_tests::shoald::Config::default();
-    c.node.id = "d0".into();
-    c.socket.path = dir.path().join("d0.sock");
-    c.admin.listen = String::new();
-    c.redis.timeout = Duration::from_secs(1);
-    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
-        urls: cluster.urls(),
-        buckets: BUCKETS,
-        ..Default::default()
-    });
-    let daemon = Daemon::start_ready(c).await?;
+    let daemon = Daemon::start_ready(daemon_config(&cluster, dir.path(), "d0", BUCKETS)).await?;
     let client = daemon.client().await?;
     let keys: Vec<String> = (0..24).map(|i| format!("key{i}")).collect();
     let mut round = 0;
@@ -954,17 +954,10 @@ async fn a_hung_primary_is_failed_over_and_routed_around() -> Result<()> {
     const BUCKETS: u16 = 8;
     let cluster = ClusterSet::start().await?;
     let dir = tempfile::tempdir()?;
-    let mut c = shoal_tests::shoald::Config::default();
-    c.node.id = "d0".into();
-    c.socket.path = dir.path().join("d0.sock");
-    c.admin.listen = String::new();
-    c.redis.timeout = Duration::from_secs(1);
-    c.redis.cluster = Some(shoal_tests::shoald::config::ClusterConfig {
-        urls: cluster.urls(),
-        buckets: BUCKETS,
-        wait_replicas: 0,
-        ..Default::default()
-    });
+    let mut c = daemon_config(&cluster, dir.path(), "d0", BUCKETS);
+    if let Some(cc) = c.redis.cluster.as_mut() {
+        cc.wait_replicas = 0;
+    }
     let daemon = Daemon::start_ready(c).await?;
     let client = daemon.client().await?;
     let keys: Vec<String> = (0..24).map(|i| format!("key{i}")).collect();

@@ -171,6 +171,15 @@ impl L1 {
         usize::from(crate::store::KeyNames::bucket_of(key, self.buckets))
     }
 
+    /// A key of group `g` (tests pick keys per bucket).
+    #[cfg(test)]
+    pub(crate) fn a_key_of_group(&self, g: usize) -> String {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| self.group_of(k) == g)
+            .unwrap_or_default()
+    }
+
     fn group(&self, g: usize) -> Option<&Group> {
         self.groups.get(g)
     }
@@ -636,13 +645,7 @@ mod tests {
         .with_buckets(8);
         l1.set_ready();
         l1.prove_delivery(Instant::now());
-        let key_of = |g: usize| {
-            (0..)
-                .map(|i| format!("k{i}"))
-                .find(|k| l1.group_of(k) == g)
-                .unwrap()
-        };
-        let (a, b) = (key_of(1), key_of(5));
+        let (a, b) = (l1.a_key_of_group(1), l1.a_key_of_group(5));
         let t = l1.ticket();
         assert!(l1.fill(&a, Bytes::from_static(b"a"), None, id(1), t).await);
         assert!(l1.fill(&b, Bytes::from_static(b"b"), None, id(1), t).await);

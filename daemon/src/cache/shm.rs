@@ -328,18 +328,25 @@ mod tests {
 
     /// An L1 mirrored in a segment, a reader attached, trusted for Δ.
     fn setup(delta: Duration) -> (L1, Arc<Shm>, View) {
+        setup_buckets(delta, 0)
+    }
+
+    /// As [`setup`], with trust per cluster bucket (`buckets` > 0).
+    fn setup_buckets(delta: Duration, buckets: u16) -> (L1, Arc<Shm>, View) {
         let config = crate::config::CacheConfig {
             shm_bytes: bytesize::ByteSize::mib(1),
             max_staleness: delta,
             ..Default::default()
         };
-        let shm = Arc::new(Shm::new(&config, 1).unwrap().unwrap());
+        let groups = usize::from(buckets.max(1));
+        let shm = Arc::new(Shm::new(&config, groups).unwrap().unwrap());
         let l1 = L1::new(
             1 << 20,
             Duration::from_secs(60),
             delta,
             Arc::new(Stats::default()),
         )
+        .with_buckets(buckets)
         .with_shm(Some(shm.clone()));
         let view = View::from_fd(shm.share().unwrap().0).unwrap();
         l1.prove_delivery(Instant::now());
@@ -425,29 +432,8 @@ mod tests {
     /// its keys only.
     #[tokio::test]
     async fn each_bucket_is_trusted_and_flushed_alone_in_shared_memory() {
-        let config = crate::config::CacheConfig {
-            shm_bytes: bytesize::ByteSize::mib(1),
-            ..Default::default()
-        };
-        let shm = Arc::new(Shm::new(&config, 8).unwrap().unwrap());
-        let l1 = L1::new(
-            1 << 20,
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-            Arc::new(Stats::default()),
-        )
-        .with_buckets(8)
-        .with_shm(Some(shm.clone()));
-        let view = View::from_fd(shm.share().unwrap().0).unwrap();
-        l1.set_ready();
-        l1.prove_delivery(Instant::now());
-        let key_of = |g: usize| {
-            (0..)
-                .map(|i| format!("k{i}"))
-                .find(|k| l1.group_of(k) == g)
-                .unwrap()
-        };
-        let (a, b) = (key_of(1), key_of(5));
+        let (l1, _shm, view) = setup_buckets(Duration::from_secs(60), 8);
+        let (a, b) = (l1.a_key_of_group(1), l1.a_key_of_group(5));
         for k in [&a, &b] {
             assert_eq!(view.layout().group_of(k.as_bytes()), l1.group_of(k));
             let t = l1.ticket();
