@@ -147,9 +147,13 @@ impl Sharded<'_> {
         let endpoint = self.sub.store.endpoint().clone();
         // Re-subscriptions that went unanswered (see the module documentation).
         let (stuck_tx, mut stuck_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (made_tx, mut made_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut fresh: Option<redis::cluster_async::ClusterConnection> = None;
         let mut renewed: Option<Instant> = None;
-        let mut conn = match endpoint.cluster_pubsub(tx.clone()).await {
+        // Fresh connections push here too; a weak handle, so the channel
+        // still closes when the connections drop their senders.
+        let weak_tx = tx.downgrade();
+        let mut conn = match endpoint.cluster_pubsub(tx).await {
             Ok(c) => c,
             Err(e) => return format!("connect failed: {e}"),
         };
@@ -197,26 +201,31 @@ impl Sharded<'_> {
                 }
                 Some(()) = stuck_rx.recv() => {
                     // At most one new connection per timeout: the cluster may
-                    // simply not have failed the node over yet.
+                    // simply not have failed the node over yet. Made aside, so
+                    // the other buckets' beats and messages are not held up
+                    // while a hung seed runs out its connection timeout.
                     if renewed.is_some_and(|t| t.elapsed() < self.limit()) {
                         continue;
                     }
                     renewed = Some(Instant::now());
-                    // (The connect has its own deadline; a hung seed may take
-                    // up to the connection timeout.)
-                    match endpoint.cluster_pubsub(tx.clone()).await {
-                        Ok(c) => {
-                            tracing::warn!("a bucket's re-subscription went unanswered: subscribing silent buckets on a fresh cluster connection");
-                            // Buckets the previous fresh connection carried go
-                            // silent with it and are subscribed again here.
-                            fresh = Some(c);
-                            for b in &mut self.buckets {
-                                b.resubscribed = None;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "no fresh cluster pubsub connection"),
-                    }
+                    let Some(tx) = weak_tx.upgrade() else { continue };
+                    let (endpoint, made) = (endpoint.clone(), made_tx.clone());
+                    tokio::spawn(async move {
+                        let _ = made.send(endpoint.cluster_pubsub(tx).await);
+                    });
                 }
+                Some(made) = made_rx.recv() => match made {
+                    Ok(c) => {
+                        tracing::warn!("a bucket's re-subscription went unanswered: subscribing silent buckets on a fresh cluster connection");
+                        // Buckets the previous fresh connection carried go
+                        // silent with it and are subscribed again here.
+                        fresh = Some(c);
+                        for b in &mut self.buckets {
+                            b.resubscribed = None;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "no fresh cluster pubsub connection"),
+                },
             }
         }
     }
