@@ -981,10 +981,10 @@ pub async fn run(config: CampaignConfig) -> Result<Report> {
                 (0, Topology::Cluster) => &[
                     (1, FaultKind::Reshard),
                     (2, FaultKind::ShardFailover),
+                    (3, FaultKind::ShardHang),
                     (4, FaultKind::ShardRestart),
                     (6, FaultKind::ClusterFailover),
                     (8, FaultKind::ShardRestartEmpty),
-                    (10, FaultKind::ShardHang),
                 ],
                 _ => &[],
             };
