@@ -105,6 +105,24 @@ fn secs() -> Duration {
 }
 
 /// Runs `op` from `callers` tasks for the configured time; per-call latency in ns.
+/// Waits until every daemon is ready; a client of each (shared memory on).
+async fn ready_all(procs: &mut [shoal_tests::DaemonProcess]) -> Result<Vec<shoal_client::Client>> {
+    let mut clients = Vec::new();
+    for p in procs {
+        clients.push(p.wait_ready(Duration::from_secs(60)).await?);
+    }
+    Ok(clients)
+}
+
+/// A client of `p` that reads through the socket only (the shared-memory L1
+/// has rows of its own).
+async fn socket_only(p: &shoal_tests::DaemonProcess) -> shoal_client::Result<shoal_client::Client> {
+    shoal_client::Client::builder(&p.socket)
+        .shm(false)
+        .connect()
+        .await
+}
+
 async fn measure<F, Fut, S>(
     name: &str,
     callers: usize,
@@ -434,17 +452,9 @@ async fn bench() -> Result<()> {
         let n = format!("prop{i}");
         procs.push(shoal_tests::DaemonProcess::spawn(d, &n, &cfg(&n))?);
     }
-    let mut clients = Vec::new();
-    for p in &mut procs {
-        clients.push(p.wait_ready(Duration::from_secs(60)).await?);
-    }
+    let clients = ready_all(&mut procs).await?;
     // The shared-memory L1 has rows of its own; every other shoal row measures
     // the socket path, as before it existed.
-    let socket_only = |p: &shoal_tests::DaemonProcess| {
-        shoal_client::Client::builder(&p.socket)
-            .shm(false)
-            .connect()
-    };
     let local_shm = clients[0].clone();
     let (local, l2, netl1, netl2) = (
         socket_only(&procs[0]).await?,
@@ -797,15 +807,7 @@ async fn bench_cluster() -> Result<()> {
         let n = format!("cprop{i}");
         procs.push(shoal_tests::DaemonProcess::spawn(d, &n, &cfg(&n))?);
     }
-    let mut clients = Vec::new();
-    for p in &mut procs {
-        clients.push(p.wait_ready(Duration::from_secs(60)).await?);
-    }
-    let socket_only = |p: &shoal_tests::DaemonProcess| {
-        shoal_client::Client::builder(&p.socket)
-            .shm(false)
-            .connect()
-    };
+    let clients = ready_all(&mut procs).await?;
     let (local, l2) = (socket_only(&procs[0]).await?, socket_only(&procs[1]).await?);
     let value = bytes::Bytes::from(vec![b'x'; 100]);
     local

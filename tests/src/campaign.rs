@@ -1480,6 +1480,24 @@ async fn ext_set<C: redis::aio::ConnectionLike + Send>(
 }
 
 /// `lua/cache_invalidate.lua` as the README shows.
+/// `n` outside writes of random workload keys, each a set or an invalidation.
+async fn ext_changes<C: redis::aio::ConnectionLike + Send>(
+    sh: &Shared,
+    conn: &mut C,
+    rng: &mut StdRng,
+    n: usize,
+) {
+    let n_keys = sh.workload_keys() as u32;
+    for _ in 0..n {
+        let k = rng.random_range(0..n_keys);
+        if rng.random_bool(0.5) {
+            ext_set(sh, conn, k).await;
+        } else {
+            ext_invalidate(sh, conn, &[k]).await;
+        }
+    }
+}
+
 async fn ext_invalidate<C: redis::aio::ConnectionLike + Send>(
     sh: &Shared,
     conn: &mut C,
@@ -1817,18 +1835,10 @@ async fn inject(
                 redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
             )
             .await?;
-            let n_keys = sh.workload_keys() as u32;
             let rounds = rng.random_range(2..6);
             for _ in 0..rounds {
                 // Changes the reconnecting subscribers must find in the log...
-                for _ in 0..3 {
-                    let k = rng.random_range(0..n_keys);
-                    if rng.random_bool(0.5) {
-                        ext_set(sh, &mut c, k).await;
-                    } else {
-                        ext_invalidate(sh, &mut c, &[k]).await;
-                    }
-                }
+                ext_changes(sh, &mut c, rng, 3).await;
                 // ...which is cut to two entries under their replay.
                 let _: u64 = cmd(
                     &mut c,
@@ -2015,17 +2025,9 @@ async fn inject_cluster(
         FaultKind::TrimDuringReplay => {
             let n = kill_clients_everywhere(set, "pubsub").await?;
             let mut c = target.conn().await?;
-            let n_keys = sh.workload_keys() as u32;
             let rounds = rng.random_range(2..6);
             for _ in 0..rounds {
-                for _ in 0..3 {
-                    let k = rng.random_range(0..n_keys);
-                    if rng.random_bool(0.5) {
-                        ext_set(sh, &mut c, k).await;
-                    } else {
-                        ext_invalidate(sh, &mut c, &[k]).await;
-                    }
-                }
+                ext_changes(sh, &mut c, rng, 3).await;
                 // Every bucket's log cut to two entries.
                 for b in 0..buckets {
                     let log = shoald::store::KeyNames::bucket(PREFIX, b).log();

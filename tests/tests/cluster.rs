@@ -373,6 +373,29 @@ async fn keys_survive_a_slot_migration_under_load() -> Result<()> {
     Ok(())
 }
 
+/// Waits until a replica confirmed this connection's writes (`WAIT 1`).
+async fn replicated(c: &mut redis::cluster_async::ClusterConnection) -> Result<()> {
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(2000).query_async(c).await?;
+    anyhow::ensure!(acked >= 1, "no replica confirmed the writes");
+    Ok(())
+}
+
+/// `GET key`, retried for 10 s while the cluster heals (a failover, a
+/// restart); the last error if it never answers.
+async fn get_within<T: redis::FromRedisValue>(
+    c: &mut redis::cluster_async::ClusterConnection,
+    key: &str,
+) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.get::<_, T>(key).await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A primary SIGKILLed: its replica is promoted, the cluster answers again
 /// with every acknowledged (replicated) key, and the killed node, started
 /// again, rejoins as the replica of the node that replaced it; a
@@ -386,25 +409,13 @@ async fn the_cluster_answers_after_a_primary_fails_over() -> Result<()> {
         let _: () = c.set(format!("{{b5}}:k{i}"), i).await?;
     }
     // Replicated before the kill (WAIT goes to every primary).
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query_async(&mut c)
-        .await?;
-    assert!(acked >= 1);
+    replicated(&mut c).await?;
     let old = cluster.primary_of_slot(slot).await?;
     let promoted = cluster.kill_primary(old, Duration::from_secs(30)).await?;
     assert_ne!(promoted, old);
     assert_eq!(cluster.primary_of_slot(slot).await?, promoted);
     // The same client follows the new primary.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let got: i64 = loop {
-        match c.get::<_, i64>("{b5}:k7").await {
-            Ok(v) => break v,
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let got: i64 = get_within(&mut c, "{b5}:k7").await?;
     assert_eq!(got, 7);
     for i in 0..20 {
         let v: i64 = c.get(format!("{{b5}}:k{i}")).await?;
@@ -445,14 +456,7 @@ async fn a_primary_restarted_in_place_keeps_its_slots_and_aof_data() -> Result<(
         "restarted within the node timeout, it stays the primary"
     );
     assert_eq!(cluster.primary_of_slot(slot).await?, i);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let got: String = loop {
-        match c.get::<_, String>("{b1}:kept").await {
-            Ok(v) => break v,
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let got: String = get_within(&mut c, "{b1}:kept").await?;
     assert_eq!(got, "yes");
     Ok(())
 }
@@ -479,12 +483,7 @@ async fn a_primary_restarted_empty_loses_its_shard_and_only_it() -> Result<()> {
     );
     let _: () = c.set("{b1}:gone", "v").await?;
     let _: () = c.set(&kept_key, "v").await?;
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query_async(&mut c)
-        .await?;
-    assert!(acked >= 1);
+    replicated(&mut c).await?;
     let primary_again = cluster
         .restart_primary_empty(i, Duration::from_millis(200))
         .await?;
@@ -493,14 +492,7 @@ async fn a_primary_restarted_empty_loses_its_shard_and_only_it() -> Result<()> {
         "back within the node timeout, it keeps its slots"
     );
     assert_eq!(cluster.primary_of_slot(lost).await?, i);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let gone: Option<String> = loop {
-        match c.get::<_, Option<String>>("{b1}:gone").await {
-            Ok(v) => break v,
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let gone: Option<String> = get_within(&mut c, "{b1}:gone").await?;
     assert_eq!(gone, None);
     let replica = cluster.replica_of(i).await?;
     let on_replica: i64 = redis::cmd("DBSIZE")

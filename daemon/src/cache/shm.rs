@@ -143,16 +143,15 @@ impl Shm {
         let probe = seg.layout().probe(h);
         // A slot's copy is alive while its group's generation is the one it
         // was written in (the two slots may hold keys of different groups).
-        let seg_ref = &*seg;
-        let live = |m: &Option<Meta>| -> Option<Meta> {
+        fn alive<'a>(seg: &Segment, m: &'a Option<Meta>) -> Option<&'a Meta> {
             m.as_ref()
-                .filter(|m| m.generation == seg_ref.generation(m.group))
-                .cloned()
-        };
+                .filter(|m| m.generation == seg.generation(m.group))
+        }
+        let live = |i: usize| alive(seg, &meta[i]);
         // Already there (the same copy): nothing to do.
         if probe
             .iter()
-            .any(|&i| live(&meta[i]).is_some_and(|m| *m.key == *key && m.pos == e.pos))
+            .any(|&i| live(i).is_some_and(|m| *m.key == *key && m.pos == e.pos))
         {
             return;
         }
@@ -163,10 +162,10 @@ impl Shm {
         let slot = probe
             .iter()
             .copied()
-            .find(|&i| live(&meta[i]).is_some_and(|m| *m.key == *key))
-            .or_else(|| probe.iter().copied().find(|&i| live(&meta[i]).is_none()))
+            .find(|&i| live(i).is_some_and(|m| *m.key == *key))
+            .or_else(|| probe.iter().copied().find(|&i| live(i).is_none()))
             .unwrap_or_else(|| {
-                let exp = |i: usize| live(&meta[i]).map_or(0, |m| m.expires_ns);
+                let exp = |i: usize| live(i).map_or(0, |m| m.expires_ns);
                 if exp(probe[0]) <= exp(probe[1]) {
                     probe[0]
                 } else {
