@@ -105,6 +105,23 @@ fn secs() -> Duration {
 }
 
 /// Runs `op` from `callers` tasks for the configured time; per-call latency in ns.
+/// Writes the rows' keys through `local`: `hot` (100 bytes) and `m0`..`m15`
+/// (read once, so they are in its L1); the `cache.mget` keys.
+async fn seed_keys(local: &shoal_client::Client) -> Result<Vec<String>> {
+    let value = bytes::Bytes::from(vec![b'x'; 100]);
+    local
+        .set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
+        .await?;
+    let mkeys: Vec<String> = (0..16).map(|i| format!("m{i}")).collect();
+    for k in &mkeys {
+        local
+            .set_raw(k, value.clone(), Some(Duration::from_secs(3600)))
+            .await?;
+        local.get_raw(k).await?;
+    }
+    Ok(mkeys)
+}
+
 /// Waits until every daemon is ready; a client of each (shared memory on).
 async fn ready_all(procs: &mut [shoal_tests::DaemonProcess]) -> Result<Vec<shoal_client::Client>> {
     let mut clients = Vec::new();
@@ -466,17 +483,7 @@ async fn bench() -> Result<()> {
         local_shm.shm_stats().attached,
         "the shm client did not attach"
     );
-    let value = bytes::Bytes::from(vec![b'x'; 100]);
-    local
-        .set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
-        .await?;
-    let mkeys: Vec<String> = (0..16).map(|i| format!("m{i}")).collect();
-    for k in &mkeys {
-        local
-            .set_raw(k, value.clone(), Some(Duration::from_secs(3600)))
-            .await?;
-        local.get_raw(k).await?;
-    }
+    let mkeys = seed_keys(&local).await?;
     for c in [&local, &netl1] {
         c.get_raw("hot").await?;
     }
@@ -809,17 +816,7 @@ async fn bench_cluster() -> Result<()> {
     }
     let clients = ready_all(&mut procs).await?;
     let (local, l2) = (socket_only(&procs[0]).await?, socket_only(&procs[1]).await?);
-    let value = bytes::Bytes::from(vec![b'x'; 100]);
-    local
-        .set_raw("hot", value.clone(), Some(Duration::from_secs(3600)))
-        .await?;
-    let mkeys: Vec<String> = (0..16).map(|i| format!("m{i}")).collect();
-    for k in &mkeys {
-        local
-            .set_raw(k, value.clone(), Some(Duration::from_secs(3600)))
-            .await?;
-        local.get_raw(k).await?;
-    }
+    let mkeys = seed_keys(&local).await?;
     local.get_raw("hot").await?;
     let slots: std::collections::BTreeSet<u16> = mkeys
         .iter()
